@@ -1,0 +1,651 @@
+//! Turns the TOML tree into a validated [`Config`], collecting every problem on the way.
+//!
+//! The pipeline is `text -> DeTable (spans) -> Reader (typed getters) -> Config`. Each section has
+//! one function below; each reports what is wrong and carries on, so a file with five mistakes
+//! yields five diagnostics. Cross-references (a route's service, duplicate names) are checked last.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use http::{HeaderName, HeaderValue, Method};
+use toml::de::DeTable;
+
+use super::diagnostic::{suggest, Diagnostics};
+use super::model::*;
+use super::raw::{Reader, Table};
+use crate::balance::{is_prime, Algorithm, HashOn, MAGLEV_DEFAULT_TABLE_SIZE};
+
+const TOP_KEYS: &[&str] = &[
+    "admin",
+    "runtime",
+    "access_log",
+    "listeners",
+    "routes",
+    "services",
+];
+const TOP_LATER: &[&str] = &[
+    "redis",
+    "rate_limits",
+    "auth",
+    "cache",
+    "load_shedding",
+    "slos",
+    "experiments",
+];
+
+/// Parses and validates a config file's text; `path` is used in the diagnostics.
+pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
+    let mut reader = Reader::new(source);
+    let doc = match DeTable::parse(source) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            reader.report(span, format!("invalid TOML: {}", e.message().trim()));
+            return Err(reader.diags.finish(path));
+        }
+    };
+    let top = Table::new("", doc.span(), doc.get_ref());
+    reader.check_keys(&top, TOP_KEYS, TOP_LATER);
+
+    let admin = reader
+        .table(&top, "admin")
+        .and_then(|t| admin(&mut reader, &t));
+    let runtime = reader
+        .table(&top, "runtime")
+        .map(|t| runtime(&mut reader, &t))
+        .unwrap_or_default();
+    let access_log = reader
+        .table(&top, "access_log")
+        .map(|t| access_log(&mut reader, &t))
+        .unwrap_or_default();
+    let listeners: Vec<_> = reader
+        .tables(&top, "listeners")
+        .iter()
+        .filter_map(|t| listener(&mut reader, t).map(|l| (l, t.clone())))
+        .collect();
+    let services: Vec<_> = reader
+        .tables(&top, "services")
+        .iter()
+        .filter_map(|t| service(&mut reader, t).map(|s| (s, t.clone())))
+        .collect();
+    let routes: Vec<_> = reader
+        .tables(&top, "routes")
+        .iter()
+        .filter_map(|t| route(&mut reader, t))
+        .collect();
+
+    cross_check(&mut reader, &listeners, &services, &routes);
+
+    if !reader.diags.is_empty() {
+        return Err(reader.diags.finish(path));
+    }
+    Ok(Config {
+        admin,
+        runtime,
+        access_log,
+        listeners: listeners.into_iter().map(|(l, _)| l).collect(),
+        routes: routes.into_iter().map(|r| r.config).collect(),
+        services: services.into_iter().map(|(s, _)| s).collect(),
+    })
+}
+
+fn admin(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<AdminConfig> {
+    r.check_keys(t, &["bind"], &[]);
+    if t.get("bind").is_none() {
+        r.missing(t, "bind", "an address such as \"127.0.0.1:9901\"");
+        return None;
+    }
+    r.address(t, "bind").map(|bind| AdminConfig { bind })
+}
+
+fn runtime(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RuntimeConfig {
+    r.check_keys(t, &["worker_threads", "shutdown_grace"], &[]);
+    let mut out = RuntimeConfig::default();
+    if let Some((n, _)) = r.integer(t, "worker_threads", 0, 1024) {
+        out.worker_threads = n as usize;
+    }
+    if let Some(d) = r.duration(t, "shutdown_grace") {
+        out.shutdown_grace = d;
+    }
+    out
+}
+
+fn access_log(r: &mut Reader<'_>, t: &Table<'_, '_>) -> AccessLogConfig {
+    r.check_keys(t, &["path", "format"], &[]);
+    let mut out = AccessLogConfig::default();
+    if let Some((path, span)) = r.string(t, "path") {
+        out.target = match path {
+            "stdout" => AccessLogTarget::Stdout,
+            "off" => AccessLogTarget::Off,
+            "" => {
+                r.report(
+                    span,
+                    "access_log.path: expected \"stdout\", \"off\" or a file path",
+                );
+                AccessLogTarget::Off
+            }
+            file => AccessLogTarget::File(PathBuf::from(file)),
+        };
+    }
+    if let Some((format, span)) = r.string(t, "format") {
+        if format != "json" {
+            r.report(
+                span,
+                format!("access_log.format: unknown format \"{format}\"; expected \"json\""),
+            );
+        }
+    }
+    out
+}
+
+fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
+    r.check_keys(
+        t,
+        &[
+            "name",
+            "bind",
+            "protocol",
+            "max_request_header_bytes",
+            "max_request_body_bytes",
+        ],
+        &["tls", "service", "database"],
+    );
+    let name = r.required_string(t, "name", "a unique listener name");
+    let bind = if t.get("bind").is_some() {
+        r.address(t, "bind")
+    } else {
+        r.missing(t, "bind", "an address such as \"0.0.0.0:8080\"");
+        None
+    };
+    if let Some((protocol, span)) = r.string(t, "protocol") {
+        match protocol {
+            "http" => {}
+            "https" | "tcp" | "postgres" => r.report(
+                span,
+                format!(
+                    "{}: protocol \"{protocol}\" is not supported yet in this version of sluicegate; expected \"http\"",
+                    t.key_path("protocol")
+                ),
+            ),
+            other => r.report(
+                span,
+                format!(
+                    "{}: unknown protocol \"{other}\"; expected \"http\", \"https\", \"tcp\" or \"postgres\"",
+                    t.key_path("protocol")
+                ),
+            ),
+        }
+    }
+    let header_limit = r.size(t, "max_request_header_bytes");
+    if let Some(n) = header_limit {
+        if !(1024..=(16 << 20)).contains(&n) {
+            let span = t.get("max_request_header_bytes").map(|v| v.span());
+            r.report(
+                span.unwrap_or(t.span.clone()),
+                format!(
+                    "{}: expected a size from 1KiB to 16MiB",
+                    t.key_path("max_request_header_bytes")
+                ),
+            );
+        }
+    }
+    let body_limit = r.size(t, "max_request_body_bytes").unwrap_or(0);
+    Some(ListenerConfig {
+        name: name?.0.to_string(),
+        bind: bind?,
+        max_request_header_bytes: header_limit
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_BYTES),
+        max_request_body_bytes: body_limit,
+    })
+}
+
+/// A route as read, with the places its references came from, for the cross-checks.
+struct RawRoute {
+    config: RouteConfig,
+    name_span: Range<usize>,
+    service_span: Range<usize>,
+    listener_spans: Vec<Range<usize>>,
+    path: String,
+}
+
+fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
+    r.check_keys(
+        t,
+        &[
+            "name",
+            "listeners",
+            "match",
+            "service",
+            "strip_prefix",
+            "timeout",
+        ],
+        &[
+            "priority",
+            "priority_from_header",
+            "auth",
+            "require_scopes",
+            "rate_limit",
+            "cache",
+            "retry",
+            "mirror",
+            "faults",
+        ],
+    );
+    let name = r.required_string(t, "name", "a unique route name");
+    let service = r.required_string(t, "service", "the name of a [[services]] entry");
+    let listeners = r.strings(t, "listeners").unwrap_or_default();
+    let matcher = r
+        .table(t, "match")
+        .map(|m| route_match(r, &m))
+        .unwrap_or_default();
+    let strip_prefix = r.bool(t, "strip_prefix").unwrap_or(false);
+    if strip_prefix && matcher.path_prefix.is_none() {
+        let span = t
+            .get("strip_prefix")
+            .map(|v| v.span())
+            .unwrap_or(t.span.clone());
+        r.report(
+            span,
+            format!(
+                "{}: strip_prefix needs match.path_prefix",
+                t.key_path("strip_prefix")
+            ),
+        );
+    }
+    let timeout = match r.duration(t, "timeout") {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    let (name, name_span) = name?;
+    let (service, service_span) = service?;
+    Some(RawRoute {
+        config: RouteConfig {
+            name: name.to_string(),
+            listeners: listeners.iter().map(|(l, _)| l.to_string()).collect(),
+            matcher,
+            service: service.to_string(),
+            strip_prefix,
+            timeout,
+        },
+        name_span,
+        service_span,
+        listener_spans: listeners.into_iter().map(|(_, s)| s).collect(),
+        path: t.path.clone(),
+    })
+}
+
+fn route_match(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteMatch {
+    r.check_keys(
+        t,
+        &["host", "path", "path_prefix", "methods", "headers"],
+        &[],
+    );
+    let mut m = RouteMatch::default();
+    if let Some((host, span)) = r.string(t, "host") {
+        let valid = !host.is_empty()
+            && host
+                .trim_start_matches("*.")
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if valid {
+            m.host = Some(host.to_ascii_lowercase());
+        } else {
+            r.report(
+                span,
+                format!(
+                    "{}: invalid host \"{host}\"; expected a name such as \"api.example.com\" or \"*.example.com\" (no port)",
+                    t.key_path("host")
+                ),
+            );
+        }
+    }
+    for key in ["path", "path_prefix"] {
+        if let Some((path, span)) = r.string(t, key) {
+            if path.starts_with('/') && !path.contains(['?', '#', ' ']) {
+                let value = Some(path.to_string());
+                if key == "path" {
+                    m.path = value;
+                } else {
+                    m.path_prefix = value;
+                }
+            } else {
+                r.report(
+                    span,
+                    format!(
+                        "{}: \"{path}\" must start with \"/\" and hold no query or fragment",
+                        t.key_path(key)
+                    ),
+                );
+            }
+        }
+    }
+    if m.path.is_some() && m.path_prefix.is_some() {
+        r.report(
+            t.span.clone(),
+            format!(
+                "{}: set either path (exact) or path_prefix, not both",
+                t.path
+            ),
+        );
+    }
+    if let Some(methods) = r.strings(t, "methods") {
+        for (method, span) in methods {
+            let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+            match Method::from_bytes(method.as_bytes()) {
+                Ok(parsed) if valid => m.methods.push(parsed),
+                _ => r.report(
+                    span,
+                    format!(
+                        "{}: invalid method \"{method}\"; expected an upper-case HTTP method such as \"GET\"",
+                        t.key_path("methods")
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(headers) = r.table(t, "headers") {
+        for (key, _) in headers.inner.iter() {
+            let key_name: &str = key.get_ref();
+            let name = HeaderName::from_bytes(key_name.as_bytes());
+            if name.is_err() {
+                r.report(
+                    key.span(),
+                    format!("{}: invalid header name \"{key_name}\"", headers.path),
+                );
+            }
+            let Some((text, span)) = r.string(&headers, key_name) else {
+                continue;
+            };
+            match (name, HeaderValue::from_str(text)) {
+                (Ok(name), Ok(v)) => m.headers.push((name, v)),
+                (_, Err(_)) => r.report(
+                    span,
+                    format!(
+                        "{}: invalid header value (visible ASCII only)",
+                        headers.key_path(key_name)
+                    ),
+                ),
+                _ => {}
+            }
+        }
+    }
+    m
+}
+
+fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
+    r.check_keys(
+        t,
+        &[
+            "name",
+            "algorithm",
+            "hash_on",
+            "endpoints",
+            "connect_timeout",
+            "max_connections_per_endpoint",
+            "protocol",
+            "maglev_table_size",
+        ],
+        &[
+            "discovery",
+            "health_check",
+            "outlier_detection",
+            "circuit_breaker",
+            "sticky_sessions",
+        ],
+    );
+    let name = r.required_string(t, "name", "a unique service name");
+    let algorithm = match r.string(t, "algorithm") {
+        None => Some(Algorithm::RoundRobin),
+        Some((text, span)) => {
+            let found = Algorithm::from_name(text);
+            if found.is_none() {
+                let names: Vec<&str> = Algorithm::ALL.iter().map(|(n, _)| *n).collect();
+                let hint = suggest(text, &names)
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                r.report(
+                    span,
+                    format!(
+                        "{}: unknown algorithm \"{text}\"{hint}; expected one of: {}",
+                        t.key_path("algorithm"),
+                        names.join(", ")
+                    ),
+                );
+            }
+            found
+        }
+    };
+    let hash_on = match r.string(t, "hash_on") {
+        None => None,
+        Some((text, span)) => match HashOn::parse(text) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                r.report(span, format!("{}: {e}", t.key_path("hash_on")));
+                None
+            }
+        },
+    };
+    if let Some(a) = algorithm {
+        if a.hashes() && t.get("hash_on").is_none() {
+            r.missing(
+                t,
+                "hash_on",
+                &format!(
+                    "algorithm \"{}\" needs \"client_ip\", \"header:NAME\", \"cookie:NAME\", \"path\" or \"query:NAME\"",
+                    a.name()
+                ),
+            );
+        }
+        if !a.hashes() {
+            if let Some(v) = t.get("hash_on") {
+                r.report(
+                    v.span(),
+                    format!(
+                        "{}: only used by hash, ring_hash and maglev, not by \"{}\"",
+                        t.key_path("hash_on"),
+                        a.name()
+                    ),
+                );
+            }
+        }
+    }
+    let endpoints = endpoints(r, t);
+    let connect_timeout = r
+        .duration(t, "connect_timeout")
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    if let Some((n, span)) = r.integer(t, "max_connections_per_endpoint", 0, i64::from(u32::MAX)) {
+        if n != 0 {
+            r.report(
+                span,
+                format!(
+                    "{}: limits other than 0 (unlimited) are not supported yet in this version of sluicegate",
+                    t.key_path("max_connections_per_endpoint")
+                ),
+            );
+        }
+    }
+    if let Some((protocol, span)) = r.string(t, "protocol") {
+        match protocol {
+            "http1" => {}
+            "http2" | "https" | "tcp" => r.report(
+                span,
+                format!(
+                    "{}: protocol \"{protocol}\" is not supported yet in this version of sluicegate; expected \"http1\"",
+                    t.key_path("protocol")
+                ),
+            ),
+            other => r.report(
+                span,
+                format!(
+                    "{}: unknown protocol \"{other}\"; expected \"http1\", \"http2\", \"https\" or \"tcp\"",
+                    t.key_path("protocol")
+                ),
+            ),
+        }
+    }
+    let mut maglev_table_size = MAGLEV_DEFAULT_TABLE_SIZE;
+    if let Some((n, span)) = r.integer(t, "maglev_table_size", 2, 5_000_011) {
+        let n = n as usize;
+        if !is_prime(n) {
+            r.report(
+                span,
+                format!("{}: {n} is not prime", t.key_path("maglev_table_size")),
+            );
+        } else if n <= endpoints.len() * 100 {
+            r.report(
+                span,
+                format!(
+                    "{}: must be more than 100 times the endpoint count ({}) for an even spread",
+                    t.key_path("maglev_table_size"),
+                    endpoints.len()
+                ),
+            );
+        } else {
+            maglev_table_size = n;
+        }
+    }
+    Some(ServiceConfig {
+        name: name?.0.to_string(),
+        // An unknown algorithm was reported above; keep the service for the cross-checks
+        // (duplicate names, routes naming it) with a stand-in that is never served.
+        algorithm: algorithm.unwrap_or(Algorithm::RoundRobin),
+        hash_on,
+        endpoints,
+        connect_timeout,
+        maglev_table_size,
+    })
+}
+
+fn endpoints(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Vec<EndpointConfig> {
+    if t.get("endpoints").is_none() {
+        r.missing(
+            t,
+            "endpoints",
+            "an array such as [{ address = \"127.0.0.1:9001\" }]",
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<EndpointConfig> = Vec::new();
+    let tables = r.tables(t, "endpoints");
+    if tables.is_empty() {
+        if let Some(v) = t.get("endpoints") {
+            r.report(
+                v.span(),
+                format!("{}: needs at least one endpoint", t.key_path("endpoints")),
+            );
+        }
+    }
+    for e in tables {
+        r.check_keys(&e, &["address", "weight"], &[]);
+        let address = if e.get("address").is_some() {
+            r.address(&e, "address")
+        } else {
+            r.missing(&e, "address", "an address such as \"127.0.0.1:9001\"");
+            None
+        };
+        let weight = r
+            .integer(&e, "weight", 1, i64::from(MAX_WEIGHT))
+            .map(|(w, _)| w as u32)
+            .unwrap_or(1);
+        let Some(address) = address else { continue };
+        if out.iter().any(|o| o.address == address) {
+            let span = e.get("address").map(|v| v.span()).unwrap_or(e.span.clone());
+            r.report(
+                span,
+                format!(
+                    "{}: duplicate endpoint {address} in this service",
+                    e.key_path("address")
+                ),
+            );
+            continue;
+        }
+        out.push(EndpointConfig { address, weight });
+    }
+    out
+}
+
+fn cross_check(
+    r: &mut Reader<'_>,
+    listeners: &[(ListenerConfig, Table<'_, '_>)],
+    services: &[(ServiceConfig, Table<'_, '_>)],
+    routes: &[RawRoute],
+) {
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for (l, t) in listeners {
+        if seen.insert(&l.name, ()).is_some() {
+            let span = t.get("name").map(|v| v.span()).unwrap_or(t.span.clone());
+            r.report(
+                span,
+                format!(
+                    "{}: duplicate listener name \"{}\"",
+                    t.key_path("name"),
+                    l.name
+                ),
+            );
+        }
+    }
+    let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
+    for (l, t) in listeners {
+        if let Some(other) = binds.insert(l.bind, &l.name) {
+            let span = t.get("bind").map(|v| v.span()).unwrap_or(t.span.clone());
+            r.report(
+                span,
+                format!(
+                    "{}: {} is already bound by listener \"{other}\"",
+                    t.key_path("bind"),
+                    l.bind
+                ),
+            );
+        }
+    }
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for (s, t) in services {
+        if seen.insert(&s.name, ()).is_some() {
+            let span = t.get("name").map(|v| v.span()).unwrap_or(t.span.clone());
+            r.report(
+                span,
+                format!(
+                    "{}: duplicate service name \"{}\"",
+                    t.key_path("name"),
+                    s.name
+                ),
+            );
+        }
+    }
+    let service_names: Vec<&str> = services.iter().map(|(s, _)| s.name.as_str()).collect();
+    let listener_names: Vec<&str> = listeners.iter().map(|(l, _)| l.name.as_str()).collect();
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for route in routes {
+        let c = &route.config;
+        if seen.insert(&c.name, ()).is_some() {
+            r.report(
+                route.name_span.clone(),
+                format!("{}.name: duplicate route name \"{}\"", route.path, c.name),
+            );
+        }
+        if !service_names.contains(&c.service.as_str()) {
+            let hint = suggest(&c.service, &service_names)
+                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                .unwrap_or_default();
+            r.report(
+                route.service_span.clone(),
+                format!(
+                    "{}.service: no service named \"{}\"{hint}",
+                    route.path, c.service
+                ),
+            );
+        }
+        for (l, span) in c.listeners.iter().zip(&route.listener_spans) {
+            if !listener_names.contains(&l.as_str()) {
+                r.report(
+                    span.clone(),
+                    format!("{}.listeners: no listener named \"{l}\"", route.path),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Configuration: the TOML model of SPEC 2, its validation with `file:line:col` diagnostics, and
+//! loading from disk. What the rest of the gateway sees is the validated [`Config`].
+
+mod build;
+mod diagnostic;
+mod model;
+mod raw;
+pub mod units;
+
+use std::path::Path;
+
+pub use build::build;
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use model::*;
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let shown = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    build(&source, &shown).map_err(LoadError::Invalid)
+}

@@ -1,0 +1,12 @@
+//! Sluicegate: an L4/L7 load balancer and API gateway.
+//!
+//! The binary (`main.rs`, `cli.rs`) is a thin layer over these modules; see DESIGN.md for the
+//! request's way through them.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod observe;
+pub mod proxy;

@@ -1,0 +1,249 @@
+//! The access log: one JSON object per request, written by a dedicated thread.
+//!
+//! The request path only moves a record into a bounded queue (`try_send`); formatting and I/O
+//! happen on the writer thread, so a slow disk or a blocked stdout never stalls a request. When
+//! the queue is full the record is dropped and counted rather than waited for.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use serde::Serialize;
+
+use super::time::rfc3339_millis;
+use crate::config::AccessLogTarget;
+
+/// Records waiting for the writer; beyond this the newest are dropped (and counted).
+const QUEUE_CAPACITY: usize = 64 * 1024;
+/// Buffered lines reach the file at least this often even when traffic is light.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// One request, as the access log shows it.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub time: SystemTime,
+    pub request_id: String,
+    pub client: IpAddr,
+    pub method: Method,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub route: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: &'a str,
+    client: String,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    status: u16,
+    route: Option<&'a str>,
+    service: Option<&'a str>,
+    endpoint: Option<String>,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl AccessRecord {
+    /// The JSON line, without its newline.
+    pub fn to_json(&self) -> String {
+        let line = Line {
+            time: rfc3339_millis(self.time),
+            request_id: &self.request_id,
+            client: self.client.to_string(),
+            method: self.method.as_str(),
+            host: &self.host,
+            path: &self.path,
+            status: self.status,
+            route: self.route.as_deref(),
+            service: self.service.as_deref(),
+            endpoint: self.endpoint.map(|e| e.to_string()),
+            duration_ms: (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// Handle the request path uses; cheap to clone.
+#[derive(Clone, Default)]
+pub struct AccessLog {
+    sender: Option<SyncSender<AccessRecord>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `target` (`Off` starts nothing).
+    pub fn start(target: &AccessLogTarget) -> io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Off => return Ok(AccessLog::default()),
+            AccessLogTarget::Stdout => Box::new(io::stdout()),
+            AccessLogTarget::File(path) => Box::new(open_append(path)?),
+        };
+        let (sender, receiver) = sync_channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(receiver, BufWriter::with_capacity(64 * 1024, out)))?;
+        Ok(AccessLog {
+            sender: Some(sender),
+            dropped: Arc::default(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
+    /// Queues a record; never blocks.
+    pub fn log(&self, record: AccessRecord) {
+        let Some(sender) = &self.sender else { return };
+        match sender.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_loop(receiver: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Send>>) {
+    loop {
+        match receiver.recv_timeout(FLUSH_INTERVAL) {
+            Ok(record) => {
+                let mut line = record.to_json();
+                line.push('\n');
+                if out.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                // Drain what is queued before flushing, so a busy gateway writes in big chunks.
+                while let Ok(record) = receiver.try_recv() {
+                    let mut line = record.to_json();
+                    line.push('\n');
+                    if out.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_every_field() {
+        let r = AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "id\"1".into(),
+            client: "127.0.0.1".parse().unwrap(),
+            method: Method::GET,
+            host: "h".into(),
+            path: "/p?q=1".into(),
+            status: 200,
+            route: Some("r".into()),
+            service: None,
+            endpoint: Some("127.0.0.1:9".parse().unwrap()),
+            duration: Duration::from_micros(1500),
+            bytes_in: 1,
+            bytes_out: 2,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        for key in [
+            "time",
+            "request_id",
+            "client",
+            "method",
+            "host",
+            "path",
+            "status",
+            "route",
+            "service",
+            "endpoint",
+            "duration_ms",
+            "bytes_in",
+            "bytes_out",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["request_id"], "id\"1");
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["endpoint"], "127.0.0.1:9");
+        assert!(v["service"].is_null());
+    }
+
+    #[test]
+    fn file_target_gets_lines() {
+        let dir = std::env::temp_dir().join(format!("sg-al-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let log = AccessLog::start(&AccessLogTarget::File(dir.clone())).unwrap();
+        assert!(log.enabled());
+        let mut r = AccessRecord {
+            time: SystemTime::now(),
+            request_id: "x".into(),
+            client: "127.0.0.1".parse().unwrap(),
+            method: Method::POST,
+            host: String::new(),
+            path: "/".into(),
+            status: 201,
+            route: None,
+            service: None,
+            endpoint: None,
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        log.log(r.clone());
+        r.status = 202;
+        log.log(r);
+        drop(log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&dir).unwrap_or_default();
+            if text.lines().count() == 2 {
+                assert!(text.contains("\"status\":202"));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lines never arrived: {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&dir);
+    }
+}

@@ -1,0 +1,4 @@
+//! Observability: the access log (metrics, tracing and SLOs come with their issues).
+
+pub mod access_log;
+pub mod time;

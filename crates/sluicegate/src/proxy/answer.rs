@@ -1,0 +1,94 @@
+//! Errors the gateway answers itself (SPEC 5), rendered to their JSON body in one place.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// A response the gateway produces instead of forwarding one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the request is malformed")]
+    BadRequest,
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("the request body is larger than this listener allows")]
+    PayloadTooLarge,
+    #[error("the request headers are larger than this listener allows")]
+    HeadersTooLarge,
+    #[error("the upstream could not be reached or failed before answering")]
+    UpstreamUnavailable,
+    #[error("no healthy endpoint is available for this service")]
+    NoHealthyUpstream,
+    #[error("the upstream did not answer within the route's timeout")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            GatewayError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable `error` code of SPEC 5.
+    pub fn code(self) -> &'static str {
+        match self {
+            GatewayError::BadRequest => "bad_request",
+            GatewayError::NoRoute => "no_route",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::HeadersTooLarge => "headers_too_large",
+            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::NoHealthyUpstream => "no_healthy_upstream",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The JSON body of SPEC 5.
+    pub fn body(self, request_id: &str) -> Bytes {
+        let value = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "request_id": request_id,
+        });
+        Bytes::from(value.to_string())
+    }
+
+    /// The whole response; `close` asks the client to drop the connection (after bad input).
+    pub fn response(self, request_id: &str, close: bool) -> Response<Bytes> {
+        let mut response = Response::new(self.body(request_id));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(super::http::headers::X_REQUEST_ID, v);
+        }
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_the_spec_json() {
+        let body = GatewayError::NoRoute.body("abc");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "no_route");
+        assert_eq!(v["request_id"], "abc");
+        assert!(v["message"].as_str().unwrap().contains("route"));
+        assert_eq!(GatewayError::UpstreamTimeout.status(), 504);
+        assert_eq!(GatewayError::UpstreamUnavailable.status(), 502);
+    }
+}

@@ -1,0 +1,216 @@
+//! Body wrappers between client and upstream: both directions stream frame by frame (never
+//! buffered whole), count bytes for the access log, and enforce limits and deadlines.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+/// What a body failed with, besides the transport's own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the listener's max_request_body_bytes")]
+    TooLarge,
+    #[error("the route's timeout expired while the response body was streaming")]
+    Deadline,
+    #[error(transparent)]
+    Transport(#[from] hyper::Error),
+}
+
+/// Byte counts of one exchange, shared by the two body wrappers and the access log.
+#[derive(Debug, Default)]
+pub struct ExchangeStats {
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    /// Set when the request body went over the limit, so the forwarding error maps to 413.
+    pub body_too_large: Cell<bool>,
+    /// Set when the client's body could not be read (malformed chunking, a reset), so the
+    /// forwarding error maps to 400 rather than blaming the upstream.
+    pub client_body_failed: Cell<bool>,
+}
+
+/// The client's request body on its way upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    /// 0 = unlimited.
+    limit: u64,
+    stats: Rc<ExchangeStats>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64, stats: Rc<ExchangeStats>) -> RequestBody {
+        RequestBody {
+            inner,
+            limit,
+            stats,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = this.stats.bytes_in.get() + data.len() as u64;
+                    this.stats.bytes_in.set(total);
+                    if this.limit != 0 && total > this.limit {
+                        this.stats.body_too_large.set(true);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.client_body_failed.set(true);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Runs when a response body is dropped: after it was fully sent, or when the client went away.
+/// `complete` says whether the upstream body reached its end (so its connection is reusable).
+pub trait Finish {
+    fn finish(&mut self, complete: bool);
+}
+
+/// The body sent to the client: the upstream's, streamed, or one the gateway wrote itself.
+pub struct ResponseBody {
+    source: Source,
+    stats: Rc<ExchangeStats>,
+    finish: Option<Box<dyn Finish>>,
+}
+
+enum Source {
+    Full(Option<Bytes>),
+    Upstream {
+        body: Incoming,
+        deadline: Option<Pin<Box<Sleep>>>,
+        failed: bool,
+    },
+}
+
+impl ResponseBody {
+    /// A body the gateway wrote (errors, admin answers).
+    pub fn full(bytes: Bytes, stats: Rc<ExchangeStats>) -> ResponseBody {
+        ResponseBody {
+            source: Source::Full(Some(bytes)),
+            stats,
+            finish: None,
+        }
+    }
+
+    /// The upstream's body, cut off with an error if `deadline` passes first.
+    pub fn upstream(
+        body: Incoming,
+        deadline: Option<tokio::time::Instant>,
+        stats: Rc<ExchangeStats>,
+    ) -> ResponseBody {
+        ResponseBody {
+            source: Source::Upstream {
+                body,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                failed: false,
+            },
+            stats,
+            finish: None,
+        }
+    }
+
+    /// Sets what runs when the body is dropped (access log, pool return, in-flight count).
+    pub fn on_finish(&mut self, finish: Box<dyn Finish>) {
+        self.finish = Some(finish);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream {
+                body,
+                deadline,
+                failed,
+            } => {
+                if let Some(sleep) = deadline {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        *failed = true;
+                        return Poll::Ready(Some(Err(BodyError::Deadline)));
+                    }
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Err(e))) => {
+                        *failed = true;
+                        Poll::Ready(Some(Err(BodyError::Transport(e))))
+                    }
+                    other => other.map(|o| o.map(|r| r.map_err(BodyError::Transport))),
+                }
+            }
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let out = &this.stats.bytes_out;
+                out.set(out.get() + data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Full(bytes) => bytes.is_none(),
+            Source::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+            Source::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let complete = match &self.source {
+            Source::Full(_) => true,
+            Source::Upstream { body, failed, .. } => !failed && body.is_end_stream(),
+        };
+        if let Some(mut finish) = self.finish.take() {
+            finish.finish(complete);
+        }
+    }
+}

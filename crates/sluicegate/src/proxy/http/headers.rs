@@ -1,0 +1,187 @@
+//! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 7.6.1), the
+//! X-Forwarded-* family, and request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that only describe one connection and must not be forwarded (RFC 9110 7.6.1, plus
+/// the non-standard Keep-Alive and Proxy-Connection that old clients still send).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect the names listed in Connection first: they are removed with the fixed set. Most
+    // requests carry at most "keep-alive" or "close", so this rarely allocates.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Adds the client to X-Forwarded-For (appending to what earlier proxies wrote), and sets
+/// X-Forwarded-Proto and X-Forwarded-Host when absent.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    let buf = ip_text(client);
+    let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) if !prev.is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + buf.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(buf.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => HeaderValue::from_str(&buf).ok(),
+    };
+    if let Some(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// A client's request id is kept when it is 1 to 128 characters of `[A-Za-z0-9._:-]`: enough
+/// for UUIDs and most tracing ids, and safe to copy into logs and JSON.
+pub fn valid_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new random request id: 32 lower-case hex digits (128 bits, as a W3C trace id).
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let hi = fastrand::u64(..);
+    let lo = fastrand::u64(..);
+    for (i, byte) in out.iter_mut().enumerate() {
+        let word = if i < 16 { hi } else { lo };
+        let shift = (15 - (i % 16)) * 4;
+        *byte = HEX[((word >> shift) & 0xf) as usize];
+    }
+    // Only hex digits: always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Approximate size of a request head as it was on the wire: request line and header lines.
+pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    // "METHOD URI HTTP/1.1\r\n" and the blank line that ends the head.
+    let line = method.as_str().len() + uri_len + 13;
+    headers
+        .iter()
+        .fold(line, |acc, (n, v)| acc + n.as_str().len() + v.len() + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret, X-Other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-t"),
+            ("x-keep", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("host", "a.example")]);
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::ffff:1.2.3.4".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+    }
+
+    #[test]
+    fn request_ids() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(valid_request_id(&id));
+        assert_ne!(new_request_id(), id);
+        assert!(!valid_request_id(&HeaderValue::from_static("has space")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(valid_request_id(&HeaderValue::from_static(
+            "123e4567-e89b-12d3-a456-426614174000"
+        )));
+    }
+}

@@ -1,0 +1,318 @@
+//! The HTTP/1.1 request pipeline: from a parsed request to the response sent back.
+//!
+//! The steps, in order (DESIGN.md "the request's way"; later issues insert shedding, rate limits,
+//! auth, cache between routing and picking):
+//! 1. request id: kept when valid, else generated — first, so every answer carries it;
+//! 2. head size limit (431) — before any work on an oversized head;
+//! 3. route match (404 `no_route`);
+//! 4. declared body size limit (413) — before an upstream is bothered;
+//! 5. pick an endpoint (503 when the balancer accepts none);
+//! 6. forward with the route's deadline (502 connect failure, 504 timeout), streaming both bodies;
+//! 7. response headers rewritten; the access log written when the body ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::{ExchangeStats, Finish, RequestBody, ResponseBody};
+use super::headers::{
+    add_forwarded, head_size, new_request_id, remove_hop_by_hop, valid_request_id, X_REQUEST_ID,
+};
+use super::pool::{self, Pool, Sender};
+use super::route::{request_host, strip_prefix, RequestView};
+use crate::balance::InFlightGuard;
+use crate::observe::access_log::AccessRecord;
+use crate::proxy::answer::GatewayError;
+use crate::proxy::snapshot::{RouteRuntime, ServiceRuntime};
+use crate::proxy::Shared;
+
+/// What one worker thread holds for all its connections.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: Rc<Pool>,
+}
+
+/// The client connection a request arrived on.
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+}
+
+/// Per-exchange bookkeeping finished when the response body is dropped.
+struct Exchange {
+    worker_pool: Rc<Pool>,
+    shared: Arc<Shared>,
+    record: Option<AccessRecord>,
+    started: Instant,
+    stats: Rc<ExchangeStats>,
+    upstream: Option<(SocketAddr, Sender)>,
+    _in_flight: Option<InFlightGuard>,
+}
+
+impl Finish for Exchange {
+    fn finish(&mut self, complete: bool) {
+        if let Some((addr, sender)) = self.upstream.take() {
+            if complete {
+                self.worker_pool.checkin(addr, sender);
+            }
+        }
+        if let Some(mut record) = self.record.take() {
+            record.duration = self.started.elapsed();
+            record.bytes_in = self.stats.bytes_in.get();
+            record.bytes_out = self.stats.bytes_out.get();
+            self.shared.access_log.log(record);
+        }
+    }
+}
+
+/// Serves one request. Never fails: every problem becomes a response.
+pub async fn handle(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = worker.shared.snapshot.load_full();
+    let (mut parts, body) = req.into_parts();
+    let stats = Rc::new(ExchangeStats::default());
+
+    // 1. Request id.
+    let request_id = match parts.headers.get(X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let id_text = request_id.to_str().unwrap_or_default().to_string();
+
+    let mut exchange = Exchange {
+        worker_pool: Rc::clone(&worker.pool),
+        shared: Arc::clone(&worker.shared),
+        record: worker.shared.access_log.enabled().then(|| AccessRecord {
+            time: SystemTime::now(),
+            request_id: id_text.clone(),
+            client: conn.peer.ip(),
+            method: parts.method.clone(),
+            host: request_host(&parts.uri, &parts.headers)
+                .unwrap_or_default()
+                .to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or("/", PathAndQuery::as_str)
+                .to_string(),
+            status: 0,
+            route: None,
+            service: None,
+            endpoint: None,
+            duration: Default::default(),
+            bytes_in: 0,
+            bytes_out: 0,
+        }),
+        started,
+        stats: Rc::clone(&stats),
+        upstream: None,
+        _in_flight: None,
+    };
+    let answer = |mut exchange: Exchange, error: GatewayError, close: bool| {
+        let stats = Rc::clone(&exchange.stats);
+        let mut response = error
+            .response(&id_text, close)
+            .map(|bytes| ResponseBody::full(bytes, stats));
+        if let Some(r) = exchange.record.as_mut() {
+            r.status = error.status().as_u16();
+        }
+        response.body_mut().on_finish(Box::new(exchange));
+        Ok(response)
+    };
+
+    let Some(listener) = snapshot.listener(&conn.listener) else {
+        // The listener left the config while this connection was open.
+        return answer(exchange, GatewayError::NoRoute, true);
+    };
+
+    // 2. Head size.
+    if head_size(&parts.method, &parts.uri, &parts.headers)
+        > listener.config.max_request_header_bytes
+    {
+        return answer(exchange, GatewayError::HeadersTooLarge, true);
+    }
+
+    // 3. Route.
+    let route: Arc<RouteRuntime> = {
+        let view = RequestView {
+            method: &parts.method,
+            host: request_host(&parts.uri, &parts.headers),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        };
+        match listener.routes.find(&view) {
+            Some((_, route)) => Arc::clone(route),
+            None => return answer(exchange, GatewayError::NoRoute, false),
+        }
+    };
+    let service: &ServiceRuntime = &route.service;
+    if let Some(r) = exchange.record.as_mut() {
+        r.route = Some(Arc::clone(&route.name));
+        r.service = Some(Arc::clone(&service.name));
+    }
+
+    // 4. Declared body size.
+    let limit = listener.config.max_request_body_bytes;
+    if limit != 0 {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return answer(exchange, GatewayError::PayloadTooLarge, true);
+        }
+    }
+
+    // 5. Endpoint.
+    let key = service
+        .hash_on
+        .as_ref()
+        .and_then(|h| h.key_hash(conn.peer.ip(), &parts.uri, &parts.headers));
+    let Some(index) = service.balancer.pick(key, &|_| true) else {
+        return answer(exchange, GatewayError::NoHealthyUpstream, false);
+    };
+    let Some(endpoint) = service.endpoints.get(index) else {
+        return answer(exchange, GatewayError::NoHealthyUpstream, false);
+    };
+    let address = endpoint.address;
+    exchange._in_flight = Some(endpoint.load.start());
+    if let Some(r) = exchange.record.as_mut() {
+        r.endpoint = Some(address);
+    }
+
+    // 6. Forward.
+    if let Some(prefix) = &route.strip_prefix {
+        parts.uri = rewrite_path(&parts.uri, prefix);
+    }
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    remove_hop_by_hop(&mut parts.headers);
+    // hyper answers `100 Continue` to the client itself when the body is first read; the
+    // upstream must not wait for a continue of its own.
+    parts.headers.remove(header::EXPECT);
+    add_forwarded(&mut parts.headers, conn.peer.ip(), "http");
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let upstream_request =
+        Request::from_parts(parts, RequestBody::new(body, limit, Rc::clone(&stats)));
+
+    let deadline = route
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(started) + t);
+    let exchange_result = match deadline {
+        Some(at) => {
+            tokio::time::timeout_at(at, send(&worker.pool, address, service, upstream_request))
+                .await
+                .unwrap_or(Err(SendError::Timeout))
+        }
+        None => send(&worker.pool, address, service, upstream_request).await,
+    };
+    let (response, sender) = match exchange_result {
+        Ok(ok) => ok,
+        Err(e) => {
+            let error = if stats.body_too_large.get() {
+                GatewayError::PayloadTooLarge
+            } else if stats.client_body_failed.get() {
+                GatewayError::BadRequest
+            } else {
+                match e {
+                    SendError::Timeout => GatewayError::UpstreamTimeout,
+                    SendError::Connect(ref err) => {
+                        tracing::warn!(service = %service.name, error = %err, "upstream connect failed");
+                        GatewayError::UpstreamUnavailable
+                    }
+                    SendError::Exchange(ref err) => {
+                        tracing::warn!(service = %service.name, upstream = %address, error = %err, "upstream exchange failed");
+                        GatewayError::UpstreamUnavailable
+                    }
+                }
+            };
+            let close = matches!(
+                error,
+                GatewayError::PayloadTooLarge | GatewayError::BadRequest
+            );
+            return answer(exchange, error, close);
+        }
+    };
+
+    // 7. Response.
+    let (mut head, upstream_body) = response.into_parts();
+    remove_hop_by_hop(&mut head.headers);
+    head.headers.insert(X_REQUEST_ID, request_id);
+    if let Some(r) = exchange.record.as_mut() {
+        r.status = head.status.as_u16();
+    }
+    exchange.upstream = Some((address, sender));
+    let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
+    body.on_finish(Box::new(exchange));
+    Ok(Response::from_parts(head, body))
+}
+
+fn rewrite_path(uri: &Uri, prefix: &str) -> Uri {
+    let path = strip_prefix(prefix, uri.path());
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = PathAndQuery::try_from(pq).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// The request target as an upstream HTTP/1.1 origin server expects it: path and query only.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}
+
+#[derive(Debug)]
+enum SendError {
+    Timeout,
+    Connect(pool::ConnectError),
+    Exchange(hyper::Error),
+}
+
+/// Sends on a pooled connection, or a new one. A pooled connection that turns out to be closing
+/// hands the request back unsent (hyper's `TrySendError::take_message`), which is then safe to
+/// send again on a fresh connection whatever its method.
+async fn send(
+    pool: &Rc<Pool>,
+    address: SocketAddr,
+    service: &ServiceRuntime,
+    request: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    let mut request = request;
+    if let Some(mut sender) = pool.checkout(address) {
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(SendError::Exchange(e.into_error())),
+            },
+        }
+    }
+    let mut sender = pool::connect(address, service.connect_timeout)
+        .await
+        .map_err(SendError::Connect)?;
+    match sender.try_send_request(request).await {
+        Ok(response) => Ok((response, sender)),
+        Err(e) => Err(SendError::Exchange(e.into_error())),
+    }
+}

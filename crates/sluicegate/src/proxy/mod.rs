@@ -1,0 +1,18 @@
+//! The data path: listeners, worker threads, HTTP proxying and gateway-made answers.
+
+pub mod answer;
+pub mod http;
+pub mod listener;
+pub mod snapshot;
+
+use arc_swap::ArcSwap;
+
+use crate::observe::access_log::AccessLog;
+pub use snapshot::Snapshot;
+
+/// State every worker shares: the current config snapshot and the access log.
+pub struct Shared {
+    /// Swapped whole on reload; each request keeps the snapshot it started with.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub access_log: AccessLog,
+}

@@ -1,0 +1,169 @@
+//! `sluicegate check`: every problem of a bad config, each as PATH:LINE:COL, exit 1.
+
+mod support;
+
+#[test]
+fn lists_every_problem_with_line_and_column() {
+    let toml = r#"[runtime]
+worker_threads = "two"
+
+[[listeners]]
+name = "public"
+bind = "0.0.0.0:99999"
+protocl = "http"
+
+[[routes]]
+name = "users"
+match = { path_prefix = "/users" }
+service = "userz"
+timeout = "15 seconds"
+
+[[services]]
+name = "users"
+algorithm = "round_robbin"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[[services]]
+name = "users"
+algorithm = "ring_hash"
+endpoints = [{ address = "nonsense" }]
+circuit_breaker = { failure_rate = 0.5 }
+"#;
+    let (code, _, stderr) = support::check(toml);
+    assert_eq!(code, 1, "{stderr}");
+    let expected = [
+        "sluicegate.toml:2:18: runtime.worker_threads: expected an integer, found a string",
+        "sluicegate.toml:6:8: listeners[0].bind: invalid address \"0.0.0.0:99999\"",
+        "sluicegate.toml:7:1: listeners[0].protocl: unknown key (did you mean \"protocol\"?)",
+        "sluicegate.toml:12:11: routes[0].service: no service named \"userz\" (did you mean \"users\"?)",
+        "sluicegate.toml:13:11: routes[0].timeout: duration \"15 seconds\" has unknown unit",
+        "sluicegate.toml:17:13: services[0].algorithm: unknown algorithm \"round_robbin\" (did you mean \"round_robin\"?)",
+        "sluicegate.toml:20:1: services[1].hash_on: missing required key",
+        "sluicegate.toml:21:8: services[1].name: duplicate service name \"users\"",
+        "sluicegate.toml:23:26: services[1].endpoints[0].address: invalid address \"nonsense\"",
+        "sluicegate.toml:24:1: services[1].circuit_breaker: not supported yet",
+    ];
+    for e in expected {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("10 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn valid_config_exits_0() {
+    let toml = r#"
+[admin]
+bind = "127.0.0.1:9901"
+
+[runtime]
+worker_threads = 2
+shutdown_grace = "5s"
+
+[access_log]
+path = "stdout"
+format = "json"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:8080"
+protocol = "http"
+max_request_header_bytes = "32KiB"
+max_request_body_bytes = "10MiB"
+
+[[routes]]
+name = "users"
+listeners = ["public"]
+match = { host = "*.example.com", path_prefix = "/users", methods = ["GET", "POST"], headers = { "x-canary" = "1" } }
+service = "users"
+strip_prefix = true
+timeout = "2s"
+
+[[services]]
+name = "users"
+algorithm = "maglev"
+hash_on = "header:x-user-id"
+maglev_table_size = 65537
+connect_timeout = "250ms"
+protocol = "http1"
+max_connections_per_endpoint = 0
+endpoints = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002", weight = 3 }]
+"#;
+    let (code, stdout, stderr) = support::check(toml);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid"));
+}
+
+#[test]
+fn invalid_toml_syntax_is_reported_with_position() {
+    let (code, _, stderr) = support::check("[[listeners]\nname = 1\n");
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("sluicegate.toml:1:"), "{stderr}");
+    assert!(stderr.contains("invalid TOML"), "{stderr}");
+}
+
+#[test]
+fn later_features_are_refused_not_ignored() {
+    let toml = r#"
+[redis]
+url = "redis://127.0.0.1:6379"
+
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:8443"
+protocol = "https"
+tls = { cert = "a.pem", key = "a.key" }
+"#;
+    let (code, _, stderr) = support::check(toml);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("redis: not supported yet"), "{stderr}");
+    assert!(
+        stderr.contains("protocol \"https\" is not supported yet"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listeners[0].tls: not supported yet"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_config_without_serving() {
+    let dir = support::TempDir::new("run-invalid");
+    let path = dir.write("sluicegate.toml", "[[listeners]]\nname = 3\n");
+    let out = std::process::Command::new(support::binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listeners[0].name: expected a string, found an integer"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listeners[0].bind: missing required key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_prints() {
+    let out = std::process::Command::new(support::binary())
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sluicegate "));
+}
+
+#[test]
+fn shipped_example_is_valid() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/sluicegate.toml"
+    );
+    let text = std::fs::read_to_string(example).unwrap();
+    let (code, _, stderr) = support::check(&text);
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -1,0 +1,193 @@
+//! Real HTTP/1.1 backends for integration tests, on 127.0.0.1:0, each on its own runtime.
+//!
+//! Paths: `/sleep/MS` answers after MS milliseconds; `/bytes/N` streams N bytes; `/upload` reads
+//! the body and answers with its length; `/status/CODE` answers CODE; anything else answers 200
+//! with the backend's name as body and `x-backend` header. Every request's head is recorded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// A recorded request head.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Backend {
+    /// Starts a backend that names itself `name`.
+    pub fn start(name: &str) -> Backend {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("backend runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(State {
+            name: name.to_string(),
+            hits: Arc::clone(&hits),
+            seen: Arc::clone(&seen),
+        });
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| serve(Arc::clone(&state), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            seen,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request")
+    }
+}
+
+struct State {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+type Out = Response<http_body_util::Either<http_body_util::Full<Bytes>, Repeat>>;
+
+fn text(status: StatusCode, name: &str, body: String) -> Out {
+    let mut r = Response::new(http_body_util::Either::Left(http_body_util::Full::new(
+        Bytes::from(body),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("x-backend", name.parse().expect("header"));
+    r
+}
+
+async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Out, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    state.seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    let name = state.name.clone();
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut total: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        total += d.len() as u64;
+                    }
+                }
+                Err(_) => return Ok(text(StatusCode::BAD_REQUEST, &name, "broken body".into())),
+            }
+        }
+        return Ok(text(StatusCode::OK, &name, total.to_string()));
+    }
+    // Read the body first, as real servers do before answering, so the connection stays
+    // reusable.
+    let _ = req.into_body().collect().await;
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Ok(text(StatusCode::OK, &name, name.clone()));
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        let mut r = Response::new(http_body_util::Either::Right(Repeat { left: n }));
+        r.headers_mut()
+            .insert("x-backend", name.parse().expect("header"));
+        return Ok(r);
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        return Ok(text(status, &name, name.clone()));
+    }
+    Ok(text(StatusCode::OK, &name, name.clone()))
+}
+
+/// A body of `left` bytes produced in 64 KiB chunks, never held whole.
+pub struct Repeat {
+    left: u64,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        static CHUNK: [u8; 65536] = [b'x'; 65536];
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64) as usize;
+        self.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}

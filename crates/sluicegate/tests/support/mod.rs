@@ -1,0 +1,230 @@
+//! Test support: the real `sluicegate` binary, real HTTP backends and a small blocking client,
+//! all on 127.0.0.1 with ports chosen by the kernel.
+#![allow(dead_code, unused_imports)]
+
+pub mod backend;
+pub mod client;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use backend::Backend;
+pub use client::{Client, Response};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-test-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sluicegate")
+}
+
+/// Runs `sluicegate check` on a config text; returns (exit code, stdout, stderr).
+pub fn check(toml: &str) -> (i32, String, String) {
+    let dir = TempDir::new("check");
+    let path = dir.write("sluicegate.toml", toml);
+    let out = Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run sluicegate check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "sluicegate.toml"),
+    )
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Child,
+    pub dir: TempDir,
+    /// Listener name → bound address, read from the "listening" log lines.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts `sluicegate run` with `toml` (listeners may bind port 0) and waits until every
+    /// listener reports its address.
+    pub fn start(toml: &str) -> Gateway {
+        let dir = TempDir::new("gw");
+        let path = dir.write("sluicegate.toml", toml);
+        let expected = toml.matches("[[listeners]]").count();
+        let mut child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICEGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluicegate");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(found) = parse_listening(&line) {
+                        let _ = tx.send(found);
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut listeners = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while listeners.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(found) => listeners.push(found),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "gateway did not start; stderr:\n{}",
+                        lines.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        }
+        Gateway {
+            child,
+            dir,
+            listeners,
+            stderr: lines,
+        }
+    }
+
+    /// The address of the first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners[0].1
+    }
+
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    /// Peak resident memory of the gateway process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM line");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmHWM value");
+        kib * 1024
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway stderr ---\n{}", self.stderr_text());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `... listening listener=NAME address=ADDR` from the gateway's log.
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains(" listening ") {
+        return None;
+    }
+    let mut name = None;
+    let mut addr = None;
+    for word in line.split_whitespace() {
+        if let Some(v) = word.strip_prefix("listener=") {
+            name = Some(v.to_string());
+        }
+        if let Some(v) = word.strip_prefix("address=") {
+            addr = v.parse().ok();
+        }
+    }
+    Some((name?, addr?))
+}
+
+/// Writes raw bytes on a fresh connection and reads until the peer closes (or 5 s pass).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
