@@ -155,7 +155,7 @@ fn serve(
         if let Some(backends) = &demo_backends {
             print_demo_banner(&gateway, admin, backends);
         }
-        wait_for_signal().await?;
+        wait_for_signal(&gateway).await?;
         readiness.start_draining();
         tracing::info!("signal received: draining");
         let drained = tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
@@ -168,14 +168,21 @@ fn serve(
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; meanwhile SIGUSR1 reopens the access log file (rotation).
+async fn wait_for_signal(gateway: &Gateway) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            result = tokio::signal::ctrl_c() => return result.context("cannot watch SIGINT"),
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                gateway.shared.access_log.reopen();
+            }
+        }
     }
-    Ok(())
 }
 
 fn print_demo_banner(

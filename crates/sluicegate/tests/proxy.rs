@@ -380,3 +380,74 @@ fn access_log_lines_to_a_file() {
     assert!(v["time"].as_str().unwrap().ends_with('Z'));
     drop(Client::connect(gw.addr()));
 }
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_rotation() {
+    let b = Backend::start("b");
+    let dir = support::TempDir::new("rotate");
+    let log = dir.0.join("access.log");
+    let toml = one_service(&[&b], "", CATCH_ALL)
+        .replace("path = \"off\"", &format!("path = \"{}\"", log.display()));
+    let gw = Gateway::start(&toml);
+    let wait_for = |path: &std::path::Path, needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle} never logged"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    gw.client()
+        .request("GET", "/", &[("x-request-id", "before-rotation")], b"");
+    wait_for(&log, "before-rotation");
+    let rotated = dir.0.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    // The reopen is asynchronous: keep sending until a line lands in the new file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("after-rotation")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new file never written"
+        );
+        gw.client()
+            .request("GET", "/", &[("x-request-id", "after-rotation")], b"");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("before-rotation"));
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let b = Backend::start("b");
+    let mut gw = Gateway::start(&one_service(&[&b], "", CATCH_ALL));
+    let addr = gw.addr();
+    let slow = std::thread::spawn(move || Client::connect(addr).get("/sleep/1500"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.hits() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    gw.signal("TERM");
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "b");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after drain"
+    );
+}

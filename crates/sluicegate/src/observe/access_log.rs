@@ -7,8 +7,8 @@
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -86,24 +86,40 @@ impl AccessRecord {
 pub struct AccessLog {
     sender: Option<SyncSender<AccessRecord>>,
     dropped: Arc<AtomicU64>,
+    /// Set by `reopen()` (SIGUSR1), seen by the writer: log rotation moves the file away and
+    /// the writer opens a new one at the configured path.
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLog {
     /// Starts the writer thread for `target` (`Off` starts nothing).
     pub fn start(target: &AccessLogTarget) -> io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
+        let sink = match target {
             AccessLogTarget::Off => return Ok(AccessLog::default()),
-            AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::File(path) => Box::new(open_append(path)?),
+            AccessLogTarget::Stdout => Sink::Stdout,
+            AccessLogTarget::File(path) => Sink::File(path.clone()),
         };
+        let out = sink.open()?;
         let (sender, receiver) = sync_channel(QUEUE_CAPACITY);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            sink,
+            out,
+            reopen: Arc::clone(&reopen),
+        };
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(receiver, BufWriter::with_capacity(64 * 1024, out)))?;
+            .spawn(move || writer.run(receiver))?;
         Ok(AccessLog {
             sender: Some(sender),
             dropped: Arc::default(),
+            reopen,
         })
+    }
+
+    /// Asks the writer to reopen its file (after log rotation); stdout is left as it is.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     pub fn enabled(&self) -> bool {
@@ -127,35 +143,70 @@ impl AccessLog {
     }
 }
 
-fn open_append(path: &Path) -> io::Result<std::fs::File> {
-    OpenOptions::new().create(true).append(true).open(path)
+enum Sink {
+    Stdout,
+    File(PathBuf),
 }
 
-fn write_loop(receiver: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Send>>) {
-    loop {
-        match receiver.recv_timeout(FLUSH_INTERVAL) {
-            Ok(record) => {
-                let mut line = record.to_json();
-                line.push('\n');
-                if out.write_all(line.as_bytes()).is_err() {
+impl Sink {
+    fn open(&self) -> io::Result<BufWriter<Box<dyn Write + Send>>> {
+        let out: Box<dyn Write + Send> = match self {
+            Sink::Stdout => Box::new(io::stdout()),
+            Sink::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        Ok(BufWriter::with_capacity(64 * 1024, out))
+    }
+}
+
+struct Writer {
+    sink: Sink,
+    out: BufWriter<Box<dyn Write + Send>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<AccessRecord>) {
+        loop {
+            let received = receiver.recv_timeout(FLUSH_INTERVAL);
+            // Checked after waking, so a record queued after `reopen()` lands in the new file.
+            if self.reopen.swap(false, Ordering::Relaxed) {
+                self.reopen_file();
+            }
+            match received {
+                Ok(record) => {
+                    // Drain what is queued before flushing, so a busy gateway writes in big
+                    // chunks.
+                    let queued = std::iter::once(record).chain(receiver.try_iter());
+                    for record in queued {
+                        let mut line = record.to_json();
+                        line.push('\n');
+                        if let Err(e) = self.out.write_all(line.as_bytes()) {
+                            tracing::error!(error = %e, "access log write failed");
+                        }
+                    }
+                    let _ = self.out.flush();
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.out.flush();
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.out.flush();
                     return;
                 }
-                // Drain what is queued before flushing, so a busy gateway writes in big chunks.
-                while let Ok(record) = receiver.try_recv() {
-                    let mut line = record.to_json();
-                    line.push('\n');
-                    if out.write_all(line.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-                let _ = out.flush();
             }
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = out.flush();
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
+        }
+    }
+
+    fn reopen_file(&mut self) {
+        if matches!(self.sink, Sink::Stdout) {
+            return;
+        }
+        let _ = self.out.flush();
+        match self.sink.open() {
+            Ok(out) => self.out = out,
+            // Keep writing to the old file rather than losing lines.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the access log; still writing to the old file")
             }
         }
     }
@@ -227,23 +278,35 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
         };
+        let wait_lines = |path: &std::path::Path, n: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                if text.lines().count() == n {
+                    return text;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "lines never arrived: {text:?}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
         log.log(r.clone());
         r.status = 202;
+        log.log(r.clone());
+        assert!(wait_lines(&dir, 2).contains("\"status\":202"));
+        // Rotation: the file is moved away, SIGUSR1 asks for a reopen, new lines go to a new
+        // file at the configured path.
+        let rotated = dir.with_extension("1");
+        std::fs::rename(&dir, &rotated).unwrap();
+        log.reopen();
+        r.status = 203;
         log.log(r);
+        assert!(wait_lines(&dir, 1).contains("\"status\":203"));
+        assert_eq!(wait_lines(&rotated, 2).lines().count(), 2);
         drop(log);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = std::fs::read_to_string(&dir).unwrap_or_default();
-            if text.lines().count() == 2 {
-                assert!(text.contains("\"status\":202"));
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lines never arrived: {text:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let _ = std::fs::remove_file(&rotated);
         let _ = std::fs::remove_file(&dir);
     }
 }
