@@ -72,6 +72,19 @@ impl Finish for Exchange {
     }
 }
 
+/// A request whose client went away before its response was ready still gets its log line, with
+/// nginx's status 499 ("client closed request").
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.as_mut() {
+            if record.status == 0 {
+                record.status = 499;
+            }
+            self.finish(false);
+        }
+    }
+}
+
 /// Serves one request. Never fails: every problem becomes a response.
 pub async fn handle(
     worker: Rc<Worker>,
