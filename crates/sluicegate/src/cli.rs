@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use sluicegate::admin::{self, Readiness};
+use sluicegate::admin::{self, AdminState, Readiness};
 use sluicegate::config::{self, Config, LoadError};
 use sluicegate::demo;
 use sluicegate::gateway::Gateway;
@@ -65,10 +65,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             None => Ok(Outcome::InvalidConfig),
         },
-        Command::Run { config } => {
+        Command::Run { config: path } => {
             init_logging();
-            match load(&config)? {
-                Some(loaded) => serve(loaded, None).map(|()| Outcome::Ok),
+            match load(&path)? {
+                Some((loaded, hash)) => serve(loaded, hash, Some(path), None).map(|()| Outcome::Ok),
                 None => Ok(Outcome::InvalidConfig),
             }
         }
@@ -82,17 +82,17 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 }
                 std::io::Result::Ok(addresses)
             })?;
-            let config = demo::config(port, admin_port, &backends)
+            let (config, hash) = demo::config(port, admin_port, &backends)
                 .map_err(|d| anyhow::anyhow!("demo config is invalid:\n{d}"))?;
-            serve(config, Some((runtime, backends)))?;
+            serve(config, hash, None, Some((runtime, backends)))?;
             Ok(Outcome::Ok)
         }
     }
 }
 
-/// Loads a config; prints its problems to stderr and returns `None` when invalid.
-fn load(path: &Path) -> anyhow::Result<Option<Config>> {
-    match config::load(path) {
+/// Loads a config and its hash; prints its problems to stderr and returns `None` when invalid.
+fn load(path: &Path) -> anyhow::Result<Option<(Config, String)>> {
+    match config::load_hashed(path) {
         Ok(c) => Ok(Some(c)),
         Err(LoadError::Invalid(diagnostics)) => {
             for line in diagnostics.lines() {
@@ -129,6 +129,8 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Serves until SIGTERM or SIGINT, then drains for up to `runtime.shutdown_grace`.
 fn serve(
     config: Config,
+    config_hash: String,
+    config_path: Option<PathBuf>,
     demo: Option<(tokio::runtime::Runtime, Vec<std::net::SocketAddr>)>,
 ) -> anyhow::Result<()> {
     let (runtime, demo_backends) = match demo {
@@ -137,21 +139,23 @@ fn serve(
     };
     runtime.block_on(async move {
         let readiness = Arc::new(Readiness::default());
-        let admin = match &config.admin {
-            Some(a) => Some(
-                admin::serve(a.bind, Arc::clone(&readiness))
+        let admin_bind = config.admin.as_ref().map(|a| a.bind);
+        let gateway = Gateway::start(config, config_hash, config_path)?;
+        let admin = match admin_bind {
+            Some(bind) => {
+                let state = AdminState {
+                    gateway: Arc::clone(&gateway),
+                    readiness: Arc::clone(&readiness),
+                };
+                let address = admin::serve(bind, state)
                     .await
-                    .with_context(|| format!("cannot bind the admin API on {}", a.bind))?,
-            ),
+                    .with_context(|| format!("cannot bind the admin API on {bind}"))?;
+                tracing::info!(%address, "admin API listening");
+                Some(address)
+            }
             None => None,
         };
-        if let Some(address) = admin {
-            tracing::info!(%address, "admin API listening");
-        }
-        let gateway = Gateway::start(config)?;
-        for (name, address) in &gateway.listeners {
-            tracing::info!(listener = %name, %address, "listening");
-        }
+        readiness.set_ready();
         if let Some(backends) = &demo_backends {
             print_demo_banner(&gateway, admin, backends);
         }
@@ -168,11 +172,13 @@ fn serve(
     })
 }
 
-/// Waits for SIGTERM or SIGINT; meanwhile SIGUSR1 reopens the access log file (rotation).
-async fn wait_for_signal(gateway: &Gateway) -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; meanwhile SIGHUP reloads the config and SIGUSR1 reopens the
+/// access log file (rotation).
+async fn wait_for_signal(gateway: &Arc<Gateway>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -180,6 +186,12 @@ async fn wait_for_signal(gateway: &Gateway) -> anyhow::Result<()> {
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: reopening the access log");
                 gateway.shared.access_log.reopen();
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let gateway = Arc::clone(gateway);
+                // The outcome is logged and counted by `reload` itself.
+                let _ = tokio::task::spawn_blocking(move || gateway.reload()).await;
             }
         }
     }
@@ -190,7 +202,7 @@ fn print_demo_banner(
     admin: Option<std::net::SocketAddr>,
     backends: &[std::net::SocketAddr],
 ) {
-    let Some((_, address)) = gateway.listeners.first() else {
+    let Some(address) = gateway.listeners().first().map(|l| l.bound) else {
         return;
     };
     let url = format!("http://localhost:{}", address.port());

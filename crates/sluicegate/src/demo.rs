@@ -61,7 +61,12 @@ async fn answer(
 
 /// The demo's config: one listener on `port`, round robin over the `backends`, admin on
 /// `admin_port`. Built from TOML text through the same validation as a user's file.
-pub fn config(port: u16, admin_port: u16, backends: &[SocketAddr]) -> Result<Config, Diagnostics> {
+/// Returns the config and the hash of its text.
+pub fn config(
+    port: u16,
+    admin_port: u16,
+    backends: &[SocketAddr],
+) -> Result<(Config, String), Diagnostics> {
     let endpoints: Vec<String> = backends
         .iter()
         .map(|a| format!("  {{ address = \"{a}\" }},"))
@@ -89,5 +94,5 @@ endpoints = [
 "#,
         endpoints.join("\n")
     );
-    config::build(&text, "<demo>")
+    config::build(&text, "<demo>").map(|c| (c, config::hash_text(&text)))
 }

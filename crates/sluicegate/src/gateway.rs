@@ -1,15 +1,26 @@
-//! Wiring: from a validated config to running listeners, workers and the access log.
+//! The control plane: starting the data path from a config, reloading it, and stopping it.
+//!
+//! A reload is: read and validate the file (an invalid one changes nothing), bind the sockets of
+//! added listeners (a taken port refuses the reload, nothing changed yet), build the new snapshot
+//! from the live registries (so kept endpoints keep health, in-flight counts, pools and
+//! counters), swap it in atomically, then start and stop listeners and restart the health
+//! checkers. Requests in flight keep the snapshot they started with.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{self, Config, LoadError};
+use crate::health::{self, CheckResult, CheckerHandle};
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Counter;
+use crate::observe::names;
+use crate::observe::time::rfc3339_millis;
 use crate::proxy::listener::{self, ListenError, Workers};
-use crate::proxy::{Shared, Snapshot};
+use crate::proxy::{Registries, Shared, Snapshot};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,47 +31,296 @@ pub enum StartError {
     AccessLog(#[source] std::io::Error),
 }
 
-/// A started gateway: its bound listeners and its workers.
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this gateway has no config file to reload (demo mode)")]
+    NoFile,
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl ReloadError {
+    /// Each problem on its own, as the admin API lists them.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ReloadError::Invalid(p) => p.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// The outcome of the last load or reload, for `/api/v1/status`.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub success: bool,
+    pub at: SystemTime,
+    pub problems: Vec<String>,
+}
+
+/// A listener as configured and as bound (they differ when the config says port 0).
+#[derive(Debug, Clone)]
+pub struct ListenerBinding {
+    pub name: String,
+    pub configured: SocketAddr,
+    pub bound: SocketAddr,
+}
+
+/// A running gateway.
 pub struct Gateway {
-    pub listeners: Vec<(String, SocketAddr)>,
     pub shared: Arc<Shared>,
-    workers: Workers,
-    grace: Duration,
+    workers: Mutex<Option<Workers>>,
+    listeners: Mutex<Vec<ListenerBinding>>,
+    checkers: Mutex<Vec<CheckerHandle>>,
+    config_path: Option<PathBuf>,
+    config_hash: Mutex<String>,
+    last_reload: Mutex<ReloadStatus>,
+    /// Serialises reloads (SIGHUP and the admin API may race); never held on the request path.
+    reloading: Mutex<()>,
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+    started: Instant,
 }
 
 impl Gateway {
-    /// Binds every listener and starts the workers.
-    pub fn start(config: Config) -> Result<Gateway, StartError> {
+    /// Binds every listener, starts the workers and the health checkers. Must run inside a
+    /// tokio runtime (the checkers run there). `config_path` is what reloads read.
+    pub fn start(
+        config: Config,
+        config_hash: String,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Gateway>, StartError> {
         let workers = match config.runtime.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let grace = config.runtime.shutdown_grace;
         let access_log =
             AccessLog::start(&config.access_log.target).map_err(StartError::AccessLog)?;
         let mut bound = Vec::new();
+        let mut bindings = Vec::new();
         for l in &config.listeners {
-            bound.push(listener::bind(&l.name, l.bind, workers)?);
+            let b = listener::bind(&l.name, l.bind, workers)?;
+            bindings.push(ListenerBinding {
+                name: l.name.clone(),
+                configured: l.bind,
+                bound: b.address,
+            });
+            bound.push(b);
         }
-        let listeners = bound
-            .iter()
-            .map(|b| (b.name.to_string(), b.address))
-            .collect();
+        let registries = Registries::default();
+        let snapshot = Snapshot::build(config, &registries);
+        let reloads = |result: &str| {
+            registries.metrics.counter(
+                names::CONFIG_RELOADS_TOTAL,
+                names::CONFIG_RELOADS_TOTAL_HELP,
+                &[("result", result)],
+            )
+        };
+        let (reloads_ok, reloads_failed) = (reloads("success"), reloads("failure"));
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
+            snapshot: ArcSwap::from_pointee(snapshot),
             access_log,
+            registries,
         });
-        let workers = Workers::start(Arc::clone(&shared), bound)?;
-        Ok(Gateway {
-            listeners,
+        let dropped = shared.access_log.clone();
+        shared.registries.metrics.counter_fn(
+            names::ACCESS_LOG_DROPPED_TOTAL,
+            names::ACCESS_LOG_DROPPED_TOTAL_HELP,
+            &[],
+            Arc::new(move || dropped.dropped()),
+        );
+        let workers = Workers::start(Arc::clone(&shared), workers, bound)?;
+        for b in &bindings {
+            tracing::info!(listener = %b.name, address = %b.bound, "listening");
+        }
+        let gateway = Arc::new(Gateway {
             shared,
-            workers,
-            grace,
-        })
+            workers: Mutex::new(Some(workers)),
+            listeners: Mutex::new(bindings),
+            checkers: Mutex::new(Vec::new()),
+            config_path,
+            config_hash: Mutex::new(config_hash),
+            last_reload: Mutex::new(ReloadStatus {
+                success: true,
+                at: SystemTime::now(),
+                problems: Vec::new(),
+            }),
+            reloading: Mutex::new(()),
+            reloads_ok,
+            reloads_failed,
+            started: Instant::now(),
+        });
+        gateway.restart_checkers();
+        Ok(gateway)
+    }
+
+    /// Listeners with their bound addresses.
+    pub fn listeners(&self) -> Vec<ListenerBinding> {
+        lock(&self.listeners).clone()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn config_hash(&self) -> String {
+        lock(&self.config_hash).clone()
+    }
+
+    pub fn last_reload(&self) -> ReloadStatus {
+        lock(&self.last_reload).clone()
+    }
+
+    /// `at` of the last reload as RFC 3339.
+    pub fn last_reload_at(&self) -> String {
+        rfc3339_millis(self.last_reload().at)
+    }
+
+    /// Reloads the config file; returns the new config hash.
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let _serial = lock(&self.reloading);
+        let result = self.try_reload();
+        let status = ReloadStatus {
+            success: result.is_ok(),
+            at: SystemTime::now(),
+            problems: result
+                .as_ref()
+                .err()
+                .map(ReloadError::problems)
+                .unwrap_or_default(),
+        };
+        *lock(&self.last_reload) = status;
+        match &result {
+            Ok(hash) => {
+                self.reloads_ok.inc();
+                tracing::info!(config_hash = %hash, "configuration reloaded");
+            }
+            Err(e) => {
+                self.reloads_failed.inc();
+                tracing::error!("configuration reload refused; the running config stays:\n{e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let (config, hash) = config::load_hashed(path).map_err(|e| match e {
+            LoadError::Invalid(d) => ReloadError::Invalid(d.lines()),
+            other => ReloadError::Invalid(vec![other.to_string()]),
+        })?;
+        let workers_guard = lock(&self.workers);
+        let Some(workers) = workers_guard.as_ref() else {
+            return Err(ReloadError::Invalid(vec![
+                "the gateway is shutting down".into()
+            ]));
+        };
+        // Listener diff: a listener is kept when its name and configured address are unchanged.
+        let old = lock(&self.listeners).clone();
+        let kept = |name: &str, bind: SocketAddr| {
+            old.iter().find(|o| o.name == name && o.configured == bind)
+        };
+        let mut added = Vec::new();
+        let mut bindings = Vec::new();
+        for l in &config.listeners {
+            match kept(&l.name, l.bind) {
+                Some(existing) => bindings.push(existing.clone()),
+                None => {
+                    let b = listener::bind(&l.name, l.bind, workers.count())
+                        .map_err(|e| ReloadError::Invalid(vec![e.to_string()]))?;
+                    bindings.push(ListenerBinding {
+                        name: l.name.clone(),
+                        configured: l.bind,
+                        bound: b.address,
+                    });
+                    added.push(b);
+                }
+            }
+        }
+        let removed: Vec<ListenerBinding> = old
+            .iter()
+            .filter(|o| {
+                !config
+                    .listeners
+                    .iter()
+                    .any(|l| l.name == o.name && l.bind == o.configured)
+            })
+            .cloned()
+            .collect();
+
+        let snapshot = Snapshot::build(config, &self.shared.registries);
+        let retained = Arc::clone(&snapshot.config);
+        self.shared.snapshot.store(Arc::new(snapshot));
+        for r in &removed {
+            tracing::info!(listener = %r.name, address = %r.bound, "listener removed: draining");
+            workers.stop(&r.name);
+        }
+        for b in added {
+            tracing::info!(listener = %b.name, address = %b.address, "listening");
+            workers.listen(b);
+        }
+        *lock(&self.listeners) = bindings;
+        drop(workers_guard);
+        self.restart_checkers();
+        self.shared.registries.retain(&retained);
+        *lock(&self.config_hash) = hash.clone();
+        Ok(hash)
+    }
+
+    /// Replaces every active health checker with one per endpoint of the current snapshot.
+    /// Check counters live in the endpoints' state, so a restart loses no progress.
+    fn restart_checkers(&self) {
+        let snapshot = self.shared.snapshot.load();
+        let mut checkers = Vec::new();
+        for service in snapshot.config.services.iter() {
+            let Some(check) = &service.health_check else {
+                continue;
+            };
+            for e in &service.endpoints {
+                let state = self
+                    .shared
+                    .registries
+                    .health
+                    .get_or_create(&service.name, e.address);
+                let counter = |result: &str| {
+                    self.shared.registries.metrics.counter(
+                        names::HEALTH_CHECKS_TOTAL,
+                        names::HEALTH_CHECKS_TOTAL_HELP,
+                        &[
+                            ("service", &service.name),
+                            ("endpoint", &e.address.to_string()),
+                            ("result", result),
+                        ],
+                    )
+                };
+                let (ok, failed) = (counter("success"), counter("failure"));
+                let on_result = Arc::new(move |r: CheckResult| match r {
+                    CheckResult::Success => ok.inc(),
+                    CheckResult::Failure => failed.inc(),
+                });
+                checkers.push(health::spawn_checker(
+                    e.address,
+                    None,
+                    check.clone(),
+                    state,
+                    on_result,
+                ));
+            }
+        }
+        // Dropping the old handles stops their tasks.
+        *lock(&self.checkers) = checkers;
     }
 
     /// Stops accepting and waits up to `runtime.shutdown_grace` for open requests.
-    pub fn shutdown(self) -> bool {
-        self.workers.shutdown(self.grace)
+    pub fn shutdown(&self) -> bool {
+        lock(&self.checkers).clear();
+        let grace = self.shared.snapshot.load().config.runtime.shutdown_grace;
+        let workers = lock(&self.workers).take();
+        workers.map_or(true, |w| w.shutdown(grace))
     }
+}
+
+/// Locks a control-plane mutex; a poisoned one (a panic elsewhere) still holds valid data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

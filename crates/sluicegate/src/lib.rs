@@ -8,5 +8,6 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod health;
 pub mod observe;
 pub mod proxy;

@@ -16,6 +16,7 @@ mod p2c;
 mod random;
 mod ring_hash;
 mod round_robin;
+pub mod sticky;
 #[cfg(test)]
 mod tests;
 mod weighted_round_robin;
@@ -27,6 +28,7 @@ pub use endpoint::{Endpoint, EndpointLoad, InFlightGuard};
 pub use hash_on::{HashOn, HashOnError};
 pub use maglev::DEFAULT_TABLE_SIZE as MAGLEV_DEFAULT_TABLE_SIZE;
 pub use maglev::MAX_TABLE_SIZE as MAGLEV_MAX_TABLE_SIZE;
+pub use sticky::Sticky;
 
 /// Chooses an endpoint index (into the endpoint slice the balancer was built with).
 pub trait Balancer: Send + Sync + fmt::Debug {

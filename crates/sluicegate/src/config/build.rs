@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use toml::de::DeTable;
@@ -16,6 +17,7 @@ use super::diagnostic::{suggest, Diagnostics};
 use super::model::*;
 use super::raw::{Reader, Table};
 use crate::balance::{is_prime, Algorithm, HashOn, MAGLEV_DEFAULT_TABLE_SIZE};
+use crate::health::{CheckKind, HealthCheckConfig, OutlierConfig, StatusRanges};
 
 const TOP_KEYS: &[&str] = &[
     "admin",
@@ -388,14 +390,11 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             "max_connections_per_endpoint",
             "protocol",
             "maglev_table_size",
-        ],
-        &[
-            "discovery",
             "health_check",
             "outlier_detection",
-            "circuit_breaker",
             "sticky_sessions",
         ],
+        &["discovery", "circuit_breaker"],
     );
     let name = r.required_string(t, "name", "a unique service name");
     let algorithm = match r.string(t, "algorithm") {
@@ -508,6 +507,13 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             maglev_table_size = n;
         }
     }
+    let health_check = r.table(t, "health_check").map(|h| health_check(r, &h));
+    let outlier_detection = r
+        .table(t, "outlier_detection")
+        .map(|o| outlier_detection(r, &o));
+    let sticky_sessions = r
+        .table(t, "sticky_sessions")
+        .and_then(|s| sticky_sessions(r, &s));
     Some(ServiceConfig {
         name: name?.0.to_string(),
         // An unknown algorithm was reported above; keep the service for the cross-checks
@@ -517,6 +523,161 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
         endpoints,
         connect_timeout,
         maglev_table_size,
+        health_check,
+        outlier_detection,
+        sticky_sessions,
+    })
+}
+
+fn health_check(r: &mut Reader<'_>, t: &Table<'_, '_>) -> HealthCheckConfig {
+    r.check_keys(
+        t,
+        &[
+            "path",
+            "interval",
+            "timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "expected_status",
+        ],
+        &[],
+    );
+    let expected = match r.string(t, "expected_status") {
+        None => StatusRanges::default(),
+        Some((text, span)) => StatusRanges::parse(text).unwrap_or_else(|e| {
+            r.report(span, format!("{}: {e}", t.key_path("expected_status")));
+            StatusRanges::default()
+        }),
+    };
+    let kind = match r.string(t, "path") {
+        // Without a path the check is a TCP connect.
+        None => CheckKind::Tcp,
+        Some((path, span)) => {
+            if !path.starts_with('/') || path.contains(' ') {
+                r.report(
+                    span,
+                    format!(
+                        "{}: \"{path}\" must start with \"/\" and hold no spaces",
+                        t.key_path("path")
+                    ),
+                );
+            }
+            CheckKind::Http {
+                path: path.to_string(),
+                expected,
+            }
+        }
+    };
+    if matches!(kind, CheckKind::Tcp) {
+        if let Some(v) = t.get("expected_status") {
+            r.report(
+                v.span(),
+                format!(
+                    "{}: only used by HTTP checks; set path too",
+                    t.key_path("expected_status")
+                ),
+            );
+        }
+    }
+    let interval = positive_duration(r, t, "interval").unwrap_or(Duration::from_secs(5));
+    let timeout = positive_duration(r, t, "timeout").unwrap_or(Duration::from_secs(1));
+    if timeout > interval {
+        let span = t.get("timeout").map(|v| v.span()).unwrap_or(t.span.clone());
+        r.report(
+            span,
+            format!(
+                "{}: must not be longer than interval ({} ms)",
+                t.key_path("timeout"),
+                interval.as_millis()
+            ),
+        );
+    }
+    let threshold = |r: &mut Reader<'_>, key: &str, default: u32| {
+        r.integer(t, key, 1, 1000)
+            .map(|(n, _)| n as u32)
+            .unwrap_or(default)
+    };
+    HealthCheckConfig {
+        kind,
+        interval,
+        timeout,
+        healthy_threshold: threshold(r, "healthy_threshold", 2),
+        unhealthy_threshold: threshold(r, "unhealthy_threshold", 3),
+    }
+}
+
+/// A duration that must be more than zero.
+fn positive_duration(r: &mut Reader<'_>, t: &Table<'_, '_>, key: &str) -> Option<Duration> {
+    let d = r.duration(t, key)?;
+    if d.is_zero() {
+        let span = t.get(key).map(|v| v.span()).unwrap_or(t.span.clone());
+        r.report(span, format!("{}: must be more than zero", t.key_path(key)));
+        return None;
+    }
+    Some(d)
+}
+
+fn outlier_detection(r: &mut Reader<'_>, t: &Table<'_, '_>) -> OutlierConfig {
+    r.check_keys(
+        t,
+        &[
+            "consecutive_failures",
+            "ejection_time",
+            "max_ejection_percent",
+        ],
+        &[],
+    );
+    OutlierConfig {
+        consecutive_failures: r
+            .integer(t, "consecutive_failures", 1, 10_000)
+            .map(|(n, _)| n as u32)
+            .unwrap_or(5),
+        ejection_time: positive_duration(r, t, "ejection_time").unwrap_or(Duration::from_secs(30)),
+        max_ejection_percent: r
+            .integer(t, "max_ejection_percent", 0, 100)
+            .map(|(n, _)| n as u8)
+            .unwrap_or(50),
+    }
+}
+
+fn sticky_sessions(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<StickyConfig> {
+    r.check_keys(t, &["cookie", "ttl", "secret"], &[]);
+    let cookie = match r.string(t, "cookie") {
+        None => "sg_affinity".to_string(),
+        Some((name, span)) => {
+            // RFC 6265 cookie-name is an HTTP token.
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid {
+                r.report(
+                    span,
+                    format!(
+                        "{}: \"{name}\" is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                        t.key_path("cookie")
+                    ),
+                );
+                return None;
+            }
+            name.to_string()
+        }
+    };
+    let ttl = positive_duration(r, t, "ttl").unwrap_or(Duration::from_secs(3600));
+    let secret = match r.string(t, "secret") {
+        Some((s, span)) if s.len() < 16 => {
+            r.report(
+                span,
+                format!("{}: use at least 16 characters", t.key_path("secret")),
+            );
+            None
+        }
+        other => other.map(|(s, _)| s.to_string()),
+    };
+    Some(StickyConfig {
+        cookie,
+        ttl,
+        secret,
     })
 }
 
@@ -589,7 +750,8 @@ fn cross_check(
         }
     }
     let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
-    for (l, t) in listeners {
+    // Port 0 asks the kernel for a free port: two such listeners never collide.
+    for (l, t) in listeners.iter().filter(|(l, _)| l.bind.port() != 0) {
         if let Some(other) = binds.insert(l.bind, &l.name) {
             let span = t.get("bind").map(|v| v.span()).unwrap_or(t.span.clone());
             r.report(

@@ -28,10 +28,26 @@ pub enum LoadError {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    load_hashed(path).map(|(config, _)| config)
+}
+
+/// Reads and validates the config file at `path`; also returns the SHA-256 of its text (hex),
+/// which the admin API reports so operators can tell which file is live.
+pub fn load_hashed(path: &Path) -> Result<(Config, String), LoadError> {
     let shown = path.display().to_string();
     let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: shown.clone(),
         source,
     })?;
-    build(&source, &shown).map_err(LoadError::Invalid)
+    let config = build(&source, &shown).map_err(LoadError::Invalid)?;
+    Ok((config, hash_text(&source)))
+}
+
+/// SHA-256 of a config text, in lower-case hex.
+pub fn hash_text(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

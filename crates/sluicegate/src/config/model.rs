@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::balance::{Algorithm, HashOn};
+use crate::health::{HealthCheckConfig, OutlierConfig};
 
 /// A whole configuration file.
 #[derive(Debug, Clone)]
@@ -117,6 +118,20 @@ pub struct ServiceConfig {
     pub endpoints: Vec<EndpointConfig>,
     pub connect_timeout: Duration,
     pub maglev_table_size: usize,
+    pub health_check: Option<HealthCheckConfig>,
+    pub outlier_detection: Option<OutlierConfig>,
+    pub sticky_sessions: Option<StickyConfig>,
+}
+
+/// `[services.sticky_sessions]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// The cookie's Max-Age.
+    pub ttl: Duration,
+    /// Key for the cookie values (HMAC-SHA256 of the endpoint); `None` = a random key per
+    /// process, so stickiness does not survive a restart or span several gateway instances.
+    pub secret: Option<String>,
 }
 
 /// Default service `connect_timeout`: 5 s, as Envoy's.

@@ -7,6 +7,7 @@
 //! before anything starts and port 0 resolves to one real port shared by every worker.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,11 +18,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::http::pool::Pool;
 use super::http::server::{handle, ConnInfo, Worker};
 use super::Shared;
+use crate::observe::metrics::Gauge;
+use crate::observe::names;
 
 /// How long a client may take to send a request head: a bound against slow-header attacks.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,44 +84,74 @@ pub fn bind(name: &str, address: SocketAddr, workers: usize) -> Result<BoundList
     })
 }
 
-/// Running worker threads; `shutdown` asks them to stop accepting and drain.
+/// What the control thread asks of a worker.
+enum Command {
+    /// Start accepting on this socket (a listener added by a reload).
+    Listen(Arc<str>, std::net::TcpListener),
+    /// Stop accepting on a listener and drain its connections (removed by a reload).
+    Stop(Arc<str>),
+    /// Stop every listener, drain, and end the thread.
+    Shutdown,
+}
+
+/// Running worker threads, each reachable through its command channel.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
-    stop: watch::Sender<bool>,
+    commands: Vec<mpsc::UnboundedSender<Command>>,
 }
 
 impl Workers {
-    /// Starts one thread per socket of the listeners (every listener has the same count).
+    /// Starts `count` worker threads; `listeners` must each hold `count` sockets.
     pub fn start(
         shared: Arc<Shared>,
+        count: usize,
         listeners: Vec<BoundListener>,
     ) -> Result<Workers, ListenError> {
-        let count = listeners.iter().map(|l| l.sockets.len()).max().unwrap_or(0);
-        let (stop, stop_rx) = watch::channel(false);
-        let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
-            (0..count).map(|_| Vec::new()).collect();
-        for listener in listeners {
-            for (i, socket) in listener.sockets.into_iter().enumerate() {
-                per_worker[i].push((Arc::clone(&listener.name), socket));
-            }
-        }
         let mut threads = Vec::new();
-        for (i, sockets) in per_worker.into_iter().enumerate() {
+        let mut commands = Vec::new();
+        for i in 0..count.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::clone(&shared);
-            let stop_rx = stop_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || run_worker(shared, sockets, stop_rx))
+                .spawn(move || run_worker(shared, rx))
                 .map_err(ListenError::Thread)?;
             threads.push(thread);
+            commands.push(tx);
         }
-        Ok(Workers { threads, stop })
+        let workers = Workers { threads, commands };
+        for listener in listeners {
+            workers.listen(listener);
+        }
+        Ok(workers)
+    }
+
+    /// Hands one socket of `listener` to each worker.
+    pub fn listen(&self, listener: BoundListener) {
+        for (socket, worker) in listener.sockets.into_iter().zip(&self.commands) {
+            let _ = worker.send(Command::Listen(Arc::clone(&listener.name), socket));
+        }
+    }
+
+    /// Stops a listener on every worker; its open connections finish their current request.
+    pub fn stop(&self, name: &str) {
+        let name: Arc<str> = Arc::from(name);
+        for worker in &self.commands {
+            let _ = worker.send(Command::Stop(Arc::clone(&name)));
+        }
+    }
+
+    /// How many sockets each listener needs: one per worker.
+    pub fn count(&self) -> usize {
+        self.commands.len()
     }
 
     /// Stops accepting, lets open connections finish their current request, and waits up to
     /// `grace` for them. Returns whether every worker finished in time.
     pub fn shutdown(self, grace: Duration) -> bool {
-        let _ = self.stop.send(true);
+        for worker in &self.commands {
+            let _ = worker.send(Command::Shutdown);
+        }
         let deadline = std::time::Instant::now() + grace;
         for thread in self.threads {
             while !thread.is_finished() {
@@ -133,11 +166,11 @@ impl Workers {
     }
 }
 
-fn run_worker(
-    shared: Arc<Shared>,
-    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
-    stop: watch::Receiver<bool>,
-) {
+/// How often a worker closes upstream connections that sat idle too long, for endpoints no
+/// request has asked for since (removed by a reload, or simply quiet).
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
+fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -155,21 +188,49 @@ fn run_worker(
             pool: Rc::new(Pool::default()),
         });
         let open = Rc::new(OpenConnections::default());
-        let mut accepting = Vec::new();
-        for (name, socket) in sockets {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(listener) => accepting.push(tokio::task::spawn_local(accept_loop(
-                    Rc::clone(&worker),
-                    name,
-                    listener,
-                    stop.clone(),
-                    Rc::clone(&open),
-                ))),
-                Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
+        let mut listeners: HashMap<Arc<str>, watch::Sender<bool>> = HashMap::new();
+        let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                _ = sweep.tick() => {
+                    worker.pool.sweep();
+                    continue;
+                }
+            };
+            match command {
+                Some(Command::Listen(name, socket)) => {
+                    match tokio::net::TcpListener::from_std(socket) {
+                        Ok(listener) => {
+                            let (stop, stop_rx) = watch::channel(false);
+                            if let Some(old) = listeners.insert(Arc::clone(&name), stop) {
+                                let _ = old.send(true);
+                            }
+                            tokio::task::spawn_local(accept_loop(
+                                Rc::clone(&worker),
+                                name,
+                                listener,
+                                stop_rx,
+                                Rc::clone(&open),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::error!(listener = %name, error = %e, "cannot register listener")
+                        }
+                    }
+                }
+                Some(Command::Stop(name)) => {
+                    if let Some(stop) = listeners.remove(&name) {
+                        let _ = stop.send(true);
+                    }
+                }
+                Some(Command::Shutdown) | None => {
+                    for stop in listeners.values() {
+                        let _ = stop.send(true);
+                    }
+                    break;
+                }
             }
-        }
-        for task in accepting {
-            let _ = task.await;
         }
         open.wait_idle().await;
     });
@@ -190,10 +251,12 @@ impl OpenConnections {
     }
 }
 
-struct OpenGuard(Rc<OpenConnections>);
+/// One open client connection: counted for shutdown and in `sluicegate_connections_active`.
+struct OpenGuard(Rc<OpenConnections>, Gauge);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
+        self.1.dec();
         let n = self.0.count.get() - 1;
         self.0.count.set(n);
         if n == 0 {
@@ -209,6 +272,11 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     open: Rc<OpenConnections>,
 ) {
+    let active = worker.shared.registries.metrics.gauge(
+        names::CONNECTIONS_ACTIVE,
+        names::CONNECTIONS_ACTIVE_HELP,
+        &[("listener", &name)],
+    );
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -225,7 +293,8 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         open.count.set(open.count.get() + 1);
-        let guard = OpenGuard(Rc::clone(&open));
+        active.inc();
+        let guard = OpenGuard(Rc::clone(&open), active.clone());
         let worker = Rc::clone(&worker);
         let info = Rc::new(ConnInfo {
             listener: Arc::clone(&name),

@@ -8,11 +8,13 @@ pub mod snapshot;
 use arc_swap::ArcSwap;
 
 use crate::observe::access_log::AccessLog;
-pub use snapshot::Snapshot;
+pub use snapshot::{Registries, Snapshot};
 
-/// State every worker shares: the current config snapshot and the access log.
+/// State every worker shares: the current config snapshot, the access log and the registries of
+/// live state.
 pub struct Shared {
     /// Swapped whole on reload; each request keeps the snapshot it started with.
     pub snapshot: ArcSwap<Snapshot>,
     pub access_log: AccessLog,
+    pub registries: Registries,
 }

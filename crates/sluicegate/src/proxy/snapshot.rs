@@ -1,79 +1,228 @@
-//! The runtime form of a config: routes compiled per listener, services with their balancers.
-//! Built once per config (off the hot path) and read by every worker through `arc-swap`.
+//! The runtime form of a config: routes compiled per listener, services with their balancers,
+//! endpoint state and metric handles. Built once per config (off the hot path) and read by every
+//! worker through `arc-swap`.
+//!
+//! State that must outlive a snapshot — endpoint health, in-flight counts, metric series — comes
+//! from [`Registries`], keyed by stable names, so a reload that keeps an endpoint keeps its state.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::balance::{self, Balancer, BuildOptions, Endpoint, HashOn};
+use crate::balance::{self, Balancer, BuildOptions, Endpoint, EndpointLoad, HashOn, Sticky};
 use crate::config::{Config, ListenerConfig};
+use crate::health::{self, EndpointHealth, OutlierConfig};
+use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
+use crate::observe::names;
 
 use super::http::route::{Matcher, RouteTable};
 
+/// Live state shared by every snapshot.
+#[derive(Default)]
+pub struct Registries {
+    pub health: health::Registry,
+    /// In-flight counts by (service, endpoint). Locked only while a snapshot is built.
+    pub loads: Mutex<HashMap<(String, SocketAddr), Arc<EndpointLoad>>>,
+    pub metrics: metrics::Registry,
+}
+
+impl Registries {
+    fn load(&self, service: &str, address: SocketAddr) -> Arc<EndpointLoad> {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            loads
+                .entry((service.to_string(), address))
+                .or_insert_with(|| Arc::new(EndpointLoad::default())),
+        )
+    }
+
+    /// Forgets the state of endpoints `config` no longer has.
+    pub fn retain(&self, config: &Config) {
+        let keep = |service: &str, address: SocketAddr| {
+            config
+                .services
+                .iter()
+                .any(|s| s.name == service && s.endpoints.iter().any(|e| e.address == address))
+        };
+        self.health.retain(keep);
+        self.loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(service, address), _| keep(service, *address));
+        self.metrics.retain_fns(|_, labels| {
+            let service = labels.get("service");
+            let endpoint = labels
+                .get("endpoint")
+                .and_then(|v| v.parse::<SocketAddr>().ok());
+            match (service, endpoint) {
+                (Some(s), Some(e)) => keep(s, e),
+                _ => true,
+            }
+        });
+        self.metrics.prune_unused();
+    }
+}
+
 /// Everything a request needs to be served, for one version of the config.
-#[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub listeners: Vec<ListenerPlan>,
     pub services: HashMap<String, Arc<ServiceRuntime>>,
 }
 
-/// One listener's settings and routes.
-#[derive(Debug)]
+/// One listener's settings, routes and the counter of requests no route took.
 pub struct ListenerPlan {
     pub name: Arc<str>,
     pub config: ListenerConfig,
     pub routes: RouteTable<Arc<RouteRuntime>>,
+    pub unrouted: StatusCounters,
 }
 
-/// A route ready to serve.
-#[derive(Debug)]
+/// A route ready to serve, with its metric handles.
 pub struct RouteRuntime {
     pub name: Arc<str>,
     pub service: Arc<ServiceRuntime>,
     /// The matched prefix to remove from the path before forwarding (`strip_prefix = true`).
     pub strip_prefix: Option<Arc<str>>,
     pub timeout: Option<Duration>,
+    pub requests: StatusCounters,
+    pub duration: Histogram,
 }
 
-/// A service's endpoints and balancer.
-#[derive(Debug)]
+/// Outcome counters of one endpoint (`sluicegate_upstream_requests_total`).
+pub struct UpstreamCounters {
+    pub success: Counter,
+    pub status_5xx: Counter,
+    pub connect_failure: Counter,
+    pub reset: Counter,
+    pub timeout: Counter,
+}
+
+/// A service's endpoints, their state, and its balancer.
 pub struct ServiceRuntime {
     pub name: Arc<str>,
     pub endpoints: Arc<[Endpoint]>,
+    pub health: Vec<Arc<EndpointHealth>>,
+    pub upstream: Vec<UpstreamCounters>,
     pub balancer: Box<dyn Balancer>,
     pub hash_on: Option<HashOn>,
     pub connect_timeout: Duration,
+    pub outlier: Option<OutlierConfig>,
+    pub sticky: Option<Sticky>,
+}
+
+impl std::fmt::Debug for ServiceRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRuntime")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RouteRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteRuntime")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceRuntime {
+    /// Whether endpoint `i` may take a request now (healthy and not ejected).
+    pub fn available(&self, i: usize, now: tokio::time::Instant) -> bool {
+        self.health.get(i).is_some_and(|h| h.is_available(now))
+    }
+}
+
+fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceRuntime {
+    let m = &reg.metrics;
+    let endpoints: Arc<[Endpoint]> = s
+        .endpoints
+        .iter()
+        .map(|e| Endpoint {
+            address: e.address,
+            weight: e.weight.max(1),
+            load: reg.load(&s.name, e.address),
+        })
+        .collect();
+    let health: Vec<Arc<EndpointHealth>> = endpoints
+        .iter()
+        .map(|e| reg.health.get_or_create(&s.name, e.address))
+        .collect();
+    let mut upstream = Vec::new();
+    for (e, h) in endpoints.iter().zip(&health) {
+        let address = e.address.to_string();
+        let labels = |outcome: &'static str| {
+            [
+                ("service", s.name.as_str()),
+                ("endpoint", address.as_str()),
+                ("outcome", outcome),
+            ]
+        };
+        let counter = |outcome| {
+            m.counter(
+                names::UPSTREAM_REQUESTS_TOTAL,
+                names::UPSTREAM_REQUESTS_TOTAL_HELP,
+                &labels(outcome),
+            )
+        };
+        upstream.push(UpstreamCounters {
+            success: counter("success"),
+            status_5xx: counter("5xx"),
+            connect_failure: counter("connect_failure"),
+            reset: counter("reset"),
+            timeout: counter("timeout"),
+        });
+        let endpoint_labels = [("service", s.name.as_str()), ("endpoint", address.as_str())];
+        let health_state = Arc::clone(h);
+        m.gauge_fn(
+            names::ENDPOINT_HEALTHY,
+            names::ENDPOINT_HEALTHY_HELP,
+            &endpoint_labels,
+            Arc::new(move || i64::from(health_state.is_healthy())),
+        );
+        let load = Arc::clone(&e.load);
+        m.gauge_fn(
+            names::ENDPOINT_IN_FLIGHT,
+            names::ENDPOINT_IN_FLIGHT_HELP,
+            &endpoint_labels,
+            Arc::new(move || i64::from(load.in_flight())),
+        );
+    }
+    let balancer = balance::build(
+        s.algorithm,
+        Arc::clone(&endpoints),
+        BuildOptions {
+            maglev_table_size: s.maglev_table_size,
+        },
+    );
+    let sticky = s.sticky_sessions.as_ref().map(|c| {
+        let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
+        Sticky::new(&c.cookie, c.ttl, c.secret.as_deref(), &s.name, &addresses)
+    });
+    ServiceRuntime {
+        name: Arc::from(s.name.as_str()),
+        endpoints,
+        health,
+        upstream,
+        balancer,
+        hash_on: s.hash_on.clone(),
+        connect_timeout: s.connect_timeout,
+        outlier: s.outlier_detection,
+        sticky,
+    }
 }
 
 impl Snapshot {
-    /// Compiles a validated config.
-    pub fn build(config: Config) -> Snapshot {
+    /// Compiles a validated config, taking live state from `reg`.
+    pub fn build(config: Config, reg: &Registries) -> Snapshot {
+        let m = &reg.metrics;
         let services: HashMap<String, Arc<ServiceRuntime>> = config
             .services
             .iter()
-            .map(|s| {
-                let endpoints: Arc<[Endpoint]> = s
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint::new(e.address, e.weight))
-                    .collect();
-                let balancer = balance::build(
-                    s.algorithm,
-                    Arc::clone(&endpoints),
-                    BuildOptions {
-                        maglev_table_size: s.maglev_table_size,
-                    },
-                );
-                let runtime = ServiceRuntime {
-                    name: Arc::from(s.name.as_str()),
-                    endpoints,
-                    balancer,
-                    hash_on: s.hash_on.clone(),
-                    connect_timeout: s.connect_timeout,
-                };
-                (s.name.clone(), Arc::new(runtime))
-            })
+            .map(|s| (s.name.clone(), Arc::new(build_service(s, reg))))
             .collect();
         let listeners = config
             .listeners
@@ -94,6 +243,21 @@ impl Snapshot {
                                 .then(|| r.matcher.path_prefix.as_deref().map(Arc::from))
                                 .flatten(),
                             timeout: r.timeout,
+                            requests: m.status_counters(
+                                names::HTTP_REQUESTS_TOTAL,
+                                names::HTTP_REQUESTS_TOTAL_HELP,
+                                &[
+                                    ("listener", l.name.as_str()),
+                                    ("route", r.name.as_str()),
+                                    ("service", r.service.as_str()),
+                                ],
+                            ),
+                            duration: m.histogram(
+                                names::HTTP_REQUEST_DURATION_SECONDS,
+                                names::HTTP_REQUEST_DURATION_SECONDS_HELP,
+                                &[("route", r.name.as_str()), ("service", r.service.as_str())],
+                                metrics::LATENCY_BUCKETS,
+                            ),
                         };
                         Some((Matcher::new(r.matcher.clone()), Arc::new(runtime)))
                     })
@@ -102,6 +266,15 @@ impl Snapshot {
                     name: Arc::from(l.name.as_str()),
                     config: l.clone(),
                     routes: RouteTable::new(routes),
+                    unrouted: m.status_counters(
+                        names::HTTP_REQUESTS_TOTAL,
+                        names::HTTP_REQUESTS_TOTAL_HELP,
+                        &[
+                            ("listener", l.name.as_str()),
+                            ("route", ""),
+                            ("service", ""),
+                        ],
+                    ),
                 }
             })
             .collect();

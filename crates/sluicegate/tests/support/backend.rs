@@ -2,12 +2,13 @@
 //!
 //! Paths: `/sleep/MS` answers after MS milliseconds; `/bytes/N` streams N bytes; `/upload` reads
 //! the body and answers with its length; `/status/CODE` answers CODE; anything else answers 200
-//! with the backend's name as body and `x-backend` header. Every request's head is recorded.
+//! with the backend's name as body and `x-backend` header (status settable with `set_status`);
+//! `/healthz` answers the status set with `set_health`. Every request's head is recorded.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +35,12 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Status `/healthz` answers (default 200).
+    pub health: Arc<AtomicU16>,
+    /// Status ordinary requests answer (default 200).
+    pub status: Arc<AtomicU16>,
+    /// Requests to `/healthz`, counted apart from `hits`.
+    pub health_hits: Arc<AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -51,10 +58,16 @@ impl Backend {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(AtomicU16::new(200));
+        let status = Arc::new(AtomicU16::new(200));
+        let health_hits = Arc::new(AtomicUsize::new(0));
         let state = Arc::new(State {
             name: name.to_string(),
             hits: Arc::clone(&hits),
             seen: Arc::clone(&seen),
+            health: Arc::clone(&health),
+            status: Arc::clone(&status),
+            health_hits: Arc::clone(&health_hits),
         });
         runtime.spawn(async move {
             loop {
@@ -75,12 +88,23 @@ impl Backend {
             addr,
             hits,
             seen,
+            health,
+            status,
+            health_hits,
             _runtime: runtime,
         }
     }
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     pub fn last_seen(&self) -> Seen {
@@ -97,6 +121,9 @@ struct State {
     name: String,
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    health: Arc<AtomicU16>,
+    status: Arc<AtomicU16>,
+    health_hits: Arc<AtomicUsize>,
 }
 
 type Out = Response<http_body_util::Either<http_body_util::Full<Bytes>, Repeat>>;
@@ -112,6 +139,12 @@ fn text(status: StatusCode, name: &str, body: String) -> Out {
 }
 
 async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Out, Infallible> {
+    if req.uri().path() == "/healthz" {
+        state.health_hits.fetch_add(1, Ordering::SeqCst);
+        let status =
+            StatusCode::from_u16(state.health.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+        return Ok(text(status, &state.name, "health".into()));
+    }
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
@@ -158,7 +191,9 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Out, Infalli
             .unwrap_or(StatusCode::OK);
         return Ok(text(status, &name, name.clone()));
     }
-    Ok(text(StatusCode::OK, &name, name.clone()))
+    let status =
+        StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    Ok(text(status, &name, name.clone()))
 }
 
 /// A body of `left` bytes produced in 64 KiB chunks, never held whole.

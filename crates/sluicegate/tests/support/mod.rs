@@ -69,7 +69,11 @@ pub struct Gateway {
     pub dir: TempDir,
     /// Listener name → bound address, read from the "listening" log lines.
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The admin API's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
+    pub config_path: PathBuf,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    events: mpsc::Receiver<(String, SocketAddr)>,
 }
 
 impl Gateway {
@@ -78,7 +82,8 @@ impl Gateway {
     pub fn start(toml: &str) -> Gateway {
         let dir = TempDir::new("gw");
         let path = dir.write("sluicegate.toml", toml);
-        let expected = toml.matches("[[listeners]]").count();
+        let expected =
+            toml.matches("[[listeners]]").count() + usize::from(toml.contains("[admin]"));
         let mut child = Command::new(binary())
             .args(["run", "-c"])
             .arg(&path)
@@ -106,10 +111,12 @@ impl Gateway {
             });
         }
         let mut listeners = Vec::new();
+        let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while listeners.len() < expected {
+        while listeners.len() + usize::from(admin.is_some()) < expected {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
+                Ok((name, addr)) if name == "<admin>" => admin = Some(addr),
                 Ok(found) => listeners.push(found),
                 Err(_) => {
                     let _ = child.kill();
@@ -124,8 +131,29 @@ impl Gateway {
             child,
             dir,
             listeners,
+            admin,
+            config_path: path,
             stderr: lines,
+            events: rx,
         }
+    }
+
+    /// Waits for the next `listening` line (a listener added by a reload).
+    pub fn next_listening(&self, timeout: Duration) -> Option<(String, SocketAddr)> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// A client of the admin API.
+    pub fn admin(&self) -> Client {
+        Client::connect(self.admin.expect("config has no [admin]"))
+    }
+
+    /// Rewrites the config file (for reloads).
+    pub fn write_config(&self, toml: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, toml).expect("write config");
+        // Rename, so a reload never reads a half-written file.
+        std::fs::rename(&tmp, &self.config_path).expect("replace config");
     }
 
     /// The address of the first listener.
@@ -199,8 +227,15 @@ impl Drop for Gateway {
     }
 }
 
-/// Parses `... listening listener=NAME address=ADDR` from the gateway's log.
+/// Parses `... listening listener=NAME address=ADDR` (and the admin API's line, as the
+/// listener `<admin>`) from the gateway's log.
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if line.contains("admin API listening") {
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))?;
+        return Some(("<admin>".to_string(), addr.parse().ok()?));
+    }
     if !line.contains(" listening ") {
         return None;
     }

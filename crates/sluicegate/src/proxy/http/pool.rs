@@ -102,6 +102,15 @@ impl Pool {
         });
     }
 
+    /// Closes connections idle longer than the idle timeout, for every endpoint.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
+            !list.is_empty()
+        });
+    }
+
     /// Idle connections held for `addr` (for tests and the admin API).
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
         self.idle.borrow().get(&addr).map_or(0, Vec::len)

@@ -28,7 +28,9 @@ use super::headers::{
 use super::pool::{self, Pool, Sender};
 use super::route::{request_host, strip_prefix, RequestView};
 use crate::balance::InFlightGuard;
+use crate::health::{outlier, Outcome};
 use crate::observe::access_log::AccessRecord;
+use crate::observe::metrics::StatusCounters;
 use crate::proxy::answer::GatewayError;
 use crate::proxy::snapshot::{RouteRuntime, ServiceRuntime};
 use crate::proxy::Shared;
@@ -54,6 +56,11 @@ struct Exchange {
     stats: Rc<ExchangeStats>,
     upstream: Option<(SocketAddr, Sender)>,
     _in_flight: Option<InFlightGuard>,
+    /// The status sent (0 until known); counted in the route's or the listener's metrics.
+    status: u16,
+    route: Option<Arc<RouteRuntime>>,
+    unrouted: Option<StatusCounters>,
+    counted: bool,
 }
 
 impl Finish for Exchange {
@@ -63,7 +70,20 @@ impl Finish for Exchange {
                 self.worker_pool.checkin(addr, sender);
             }
         }
+        if !self.counted {
+            self.counted = true;
+            if self.status == 0 {
+                self.status = 499;
+            }
+            if let Some(route) = &self.route {
+                route.requests.inc(self.status);
+                route.duration.observe(self.started.elapsed().as_secs_f64());
+            } else if let Some(unrouted) = &self.unrouted {
+                unrouted.inc(self.status);
+            }
+        }
         if let Some(mut record) = self.record.take() {
+            record.status = self.status;
             record.duration = self.started.elapsed();
             record.bytes_in = self.stats.bytes_in.get();
             record.bytes_out = self.stats.bytes_out.get();
@@ -76,10 +96,7 @@ impl Finish for Exchange {
 /// nginx's status 499 ("client closed request").
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if let Some(record) = self.record.as_mut() {
-            if record.status == 0 {
-                record.status = 499;
-            }
+        if !self.counted {
             self.finish(false);
         }
     }
@@ -131,15 +148,17 @@ pub async fn handle(
         stats: Rc::clone(&stats),
         upstream: None,
         _in_flight: None,
+        status: 0,
+        route: None,
+        unrouted: None,
+        counted: false,
     };
     let answer = |mut exchange: Exchange, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
         let mut response = error
             .response(&id_text, close)
             .map(|bytes| ResponseBody::full(bytes, stats));
-        if let Some(r) = exchange.record.as_mut() {
-            r.status = error.status().as_u16();
-        }
+        exchange.status = error.status().as_u16();
         response.body_mut().on_finish(Box::new(exchange));
         Ok(response)
     };
@@ -148,6 +167,7 @@ pub async fn handle(
         // The listener left the config while this connection was open.
         return answer(exchange, GatewayError::NoRoute, true);
     };
+    exchange.unrouted = Some(listener.unrouted.clone());
 
     // 2. Head size.
     if head_size(&parts.method, &parts.uri, &parts.headers)
@@ -170,6 +190,7 @@ pub async fn handle(
         }
     };
     let service: &ServiceRuntime = &route.service;
+    exchange.route = Some(Arc::clone(&route));
     if let Some(r) = exchange.record.as_mut() {
         r.route = Some(Arc::clone(&route.name));
         r.service = Some(Arc::clone(&service.name));
@@ -193,7 +214,22 @@ pub async fn handle(
         .hash_on
         .as_ref()
         .and_then(|h| h.key_hash(conn.peer.ip(), &parts.uri, &parts.headers));
-    let Some(index) = service.balancer.pick(key, &|_| true) else {
+    let now = tokio::time::Instant::now();
+    let accept = |i: usize| service.available(i, now);
+    let mut pin = None;
+    let picked = match &service.sticky {
+        Some(sticky) => match sticky.pinned(&parts.headers) {
+            Some(i) if accept(i) => Some(i),
+            // No valid cookie, or its endpoint is unavailable: pick and (re-)pin.
+            _ => {
+                let i = service.balancer.pick(key, &accept);
+                pin = i.and_then(|i| sticky.set_cookie(i)).cloned();
+                i
+            }
+        },
+        None => service.balancer.pick(key, &accept),
+    };
+    let Some(index) = picked else {
         return answer(exchange, GatewayError::NoHealthyUpstream, false);
     };
     let Some(endpoint) = service.endpoints.get(index) else {
@@ -231,6 +267,19 @@ pub async fn handle(
         }
         None => send(&worker.pool, address, service, upstream_request).await,
     };
+    let outcome = match &exchange_result {
+        Ok((response, _)) if response.status().is_server_error() => Upstream::Status5xx,
+        Ok(_) => Upstream::Success,
+        Err(SendError::Timeout) => Upstream::Timeout,
+        Err(SendError::Connect(_)) => Upstream::ConnectFailure,
+        Err(SendError::Exchange(_))
+            if stats.client_body_failed.get() || stats.body_too_large.get() =>
+        {
+            Upstream::ClientFault
+        }
+        Err(SendError::Exchange(_)) => Upstream::Reset,
+    };
+    report_outcome(service, index, outcome, now);
     let (response, sender) = match exchange_result {
         Ok(ok) => ok,
         Err(e) => {
@@ -263,9 +312,10 @@ pub async fn handle(
     let (mut head, upstream_body) = response.into_parts();
     remove_hop_by_hop(&mut head.headers);
     head.headers.insert(X_REQUEST_ID, request_id);
-    if let Some(r) = exchange.record.as_mut() {
-        r.status = head.status.as_u16();
+    if let Some(cookie) = pin {
+        head.headers.append(header::SET_COOKIE, cookie);
     }
+    exchange.status = head.status.as_u16();
     exchange.upstream = Some((address, sender));
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
     body.on_finish(Box::new(exchange));
@@ -293,6 +343,49 @@ fn origin_form(uri: &Uri) -> Uri {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::from(pq)
+}
+
+/// How an upstream exchange went, for outlier detection and `sluicegate_upstream_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Success,
+    Status5xx,
+    ConnectFailure,
+    Reset,
+    Timeout,
+    /// The client's body was malformed or too large: not the endpoint's fault.
+    ClientFault,
+}
+
+fn report_outcome(
+    service: &ServiceRuntime,
+    index: usize,
+    outcome: Upstream,
+    now: tokio::time::Instant,
+) {
+    if let Some(counters) = service.upstream.get(index) {
+        match outcome {
+            Upstream::Success => counters.success.inc(),
+            Upstream::Status5xx => counters.status_5xx.inc(),
+            Upstream::ConnectFailure => counters.connect_failure.inc(),
+            Upstream::Reset => counters.reset.inc(),
+            Upstream::Timeout => counters.timeout.inc(),
+            Upstream::ClientFault => {}
+        }
+    }
+    let Some(config) = &service.outlier else {
+        return;
+    };
+    let verdict = match outcome {
+        Upstream::Success => Outcome::Success,
+        Upstream::ClientFault => return,
+        _ => Outcome::Failure,
+    };
+    if outlier::record(&service.health, index, verdict, config, now) {
+        if let Some(e) = service.endpoints.get(index) {
+            tracing::warn!(service = %service.name, endpoint = %e.address, ?outcome, "endpoint ejected by outlier detection");
+        }
+    }
 }
 
 #[derive(Debug)]

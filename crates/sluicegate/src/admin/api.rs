@@ -1,0 +1,150 @@
+//! Admin API handlers.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::AdminState;
+use crate::gateway::Gateway;
+use crate::observe::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use crate::proxy::http::headers::new_request_id;
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/reload", post(reload))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The JSON error body of SPEC 5.
+fn error(status: StatusCode, code: &str, message: &str, extra: Option<(&str, Value)>) -> Response {
+    let id = new_request_id();
+    let mut body = json!({
+        "error": code,
+        "message": message,
+        "request_id": id.to_str().unwrap_or_default(),
+    });
+    if let (Some((key, value)), Some(map)) = (extra, body.as_object_mut()) {
+        map.insert(key.to_string(), value);
+    }
+    (status, [("x-request-id", id)], Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no admin endpoint at this path",
+        None,
+    )
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.readiness.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        let state = if s.readiness.is_draining() {
+            "draining"
+        } else {
+            "starting"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": state})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let text = s.gateway.shared.registries.metrics.render();
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response()
+}
+
+async fn status(State(s): State<AdminState>) -> Json<Value> {
+    let g: &Gateway = &s.gateway;
+    let last = g.last_reload();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": g.uptime().as_secs(),
+        "config_hash": g.config_hash(),
+        "last_reload": {
+            "result": if last.success { "success" } else { "failure" },
+            "at": g.last_reload_at(),
+            "problems": last.problems,
+        },
+        "listeners": g.listeners().iter().map(|l| json!({
+            "name": l.name,
+            "address": l.bound.to_string(),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn services(State(s): State<AdminState>) -> Json<Value> {
+    let snapshot = s.gateway.shared.snapshot.load();
+    let now = tokio::time::Instant::now();
+    let services: Vec<Value> = snapshot
+        .config
+        .services
+        .iter()
+        .filter_map(|c| snapshot.services.get(&c.name).map(|r| (c, r)))
+        .map(|(c, r)| {
+            let endpoints: Vec<Value> = r
+                .endpoints
+                .iter()
+                .zip(&r.health)
+                .map(|(e, h)| {
+                    json!({
+                        "address": e.address.to_string(),
+                        "weight": e.weight,
+                        "healthy": h.is_healthy(),
+                        "ejected": h.is_ejected(now),
+                        "breaker": "closed",
+                        "in_flight": e.load.in_flight(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": c.name,
+                "algorithm": c.algorithm.name(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    Json(json!({ "services": services }))
+}
+
+async fn reload(State(s): State<AdminState>) -> Response {
+    let gateway: Arc<Gateway> = Arc::clone(&s.gateway);
+    // Reading the file and binding sockets block: keep them off the async threads.
+    let result = tokio::task::spawn_blocking(move || gateway.reload()).await;
+    match result {
+        Ok(Ok(hash)) => Json(json!({"result": "success", "config_hash": hash})).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the new configuration was refused; the running one stays",
+            Some(("problems", json!(e.problems()))),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the reload task failed",
+            None,
+        ),
+    }
+}

@@ -1,0 +1,177 @@
+//! Metric names, label names and `# HELP` texts: SPEC section 4, written once.
+//!
+//! Every metric the gateway exports is named here and nowhere else (STYLE point 8). Code that
+//! builds a step asks [`super::metrics::Registry`] for a handle with one of these names at build
+//! time and keeps the handle; the request path never sees a name or a label string.
+//!
+//! Each name comes with a `*_HELP` text, the line Prometheus shows in `# HELP`. The doc comment of
+//! each name gives the metric's type, its labels (in the order callers should pass them) and what
+//! one unit means. Label values that SPEC fixes are constants in [`value`].
+
+/// Label names used by the metrics below.
+pub mod label {
+    /// The listener's name from the config.
+    pub const LISTENER: &str = "listener";
+    /// The route's name from the config.
+    pub const ROUTE: &str = "route";
+    /// The service's name from the config.
+    pub const SERVICE: &str = "service";
+    /// The endpoint's address, e.g. `127.0.0.1:9001` (SPEC section 4).
+    pub const ENDPOINT: &str = "endpoint";
+    /// The numeric HTTP status, e.g. `200`. Added by the registry when it renders
+    /// [`StatusCounters`](super::super::metrics::StatusCounters); callers never pass it.
+    pub const CODE: &str = "code";
+    /// How an upstream attempt ended.
+    pub const OUTCOME: &str = "outcome";
+    /// `success` or `failure` (SPEC section 4); see [`super::value`].
+    pub const RESULT: &str = "result";
+    /// The rate-limit policy's name from the config.
+    pub const POLICY: &str = "policy";
+    /// What a rate-limit policy decided.
+    pub const DECISION: &str = "decision";
+    /// A request's priority class for load shedding.
+    pub const PRIORITY: &str = "priority";
+    /// Why a request was retried.
+    pub const REASON: &str = "reason";
+    /// The SLO's name from the config.
+    pub const SLO: &str = "slo";
+    /// The window a burn rate is measured over, e.g. `1h`.
+    pub const WINDOW: &str = "window";
+}
+
+/// Label values that SPEC section 4 fixes.
+pub mod value {
+    /// `result="success"`.
+    pub const SUCCESS: &str = "success";
+    /// `result="failure"`.
+    pub const FAILURE: &str = "failure";
+}
+
+/// Counter. Labels: `listener`, `route`, `service`, `code`. Requests answered, by the status sent
+/// to the client (including answers the gateway makes itself, like 404 `no_route` or 429). Kept as
+/// [`StatusCounters`](super::metrics::StatusCounters): callers pass the first three labels and the
+/// registry adds `code`.
+pub const HTTP_REQUESTS_TOTAL: &str = "sluicegate_http_requests_total";
+pub const HTTP_REQUESTS_TOTAL_HELP: &str =
+    "HTTP requests answered, by listener, route, service and status code.";
+
+/// Histogram, in seconds. Labels: `route`, `service`. Time from the request's arrival to the end of
+/// its response.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "sluicegate_http_request_duration_seconds";
+pub const HTTP_REQUEST_DURATION_SECONDS_HELP: &str =
+    "Time from a request's arrival to the end of its response, in seconds.";
+
+/// Counter. Labels: `service`, `endpoint`, `outcome`. Attempts sent to an upstream endpoint (each
+/// retry counts), by how the attempt ended as the forwarder classifies it (`success`, `5xx`,
+/// `connect_failure`, `reset`, `timeout`).
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "sluicegate_upstream_requests_total";
+pub const UPSTREAM_REQUESTS_TOTAL_HELP: &str =
+    "Requests sent to upstream endpoints (each attempt counts), by outcome.";
+
+/// Gauge. Labels: `service`, `endpoint`. 1 while the endpoint is healthy and not ejected, else 0.
+pub const ENDPOINT_HEALTHY: &str = "sluicegate_endpoint_healthy";
+pub const ENDPOINT_HEALTHY_HELP: &str = "1 if the endpoint is healthy, 0 if not.";
+
+/// Gauge. Labels: `service`, `endpoint`. Requests in flight to the endpoint now.
+pub const ENDPOINT_IN_FLIGHT: &str = "sluicegate_endpoint_in_flight";
+pub const ENDPOINT_IN_FLIGHT_HELP: &str = "Requests in flight to the endpoint.";
+
+/// Gauge. Labels: `listener`. Client connections open on the listener now.
+pub const CONNECTIONS_ACTIVE: &str = "sluicegate_connections_active";
+pub const CONNECTIONS_ACTIVE_HELP: &str = "Client connections open on the listener.";
+
+/// Counter. Labels: `service`, `endpoint`, `result` (`success` | `failure`). Active health checks
+/// completed.
+pub const HEALTH_CHECKS_TOTAL: &str = "sluicegate_health_checks_total";
+pub const HEALTH_CHECKS_TOTAL_HELP: &str = "Active health checks completed, by result.";
+
+/// Counter. Labels: `policy`, `decision`. Rate-limit decisions, by policy and decision (whether the
+/// request was let through or refused with 429).
+pub const RATE_LIMIT_DECISIONS_TOTAL: &str = "sluicegate_rate_limit_decisions_total";
+pub const RATE_LIMIT_DECISIONS_TOTAL_HELP: &str = "Rate-limit decisions, by policy and decision.";
+
+/// Counter. Labels: `route`, `result`. Response-cache lookups. SPEC section 4 says `result` is
+/// `success` or `failure`; for the cache that reads as hit and miss.
+pub const CACHE_LOOKUPS_TOTAL: &str = "sluicegate_cache_lookups_total";
+pub const CACHE_LOOKUPS_TOTAL_HELP: &str = "Response-cache lookups, by route and result.";
+
+/// Counter. Labels: `priority`. Requests shed with 503 `overloaded`, by priority class.
+pub const LOAD_SHED_TOTAL: &str = "sluicegate_load_shed_total";
+pub const LOAD_SHED_TOTAL_HELP: &str = "Requests shed with 503 overloaded, by priority.";
+
+/// Gauge. Labels: `service`, `endpoint`. The endpoint's circuit-breaker state: 0 closed, 1 open,
+/// 2 half-open.
+pub const CIRCUIT_BREAKER_STATE: &str = "sluicegate_circuit_breaker_state";
+pub const CIRCUIT_BREAKER_STATE_HELP: &str =
+    "Circuit-breaker state of the endpoint: 0 closed, 1 open, 2 half-open.";
+
+/// Counter. Labels: `route`, `reason`. Retries made (not first attempts), by why.
+pub const RETRIES_TOTAL: &str = "sluicegate_retries_total";
+pub const RETRIES_TOTAL_HELP: &str = "Retries made, by route and reason.";
+
+/// Counter. Labels: `result` (`success` | `failure`). Config reloads attempted (by signal or the
+/// admin API).
+pub const CONFIG_RELOADS_TOTAL: &str = "sluicegate_config_reloads_total";
+pub const CONFIG_RELOADS_TOTAL_HELP: &str = "Config reloads attempted, by result.";
+
+/// Gauge (a fraction; a [`FloatGauge`](super::metrics::FloatGauge)). Labels: `slo`. Share of the
+/// SLO's error budget left in its window: 1 untouched, 0 spent, below 0 overspent.
+pub const SLO_ERROR_BUDGET_REMAINING: &str = "sluicegate_slo_error_budget_remaining";
+pub const SLO_ERROR_BUDGET_REMAINING_HELP: &str =
+    "Share of the SLO's error budget left in its window (1 untouched, 0 spent).";
+
+/// Gauge (a ratio; a [`FloatGauge`](super::metrics::FloatGauge)). Labels: `slo`, `window`. How
+/// fast the SLO's error budget burns over `window`: 1 spends it exactly over the SLO window.
+pub const SLO_BURN_RATE: &str = "sluicegate_slo_burn_rate";
+pub const SLO_BURN_RATE_HELP: &str =
+    "Error-budget burn rate of the SLO over the window (1 = spent exactly by the window's end).";
+
+/// Counter, no labels. Access-log records dropped because the writer's queue was full (not in
+/// SPEC section 4; the access log's own health). The access log keeps the count, so this is a
+/// [`Registry::counter_fn`](super::metrics::Registry::counter_fn).
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluicegate_access_log_dropped_total";
+pub const ACCESS_LOG_DROPPED_TOTAL_HELP: &str =
+    "Access-log records dropped because the writer's queue was full.";
+
+/// Every name above with its help text, for checks that must cover them all.
+pub const ALL: &[(&str, &str)] = &[
+    (HTTP_REQUESTS_TOTAL, HTTP_REQUESTS_TOTAL_HELP),
+    (
+        HTTP_REQUEST_DURATION_SECONDS,
+        HTTP_REQUEST_DURATION_SECONDS_HELP,
+    ),
+    (UPSTREAM_REQUESTS_TOTAL, UPSTREAM_REQUESTS_TOTAL_HELP),
+    (ENDPOINT_HEALTHY, ENDPOINT_HEALTHY_HELP),
+    (ENDPOINT_IN_FLIGHT, ENDPOINT_IN_FLIGHT_HELP),
+    (CONNECTIONS_ACTIVE, CONNECTIONS_ACTIVE_HELP),
+    (HEALTH_CHECKS_TOTAL, HEALTH_CHECKS_TOTAL_HELP),
+    (RATE_LIMIT_DECISIONS_TOTAL, RATE_LIMIT_DECISIONS_TOTAL_HELP),
+    (CACHE_LOOKUPS_TOTAL, CACHE_LOOKUPS_TOTAL_HELP),
+    (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
+    (CIRCUIT_BREAKER_STATE, CIRCUIT_BREAKER_STATE_HELP),
+    (RETRIES_TOTAL, RETRIES_TOTAL_HELP),
+    (CONFIG_RELOADS_TOTAL, CONFIG_RELOADS_TOTAL_HELP),
+    (SLO_ERROR_BUDGET_REMAINING, SLO_ERROR_BUDGET_REMAINING_HELP),
+    (SLO_BURN_RATE, SLO_BURN_RATE_HELP),
+    (ACCESS_LOG_DROPPED_TOTAL, ACCESS_LOG_DROPPED_TOTAL_HELP),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prefixed_and_valid() {
+        let mut seen = std::collections::HashSet::new();
+        for (name, help) in ALL {
+            assert!(seen.insert(*name), "{name} listed twice");
+            assert!(name.starts_with("sluicegate_"), "{name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(!help.is_empty() && !help.contains('\n'), "{name}");
+        }
+        assert_eq!(ALL.len(), 16);
+    }
+}

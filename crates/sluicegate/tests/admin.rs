@@ -1,0 +1,302 @@
+//! The admin API and hot reload through the real binary.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Backend, Client, Gateway};
+
+fn config(backends: &[(&Backend, u32)], extra_listener: Option<&str>) -> String {
+    let endpoints: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.addr))
+        .collect();
+    let second = extra_listener
+        .map(|bind| format!("[[listeners]]\nname = \"second\"\nbind = \"{bind}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[access_log]
+path = "off"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+{second}
+
+[[routes]]
+name = "all"
+service = "app"
+
+[[services]]
+name = "app"
+algorithm = "weighted_round_robin"
+endpoints = [{}]
+"#,
+        endpoints.join(", ")
+    )
+}
+
+#[test]
+fn status_and_services_have_the_spec_shapes() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&config(&[(&b, 3)], None));
+    let mut admin = gw.admin();
+    assert_eq!(admin.get("/healthz").status, 200);
+    assert_eq!(admin.get("/readyz").status, 200);
+    let s = admin.get("/api/v1/status").json();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert!(s["uptime_seconds"].is_u64());
+    assert_eq!(s["config_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(s["last_reload"]["result"], "success");
+    assert!(s["last_reload"]["at"].as_str().unwrap().ends_with('Z'));
+    let v = admin.get("/api/v1/services").json();
+    let svc = &v["services"][0];
+    assert_eq!(svc["name"], "app");
+    assert_eq!(svc["algorithm"], "weighted_round_robin");
+    let e = &svc["endpoints"][0];
+    assert_eq!(e["address"], b.addr.to_string());
+    assert_eq!(e["weight"], 3);
+    assert_eq!(e["healthy"], true);
+    assert_eq!(e["ejected"], false);
+    assert_eq!(e["breaker"], "closed");
+    assert_eq!(e["in_flight"], 0);
+    let r = admin.get("/nope");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "no_route");
+}
+
+#[test]
+fn metrics_parse_with_the_prometheus_parser_and_name_every_built_metric() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&config(&[(&b, 1)], None));
+    let mut c = gw.client();
+    for _ in 0..3 {
+        assert_eq!(c.get("/").status, 200);
+    }
+    // One failed reload, to have both results counted.
+    gw.write_config("this is not toml");
+    assert_eq!(
+        gw.admin()
+            .request("POST", "/api/v1/reload", &[], b"")
+            .status,
+        400
+    );
+    let text = gw.admin().get("/metrics").text();
+    for name in [
+        "sluicegate_http_requests_total",
+        "sluicegate_http_request_duration_seconds",
+        "sluicegate_upstream_requests_total",
+        "sluicegate_endpoint_healthy",
+        "sluicegate_endpoint_in_flight",
+        "sluicegate_connections_active",
+        "sluicegate_config_reloads_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(text.contains(
+        "sluicegate_http_requests_total{listener=\"public\",route=\"all\",service=\"app\",code=\"200\"} 3"
+    ), "{text}");
+    assert!(
+        text.contains("sluicegate_config_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    // The reference parser must accept the whole exposition.
+    let dir = support::TempDir::new("metrics");
+    let file = dir.write("metrics.txt", &text);
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+             fams = list(text_string_to_metric_families(open(sys.argv[1]).read()))\n\
+             print(len(fams), sorted(f.name for f in fams))",
+        )
+        .arg(&file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        parsed.contains("sluicegate_http_request_duration_seconds"),
+        "{parsed}"
+    );
+}
+
+#[test]
+fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&config(&[(&b, 1)], None));
+    let hash = gw.admin().get("/api/v1/status").json()["config_hash"].clone();
+    gw.write_config(&config(&[(&b, 1)], None).replace("weighted_round_robin", "fastest"));
+    let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["error"], "bad_request");
+    let problems = v["problems"].as_array().unwrap();
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .contains("unknown algorithm \"fastest\""),
+        "{v}"
+    );
+    let s = gw.admin().get("/api/v1/status").json();
+    assert_eq!(s["config_hash"], hash);
+    assert_eq!(s["last_reload"]["result"], "failure");
+    assert_eq!(gw.client().get("/").status, 200);
+}
+
+#[test]
+fn sighup_and_api_reloads_apply_new_endpoints() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let gw = Gateway::start(&config(&[(&a, 1)], None));
+    let mut c = gw.client();
+    assert_eq!(c.get("/").text(), "a");
+    gw.write_config(&config(&[(&b, 1)], None));
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get("/").text() != "b" {
+        assert!(Instant::now() < deadline, "SIGHUP reload never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw.write_config(&config(&[(&a, 1), (&b, 1)], None));
+    let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["result"], "success");
+    let names: Vec<String> = (0..4).map(|_| c.get("/").text()).collect();
+    assert!(
+        names.contains(&"a".to_string()) && names.contains(&"b".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn reload_adds_and_removes_listeners() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&config(&[(&b, 1)], None));
+    gw.write_config(&config(&[(&b, 1)], Some("127.0.0.1:0")));
+    assert_eq!(
+        gw.admin()
+            .request("POST", "/api/v1/reload", &[], b"")
+            .status,
+        200
+    );
+    let (name, second) = gw
+        .next_listening(Duration::from_secs(10))
+        .expect("new listener logged");
+    assert_eq!(name, "second");
+    assert_eq!(Client::connect(second).get("/").text(), "b");
+    let mut kept = Client::connect(second);
+    assert_eq!(kept.get("/").status, 200);
+    // Removing it: no new connections, and the open one is closed once idle.
+    gw.write_config(&config(&[(&b, 1)], None));
+    assert_eq!(
+        gw.admin()
+            .request("POST", "/api/v1/reload", &[], b"")
+            .status,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(second).is_ok() {
+        assert!(Instant::now() < deadline, "removed listener still accepts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        gw.client().get("/").status,
+        200,
+        "the kept listener serves on"
+    );
+}
+
+#[test]
+fn reload_under_load_fails_no_request() {
+    let backends: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let gw = Gateway::start(&config(&[(&backends[0], 1), (&backends[1], 1)], None));
+    let addr = gw.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    if c.get("/").status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut reloads = 0;
+    while reloads < 50 || started.elapsed() < Duration::from_secs(10) {
+        if reloads < 50 {
+            // Endpoint sets and weights change every time.
+            let set: Vec<(&Backend, u32)> = match reloads % 3 {
+                0 => vec![(&backends[0], 1), (&backends[2], 3)],
+                1 => vec![(&backends[1], 2)],
+                _ => vec![(&backends[0], 5), (&backends[1], 1), (&backends[2], 1)],
+            };
+            gw.write_config(&config(&set, None));
+            let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
+            assert_eq!(r.status, 200, "{}", r.text());
+            reloads += 1;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("reload under load: {reloads} reloads, {ok} requests ok, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 1000, "too little traffic to mean anything: {ok}");
+}
+
+#[test]
+fn readyz_turns_503_while_draining_and_the_in_flight_request_finishes() {
+    let b = Backend::start("b");
+    let mut gw = Gateway::start(&config(&[(&b, 1)], None));
+    let addr = gw.addr();
+    let slow = std::thread::spawn(move || Client::connect(addr).get("/sleep/2000"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.hits() == 0 {
+        assert!(Instant::now() < deadline, "request never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut admin = gw.admin();
+    assert_eq!(admin.get("/readyz").status, 200);
+    gw.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = admin.get("/readyz");
+        if r.status == 503 {
+            assert_eq!(r.json()["status"], "draining");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never turned 503");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request finished");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+}
