@@ -216,3 +216,28 @@ fn sticky_sessions_pin_and_repin() {
     let repinned = r.header("set-cookie").expect("re-pinned").to_string();
     assert_ne!(repinned.split(';').next().unwrap(), cookie);
 }
+
+#[test]
+fn a_reload_keeps_the_health_of_endpoints_it_keeps() {
+    let good = Backend::start("good");
+    let sick = Backend::start("sick");
+    let gw = Gateway::start(&config(&[&good, &sick], CHECKS));
+    sick.set_health(503);
+    wait_until("unhealthy", || !endpoint_state(&gw, sick.addr).0);
+    // Same endpoints, another algorithm and weights: the sick one must stay out at once.
+    let changed = config(&[&good, &sick], CHECKS).replace("round_robin", "least_connections");
+    gw.write_config(&changed);
+    assert_eq!(
+        gw.admin()
+            .request("POST", "/api/v1/reload", &[], b"")
+            .status,
+        200
+    );
+    assert_eq!(endpoint_state(&gw, sick.addr), (false, false));
+    let before = sick.hits();
+    let mut c = gw.client();
+    for _ in 0..10 {
+        assert_eq!(c.get("/").text(), "good");
+    }
+    assert_eq!(sick.hits(), before);
+}
