@@ -108,20 +108,30 @@ fn later_features_are_refused_not_ignored() {
 url = "redis://127.0.0.1:6379"
 
 [[listeners]]
+name = "db"
+bind = "127.0.0.1:6432"
+protocol = "postgres"
+database = "app"
+
+[[listeners]]
 name = "tls"
 bind = "127.0.0.1:8443"
 protocol = "https"
-tls = { cert = "a.pem", key = "a.key" }
+tls = { cert = "missing.pem", key = "missing.key" }
 "#;
     let (code, _, stderr) = support::check(toml);
     assert_eq!(code, 1);
     assert!(stderr.contains("redis: not supported yet"), "{stderr}");
     assert!(
-        stderr.contains("protocol \"https\" is not supported yet"),
+        stderr.contains("protocol \"postgres\" is not supported yet"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("listeners[0].tls: not supported yet"),
+        stderr.contains("listeners[0].database: not supported yet"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listeners[1].tls: cannot read missing.pem"),
         "{stderr}"
     );
 }

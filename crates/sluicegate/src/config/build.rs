@@ -149,10 +149,14 @@ fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
             "name",
             "bind",
             "protocol",
+            "tls",
+            "service",
+            "idle_timeout",
+            "max_connections",
             "max_request_header_bytes",
             "max_request_body_bytes",
         ],
-        &["tls", "service", "database"],
+        &["database"],
     );
     let name = r.required_string(t, "name", "a unique listener name");
     let bind = if t.get("bind").is_some() {
@@ -161,23 +165,70 @@ fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
         r.missing(t, "bind", "an address such as \"0.0.0.0:8080\"");
         None
     };
-    if let Some((protocol, span)) = r.string(t, "protocol") {
-        match protocol {
-            "http" => {}
-            "https" | "tcp" | "postgres" => r.report(
-                span,
-                format!(
-                    "{}: protocol \"{protocol}\" is not supported yet in this version of sluicegate; expected \"http\"",
-                    t.key_path("protocol")
-                ),
-            ),
-            other => r.report(
-                span,
-                format!(
-                    "{}: unknown protocol \"{other}\"; expected \"http\", \"https\", \"tcp\" or \"postgres\"",
-                    t.key_path("protocol")
-                ),
-            ),
+    let protocol_name = r.string(t, "protocol");
+    let protocol = match protocol_name.as_ref().map(|(p, _)| *p).unwrap_or("http") {
+        "http" => Some(ListenerProtocol::Http),
+        "https" => match r.table(t, "tls") {
+            Some(tls) => listener_tls(r, &tls).map(ListenerProtocol::Https),
+            None => {
+                r.missing(
+                    t,
+                    "tls",
+                    "protocol \"https\" needs tls = { cert = \"...\", key = \"...\" }",
+                );
+                None
+            }
+        },
+        "tcp" => match r.string(t, "service") {
+            Some((service, _)) => Some(ListenerProtocol::Tcp {
+                service: service.to_string(),
+            }),
+            None => {
+                r.missing(
+                    t,
+                    "service",
+                    "protocol \"tcp\" needs the name of a service with protocol \"tcp\"",
+                );
+                None
+            }
+        },
+        "postgres" => {
+            if let Some((_, span)) = &protocol_name {
+                r.report(
+                    span.clone(),
+                    format!(
+                        "{}: protocol \"postgres\" is not supported yet in this version of sluicegate",
+                        t.key_path("protocol")
+                    ),
+                );
+            }
+            None
+        }
+        other => {
+            if let Some((_, span)) = &protocol_name {
+                r.report(
+                    span.clone(),
+                    format!(
+                        "{}: unknown protocol \"{other}\"; expected \"http\", \"https\", \"tcp\" or \"postgres\"",
+                        t.key_path("protocol")
+                    ),
+                );
+            }
+            None
+        }
+    };
+    let is = |p: &str| protocol_name.as_ref().map_or("http", |(n, _)| *n) == p;
+    for (key, wanted) in [("tls", "https"), ("service", "tcp")] {
+        if !is(wanted) {
+            if let Some(v) = t.get(key) {
+                r.report(
+                    v.span(),
+                    format!(
+                        "{}: only used by protocol \"{wanted}\" listeners",
+                        t.key_path(key)
+                    ),
+                );
+            }
         }
     }
     let header_limit = r.size(t, "max_request_header_bytes");
@@ -194,14 +245,51 @@ fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
         }
     }
     let body_limit = r.size(t, "max_request_body_bytes").unwrap_or(0);
+    let idle_timeout = positive_duration(r, t, "idle_timeout").unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let max_connections = r
+        .integer(t, "max_connections", 0, 10_000_000)
+        .map_or(0, |(n, _)| n as usize);
     Some(ListenerConfig {
         name: name?.0.to_string(),
         bind: bind?,
+        protocol: protocol?,
+        idle_timeout,
+        max_connections,
         max_request_header_bytes: header_limit
             .map(|n| n as usize)
             .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_BYTES),
         max_request_body_bytes: body_limit,
     })
+}
+
+/// A listener's `tls` table; the certificates are loaded now, so a bad file is a config error
+/// with its place rather than a failed handshake later.
+fn listener_tls(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerTls> {
+    r.check_keys(t, &["cert", "key", "certificates"], &[]);
+    let pair = |r: &mut Reader<'_>, t: &Table<'_, '_>| {
+        let cert = r.required_string(t, "cert", "a PEM certificate chain file");
+        let key = r.required_string(t, "key", "a PEM private key file");
+        Some((PathBuf::from(cert?.0), PathBuf::from(key?.0)))
+    };
+    let default = pair(r, t);
+    let mut extra = Vec::new();
+    for c in r.tables(t, "certificates") {
+        r.check_keys(&c, &["cert", "key"], &[]);
+        if let Some(p) = pair(r, &c) {
+            extra.push(p);
+        }
+    }
+    let (cert, key) = default?;
+    let tls = ListenerTls {
+        cert,
+        key,
+        certificates: extra,
+    };
+    if let Err(e) = crate::proxy::tls_config::server_config_for(&tls) {
+        r.report(t.span.clone(), format!("{}: {e}", t.path));
+        return None;
+    }
+    Some(tls)
 }
 
 /// A route as read, with the places its references came from, for the cross-checks.
@@ -393,6 +481,8 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             "health_check",
             "outlier_detection",
             "sticky_sessions",
+            "tls",
+            "send_proxy_protocol",
         ],
         &["discovery", "circuit_breaker"],
     );
@@ -467,25 +557,61 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             );
         }
     }
-    if let Some((protocol, span)) = r.string(t, "protocol") {
-        match protocol {
-            "http1" => {}
-            "http2" | "https" | "tcp" => r.report(
-                span,
-                format!(
-                    "{}: protocol \"{protocol}\" is not supported yet in this version of sluicegate; expected \"http1\"",
-                    t.key_path("protocol")
-                ),
-            ),
-            other => r.report(
+    let protocol = match r.string(t, "protocol") {
+        None | Some(("http1", _)) => UpstreamProtocol::Http1,
+        Some(("http2", _)) => UpstreamProtocol::Http2,
+        Some(("tcp", _)) => UpstreamProtocol::Tcp,
+        Some(("https", _)) => UpstreamProtocol::Https(
+            r.table(t, "tls")
+                .map(|tls| upstream_tls(r, &tls))
+                .unwrap_or_default(),
+        ),
+        Some((other, span)) => {
+            r.report(
                 span,
                 format!(
                     "{}: unknown protocol \"{other}\"; expected \"http1\", \"http2\", \"https\" or \"tcp\"",
                     t.key_path("protocol")
                 ),
-            ),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    if !matches!(protocol, UpstreamProtocol::Https(_)) {
+        if let Some(v) = t.get("tls") {
+            r.report(
+                v.span(),
+                format!(
+                    "{}: only used by protocol \"https\" services",
+                    t.key_path("tls")
+                ),
+            );
         }
     }
+    let send_proxy_protocol = match r.string(t, "send_proxy_protocol") {
+        None => None,
+        Some((text, span)) => {
+            let parsed = crate::proxy::proxy_protocol::ProxyProtocol::parse(text);
+            if parsed.is_none() {
+                r.report(
+                    span.clone(),
+                    format!(
+                        "{}: expected \"v1\" or \"v2\"",
+                        t.key_path("send_proxy_protocol")
+                    ),
+                );
+            } else if protocol != UpstreamProtocol::Tcp {
+                r.report(
+                    span,
+                    format!(
+                        "{}: only used by protocol \"tcp\" services",
+                        t.key_path("send_proxy_protocol")
+                    ),
+                );
+            }
+            parsed
+        }
+    };
     let mut maglev_table_size = MAGLEV_DEFAULT_TABLE_SIZE;
     if let Some((n, span)) = r.integer(t, "maglev_table_size", 2, 5_000_011) {
         let n = n as usize;
@@ -526,7 +652,22 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
         health_check,
         outlier_detection,
         sticky_sessions,
+        protocol,
+        send_proxy_protocol,
     })
+}
+
+fn upstream_tls(r: &mut Reader<'_>, t: &Table<'_, '_>) -> UpstreamTls {
+    r.check_keys(t, &["ca", "server_name", "insecure_skip_verify"], &[]);
+    let tls = UpstreamTls {
+        ca: r.string(t, "ca").map(|(p, _)| PathBuf::from(p)),
+        server_name: r.string(t, "server_name").map(|(n, _)| n.to_string()),
+        insecure_skip_verify: r.bool(t, "insecure_skip_verify").unwrap_or(false),
+    };
+    if let Err(e) = crate::proxy::tls_config::client_config_for(&tls) {
+        r.report(t.span.clone(), format!("{}: {e}", t.path));
+    }
+    tls
 }
 
 fn health_check(r: &mut Reader<'_>, t: &Table<'_, '_>) -> HealthCheckConfig {
@@ -779,6 +920,26 @@ fn cross_check(
         }
     }
     let service_names: Vec<&str> = services.iter().map(|(s, _)| s.name.as_str()).collect();
+    for (l, t) in listeners {
+        let ListenerProtocol::Tcp { service } = &l.protocol else {
+            continue;
+        };
+        let span = t.get("service").map(|v| v.span()).unwrap_or(t.span.clone());
+        match services.iter().find(|(s, _)| s.name == *service) {
+            None => r.report(
+                span,
+                format!("{}: no service named \"{service}\"", t.key_path("service")),
+            ),
+            Some((s, _)) if s.protocol != UpstreamProtocol::Tcp => r.report(
+                span,
+                format!(
+                    "{}: service \"{service}\" must have protocol = \"tcp\" to serve a tcp listener",
+                    t.key_path("service")
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
     let listener_names: Vec<&str> = listeners.iter().map(|(l, _)| l.name.as_str()).collect();
     let mut seen: HashMap<&str, ()> = HashMap::new();
     for route in routes {
@@ -801,7 +962,28 @@ fn cross_check(
                 ),
             );
         }
+        if let Some((svc, _)) = services.iter().find(|(s, _)| s.name == c.service) {
+            if svc.protocol == UpstreamProtocol::Tcp {
+                r.report(
+                    route.service_span.clone(),
+                    format!(
+                        "{}.service: \"{}\" is a tcp service; routes need an HTTP service (http1, http2 or https)",
+                        route.path, c.service
+                    ),
+                );
+            }
+        }
         for (l, span) in c.listeners.iter().zip(&route.listener_spans) {
+            if listeners
+                .iter()
+                .any(|(lc, _)| lc.name == *l && matches!(lc.protocol, ListenerProtocol::Tcp { .. }))
+            {
+                r.report(
+                    span.clone(),
+                    format!("{}.listeners: \"{l}\" is a tcp listener; routes serve http and https listeners", route.path),
+                );
+                continue;
+            }
             if !listener_names.contains(&l.as_str()) {
                 r.report(
                     span.clone(),

@@ -73,11 +73,38 @@ impl Default for AccessLogConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// Idle time after which a TCP (layer 4) connection or a WebSocket tunnel is closed.
+    pub idle_timeout: Duration,
+    /// Open client connections allowed on this listener across workers; 0 = unlimited.
+    pub max_connections: usize,
     /// Request heads larger than this get 431.
     pub max_request_header_bytes: usize,
     /// Request bodies larger than this get 413; 0 = unlimited.
     pub max_request_body_bytes: u64,
 }
+
+/// What a listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1, and HTTP/2 by prior knowledge.
+    Http,
+    /// TLS, then HTTP/2 or HTTP/1.1 by ALPN.
+    Https(ListenerTls),
+    /// Layer 4: bytes both ways to an endpoint of `service`.
+    Tcp { service: String },
+}
+
+/// A listener's certificates: the default pair and others chosen by SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Default listener `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Default `max_request_header_bytes`: 64 KiB, as SPEC 2 shows.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
@@ -121,6 +148,32 @@ pub struct ServiceConfig {
     pub health_check: Option<HealthCheckConfig>,
     pub outlier_detection: Option<OutlierConfig>,
     pub sticky_sessions: Option<StickyConfig>,
+    pub protocol: UpstreamProtocol,
+    /// For `protocol = "tcp"`: the PROXY protocol header sent first, if any.
+    pub send_proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
+}
+
+/// How the gateway talks to a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 over cleartext (h2c, prior knowledge), multiplexed.
+    Http2,
+    /// TLS, then HTTP/2 or HTTP/1.1 by ALPN.
+    Https(UpstreamTls),
+    /// Bytes, for `tcp` listeners.
+    Tcp,
+}
+
+/// `[services.tls]` for `protocol = "https"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// PEM roots to verify the endpoints with; `None` = the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Name to send in SNI and verify the certificate for; default: the endpoint's IP address.
+    pub server_name: Option<String>,
+    /// Accept any certificate. For tests and labs only.
+    pub insecure_skip_verify: bool,
 }
 
 /// `[services.sticky_sessions]`.

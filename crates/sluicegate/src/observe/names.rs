@@ -133,6 +133,16 @@ pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluicegate_access_log_dropped_total"
 pub const ACCESS_LOG_DROPPED_TOTAL_HELP: &str =
     "Access-log records dropped because the writer's queue was full.";
 
+/// `sluicegate_websocket_upgrades_total` (counter, no labels): connections switched to WebSocket
+/// (or another `Upgrade` protocol) through the gateway.
+pub const WEBSOCKET_UPGRADES_TOTAL: &str = "sluicegate_websocket_upgrades_total";
+pub const WEBSOCKET_UPGRADES_TOTAL_HELP: &str =
+    "Connections upgraded (WebSocket) through the gateway.";
+
+/// `sluicegate_websocket_connections_active` (gauge, no labels): open upgraded tunnels.
+pub const WEBSOCKET_CONNECTIONS_ACTIVE: &str = "sluicegate_websocket_connections_active";
+pub const WEBSOCKET_CONNECTIONS_ACTIVE_HELP: &str = "Upgraded (WebSocket) tunnels open now.";
+
 /// Every name above with its help text, for checks that must cover them all.
 pub const ALL: &[(&str, &str)] = &[
     (HTTP_REQUESTS_TOTAL, HTTP_REQUESTS_TOTAL_HELP),

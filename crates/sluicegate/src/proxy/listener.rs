@@ -14,20 +14,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::http::pool::Pool;
-use super::http::server::{handle, ConnInfo, Worker};
+use super::http::serve::{serve, Mode};
+use super::http::server::{ConnInfo, Worker};
+use super::snapshot::{ListenerKind, ServiceRuntime};
+use super::tcp::{self, TcpOptions};
+use super::tls;
 use super::Shared;
+use crate::health::{outlier, Outcome};
 use crate::observe::metrics::Gauge;
 use crate::observe::names;
-
-/// How long a client may take to send a request head: a bound against slow-header attacks.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the gateway could not start listening.
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +182,25 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        let open = Rc::new(OpenConnections::default());
+        let metrics = &shared.registries.metrics;
+        let websocket_upgrades = metrics.counter(
+            names::WEBSOCKET_UPGRADES_TOTAL,
+            names::WEBSOCKET_UPGRADES_TOTAL_HELP,
+            &[],
+        );
+        let websocket_active = metrics.gauge(
+            names::WEBSOCKET_CONNECTIONS_ACTIVE,
+            names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
+            &[],
+        );
         let worker = Rc::new(Worker {
             shared,
             pool: Rc::new(Pool::default()),
+            open: Rc::clone(&open),
+            websocket_upgrades,
+            websocket_active,
         });
-        let open = Rc::new(OpenConnections::default());
         let mut listeners: HashMap<Arc<str>, watch::Sender<bool>> = HashMap::new();
         let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
         loop {
@@ -236,9 +249,9 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
     });
 }
 
-/// Counts a worker's open client connections, so shutdown can wait for them.
+/// Counts a worker's open client connections and tunnels, so shutdown can wait for them.
 #[derive(Default)]
-struct OpenConnections {
+pub struct OpenConnections {
     count: Cell<usize>,
     idle: Notify,
 }
@@ -251,8 +264,17 @@ impl OpenConnections {
     }
 }
 
-/// One open client connection: counted for shutdown and in `sluicegate_connections_active`.
-struct OpenGuard(Rc<OpenConnections>, Gauge);
+impl OpenConnections {
+    /// Counts a tunnel (an upgraded connection) that outlives its HTTP connection.
+    pub fn hold(self: &Rc<Self>, gauge: Gauge) -> OpenGuard {
+        self.count.set(self.count.get() + 1);
+        gauge.inc();
+        OpenGuard(Rc::clone(self), gauge)
+    }
+}
+
+/// One open client connection or tunnel: counted for shutdown and in a gauge.
+pub struct OpenGuard(Rc<OpenConnections>, Gauge);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -277,6 +299,7 @@ async fn accept_loop(
         names::CONNECTIONS_ACTIVE_HELP,
         &[("listener", &name)],
     );
+    let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -291,53 +314,142 @@ async fn accept_loop(
                 continue;
             }
         };
+        // The listener's current settings: a reload may have changed them.
+        let snapshot = worker.shared.snapshot.load_full();
+        let Some(plan) = snapshot.listener(&name) else {
+            continue;
+        };
+        let limit = plan.config.max_connections;
+        if limit != 0 && active.get() >= limit as i64 {
+            tracing::debug!(listener = %name, %peer, limit, "connection limit reached: closing");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         open.count.set(open.count.get() + 1);
         active.inc();
         let guard = OpenGuard(Rc::clone(&open), active.clone());
-        let worker = Rc::clone(&worker);
         let info = Rc::new(ConnInfo {
             listener: Arc::clone(&name),
             peer,
+            local: stream.local_addr().ok().or(local),
+            tls: matches!(plan.kind, ListenerKind::Https(_)),
         });
-        let mut stop = stop.clone();
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            let limit = worker
-                .shared
-                .snapshot
-                .load()
-                .listener(&info.listener)
-                .map_or(crate::config::DEFAULT_MAX_REQUEST_HEADER_BYTES, |l| {
-                    l.config.max_request_header_bytes
+        let worker = Rc::clone(&worker);
+        let stop = stop.clone();
+        let header_limit = plan.config.max_request_header_bytes;
+        let idle = plan.config.idle_timeout;
+        match &plan.kind {
+            ListenerKind::Http => {
+                tokio::task::spawn_local(async move {
+                    let _guard = guard;
+                    serve(worker, info, stream, Mode::Detect, header_limit, stop).await;
                 });
-            let service = {
-                let worker = Rc::clone(&worker);
-                let info = Rc::clone(&info);
-                service_fn(move |req| handle(Rc::clone(&worker), Rc::clone(&info), req))
-            };
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .keep_alive(true)
-                // The pipeline answers heads over the limit with a JSON 431; hyper's own limit
-                // (twice as large, it answers with an empty 431) is the hard bound on memory.
-                .max_buf_size((limit * 2).max(16 * 1024));
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
-                    }
-                    return;
-                }
-                _ = stop.wait_for(|s| *s) => {
-                    connection.as_mut().graceful_shutdown();
-                }
             }
-            let _ = connection.await;
-        });
+            ListenerKind::Https(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::task::spawn_local(async move {
+                    let _guard = guard;
+                    match tls::accept(&acceptor, stream, TLS_HANDSHAKE_TIMEOUT).await {
+                        Ok((tls_stream, alpn)) => {
+                            let mode = Mode::from_alpn(alpn.as_deref());
+                            serve(worker, info, tls_stream, mode, header_limit, stop).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    }
+                });
+            }
+            ListenerKind::Unusable => drop(guard),
+            ListenerKind::Tcp(service) => {
+                let service = Arc::clone(service);
+                tokio::task::spawn_local(async move {
+                    let _guard = guard;
+                    tcp_connection(info, stream, service, idle).await;
+                });
+            }
+        }
+    }
+}
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Proxies one layer-4 connection: pick an endpoint (the service's algorithm; hashing on the
+/// client IP), connect (trying one other endpoint if the first refuses), relay bytes both ways.
+async fn tcp_connection(
+    info: Rc<ConnInfo>,
+    client: tokio::net::TcpStream,
+    service: Arc<ServiceRuntime>,
+    idle: Duration,
+) {
+    let key = service.hash_on.as_ref().map(|_| {
+        crate::balance::HashOn::ClientIp.key_hash(
+            info.peer.ip(),
+            &http::Uri::from_static("/"),
+            &http::HeaderMap::new(),
+        )
+    });
+    let key = key.flatten();
+    let options = |s: &ServiceRuntime| TcpOptions {
+        connect_timeout: s.connect_timeout,
+        idle_timeout: idle,
+        proxy_protocol: s.send_proxy_protocol,
+    };
+    let local = info.local.unwrap_or(info.peer);
+    let mut tried: Option<usize> = None;
+    for _attempt in 0..2 {
+        let now = tokio::time::Instant::now();
+        let accept = |i: usize| Some(i) != tried && service.available(i, now);
+        let Some(index) = service.balancer.pick(key, &accept) else {
+            tracing::debug!(service = %service.name, peer = %info.peer, "no available endpoint: closing");
+            return;
+        };
+        let Some(endpoint) = service.endpoints.get(index) else {
+            return;
+        };
+        let _in_flight = endpoint.load.start();
+        match tcp::connect(endpoint.address, &options(&service), info.peer, local).await {
+            Ok(upstream) => {
+                report_tcp(&service, index, true);
+                match tcp::relay(client, upstream, idle).await {
+                    Ok(stats) => {
+                        tracing::debug!(peer = %info.peer, upstream = %endpoint.address, ?stats, "tcp connection closed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %info.peer, upstream = %endpoint.address, error = %e, "tcp connection ended")
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(service = %service.name, upstream = %endpoint.address, error = %e, "tcp upstream connect failed");
+                report_tcp(&service, index, false);
+                tried = Some(index);
+            }
+        }
+    }
+}
+
+/// Counts a layer-4 connect in `sluicegate_upstream_requests_total` and outlier detection.
+fn report_tcp(service: &ServiceRuntime, index: usize, ok: bool) {
+    if let Some(c) = service.upstream.get(index) {
+        if ok {
+            c.success.inc();
+        } else {
+            c.connect_failure.inc();
+        }
+    }
+    if let Some(config) = &service.outlier {
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        outlier::record(
+            &service.health,
+            index,
+            outcome,
+            config,
+            tokio::time::Instant::now(),
+        );
     }
 }

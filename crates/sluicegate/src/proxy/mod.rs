@@ -3,7 +3,11 @@
 pub mod answer;
 pub mod http;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod snapshot;
+pub mod tcp;
+pub mod tls;
+pub mod tls_config;
 
 use arc_swap::ArcSwap;
 

@@ -11,10 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::balance::{self, Balancer, BuildOptions, Endpoint, EndpointLoad, HashOn, Sticky};
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, ListenerProtocol, UpstreamProtocol};
 use crate::health::{self, EndpointHealth, OutlierConfig};
 use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
 use crate::observe::names;
+use crate::proxy::http::pool::Transport;
+use crate::proxy::proxy_protocol::ProxyProtocol;
+use crate::proxy::tls_config;
+use rustls::pki_types::ServerName;
 
 use super::http::route::{Matcher, RouteTable};
 
@@ -71,10 +75,20 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<ServiceRuntime>>,
 }
 
+/// What a listener does with a connection.
+pub enum ListenerKind {
+    Http,
+    Https(tokio_rustls::TlsAcceptor),
+    Tcp(Arc<ServiceRuntime>),
+    /// Its TLS files became unreadable after validation: connections are closed.
+    Unusable,
+}
+
 /// One listener's settings, routes and the counter of requests no route took.
 pub struct ListenerPlan {
     pub name: Arc<str>,
     pub config: ListenerConfig,
+    pub kind: ListenerKind,
     pub routes: RouteTable<Arc<RouteRuntime>>,
     pub unrouted: StatusCounters,
 }
@@ -110,6 +124,8 @@ pub struct ServiceRuntime {
     pub connect_timeout: Duration,
     pub outlier: Option<OutlierConfig>,
     pub sticky: Option<Sticky>,
+    pub transport: Transport,
+    pub send_proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl std::fmt::Debug for ServiceRuntime {
@@ -202,6 +218,34 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
         Sticky::new(&c.cookie, c.ttl, c.secret.as_deref(), &s.name, &addresses)
     });
+    let transport = match &s.protocol {
+        UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => Transport::Http1,
+        UpstreamProtocol::Http2 => Transport::Http2,
+        UpstreamProtocol::Https(tls) => match tls_config::client_config_for(tls) {
+            Ok(config) => {
+                let name = tls.server_name.clone();
+                let server_name = match name {
+                    Some(n) => ServerName::try_from(n).ok(),
+                    None => s
+                        .endpoints
+                        .first()
+                        .map(|e| ServerName::IpAddress(e.address.ip().into())),
+                };
+                match server_name {
+                    Some(server_name) => Transport::Tls {
+                        connector: tokio_rustls::TlsConnector::from(config),
+                        server_name,
+                    },
+                    None => Transport::Unusable,
+                }
+            }
+            // Validation built this config already; failing now means the files changed since.
+            Err(e) => {
+                tracing::error!(service = %s.name, error = %e, "upstream TLS settings unusable; requests will fail with 502");
+                Transport::Unusable
+            }
+        },
+    };
     ServiceRuntime {
         name: Arc::from(s.name.as_str()),
         endpoints,
@@ -212,6 +256,8 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         connect_timeout: s.connect_timeout,
         outlier: s.outlier_detection,
         sticky,
+        transport,
+        send_proxy_protocol: s.send_proxy_protocol,
     }
 }
 
@@ -262,9 +308,26 @@ impl Snapshot {
                         Some((Matcher::new(r.matcher.clone()), Arc::new(runtime)))
                     })
                     .collect();
+                let kind = match &l.protocol {
+                    ListenerProtocol::Http => ListenerKind::Http,
+                    ListenerProtocol::Https(tls) => match tls_config::server_config_for(tls) {
+                        Ok(config) => ListenerKind::Https(tokio_rustls::TlsAcceptor::from(config)),
+                        Err(e) => {
+                            // Validated moments ago, so a file changed in between: refuse
+                            // connections rather than serve without TLS.
+                            tracing::error!(listener = %l.name, error = %e, "TLS settings unusable; connections will be closed");
+                            ListenerKind::Unusable
+                        }
+                    },
+                    ListenerProtocol::Tcp { service } => match services.get(service) {
+                        Some(s) => ListenerKind::Tcp(Arc::clone(s)),
+                        None => ListenerKind::Unusable,
+                    },
+                };
                 ListenerPlan {
                     name: Arc::from(l.name.as_str()),
                     config: l.clone(),
+                    kind,
                     routes: RouteTable::new(routes),
                     unrouted: m.status_counters(
                         names::HTTP_REQUESTS_TOTAL,

@@ -1,7 +1,25 @@
-//! HTTP/1.1 proxying: the request pipeline, routing, header rewriting, bodies and upstream pools.
+//! HTTP proxying: serving connections (HTTP/1.1, HTTP/2), the request pipeline, routing, header
+//! rewriting, bodies, upstream pools, gRPC and WebSocket specifics.
 
 pub mod body;
+pub mod grpc;
 pub mod headers;
 pub mod pool;
 pub mod route;
+pub mod serve;
 pub mod server;
+pub mod websocket;
+
+/// Runs hyper's background futures (HTTP/2 streams, connection tasks) on the current worker's
+/// `LocalSet`: workers are single-threaded, so nothing needs to be `Send`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}

@@ -1,9 +1,11 @@
-//! Upstream HTTP/1.1 connections, kept alive and reused.
+//! Upstream HTTP connections, kept alive and reused: HTTP/1.1 (one exchange at a time per
+//! connection), HTTP/2 (one multiplexed connection per endpoint), over TCP or TLS.
 //!
 //! Each worker thread owns one `Pool` (no lock, no atomic: `RefCell` on a single thread), the
-//! shared-nothing layout of nginx and HAProxy workers. A connection is checked out for one
-//! exchange and checked back in when the response body has been read to its end; connections the
-//! upstream closed are noticed at checkout and dropped.
+//! shared-nothing layout of nginx and HAProxy workers. An HTTP/1.1 connection is checked out for
+//! one exchange and checked back in when the response body has been read to its end; an HTTP/2
+//! connection stays in the pool and is shared by concurrent requests. Connections the upstream
+//! closed are noticed at checkout and dropped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,12 +14,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
+use super::LocalExec;
 
 /// Idle connections kept per endpoint per worker: enough for bursts, bounded like every buffer.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -27,7 +32,61 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// How long a returned connection may take to become ready for its next request.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Sender = SendRequest<RequestBody>;
+/// How to reach an endpoint.
+#[derive(Clone)]
+pub enum Transport {
+    /// HTTP/1.1 over TCP.
+    Http1,
+    /// HTTP/2 over TCP by prior knowledge (h2c).
+    Http2,
+    /// TLS; HTTP/2 or HTTP/1.1 as ALPN decides.
+    Tls {
+        connector: tokio_rustls::TlsConnector,
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+    /// TLS settings that could not be loaded: every connect fails (never falls back to
+    /// cleartext).
+    Unusable,
+}
+
+impl Transport {
+    fn flavor(&self) -> u8 {
+        match self {
+            Transport::Http1 => 0,
+            Transport::Http2 => 1,
+            Transport::Tls { .. } => 2,
+            Transport::Unusable => 3,
+        }
+    }
+}
+
+/// A connection's request sender.
+pub enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Sends a request; when the connection turned out unusable before anything was written,
+    /// the request comes back in the error so it can go on a fresh connection.
+    pub async fn send(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<RequestBody>>)> {
+        let result = match self {
+            Sender::H1(s) => s.try_send_request(request).await,
+            Sender::H2(s) => s.try_send_request(request).await,
+        };
+        result.map_err(|mut e| {
+            let unsent = e.take_message();
+            (e.into_error(), unsent)
+        })
+    }
+}
 
 /// Why a new upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -36,26 +95,41 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0} failed: {1}")]
     Io(SocketAddr, #[source] std::io::Error),
-    #[error("HTTP/1.1 handshake with {0} failed: {1}")]
+    #[error("TLS with {0} failed: {1}")]
+    Tls(SocketAddr, #[source] std::io::Error),
+    #[error("HTTP handshake with {0} failed: {1}")]
     Handshake(SocketAddr, #[source] hyper::Error),
 }
 
 struct Idle {
-    sender: Sender,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
-/// One worker's idle upstream connections, by endpoint address.
+type Key = (SocketAddr, u8);
+
+/// One worker's upstream connections, by endpoint address and transport.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<Key, Vec<Idle>>>,
+    multiplexed: RefCell<HashMap<Key, http2::SendRequest<RequestBody>>>,
 }
 
 impl Pool {
-    /// A ready idle connection to `addr`, newest first (the most likely to still be open).
-    pub fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+    /// A usable connection to `addr`: the shared HTTP/2 one, or the newest idle HTTP/1.1 one.
+    pub fn checkout(&self, addr: SocketAddr, transport: &Transport) -> Option<Sender> {
+        let key = (addr, transport.flavor());
+        {
+            let mut shared = self.multiplexed.borrow_mut();
+            if let Some(h2) = shared.get(&key) {
+                if !h2.is_closed() && h2.is_ready() {
+                    return Some(Sender::H2(h2.clone()));
+                }
+                shared.remove(&key);
+            }
+        }
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         let now = Instant::now();
         // Oldest sit at the front: drop the expired ones there.
         let expired = list
@@ -65,34 +139,39 @@ impl Pool {
         list.drain(..expired);
         while let Some(conn) = list.pop() {
             if conn.sender.is_ready() {
-                return Some(conn.sender);
+                return Some(Sender::H1(conn.sender));
             }
         }
         None
     }
 
-    /// Returns a connection after a complete exchange. One not yet ready (hyper finishes the
-    /// exchange on its connection task) is parked until it is, within a bound.
-    pub fn checkin(self: &Rc<Self>, addr: SocketAddr, mut sender: Sender) {
+    /// Returns a connection after a complete exchange. An HTTP/1.1 one not yet ready (hyper
+    /// finishes the exchange on its connection task) is parked until it is, within a bound.
+    pub fn checkin(self: &Rc<Self>, addr: SocketAddr, transport: &Transport, sender: Sender) {
+        let key = (addr, transport.flavor());
+        let mut sender = match sender {
+            Sender::H2(_) => return,
+            Sender::H1(s) => s,
+        };
         if sender.is_closed() {
             return;
         }
         if sender.is_ready() {
-            self.insert(addr, sender);
+            self.insert(key, sender);
             return;
         }
         let pool = Rc::clone(self);
         tokio::task::spawn_local(async move {
             let ready = tokio::time::timeout(READY_TIMEOUT, poll_fn(|cx| sender.poll_ready(cx)));
             if let Ok(Ok(())) = ready.await {
-                pool.insert(addr, sender);
+                pool.insert(key, sender);
             }
         });
     }
 
-    fn insert(&self, addr: SocketAddr, sender: Sender) {
+    fn insert(&self, key: Key, sender: http1::SendRequest<RequestBody>) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_ENDPOINT {
             list.remove(0);
         }
@@ -102,37 +181,137 @@ impl Pool {
         });
     }
 
-    /// Closes connections idle longer than the idle timeout, for every endpoint.
+    /// Closes HTTP/1.1 connections idle longer than the idle timeout and closed HTTP/2 ones,
+    /// for every endpoint.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.idle.borrow_mut().retain(|_, list| {
             list.retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
             !list.is_empty()
         });
+        self.multiplexed.borrow_mut().retain(|_, s| !s.is_closed());
     }
 
-    /// Idle connections held for `addr` (for tests and the admin API).
-    pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.borrow().get(&addr).map_or(0, Vec::len)
+    /// Opens a new connection to `addr`; its I/O runs on a task of this worker. An HTTP/2
+    /// connection is also kept in the pool, to be shared.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        transport: &Transport,
+        timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
+        if matches!(transport, Transport::Unusable) {
+            return Err(ConnectError::Tls(
+                addr,
+                std::io::Error::other("the service's TLS settings could not be loaded"),
+            ));
+        }
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+            Ok(Ok(s)) => s,
+        };
+        // Requests and responses are written whole by hyper; Nagle would only add latency.
+        let _ = stream.set_nodelay(true);
+        let sender = match transport {
+            Transport::Http1 => Sender::H1(handshake_h1(addr, stream).await?),
+            Transport::Http2 => Sender::H2(handshake_h2(addr, stream).await?),
+            Transport::Unusable => unreachable_transport(addr)?,
+            Transport::Tls {
+                connector,
+                server_name,
+            } => {
+                let tls =
+                    tokio::time::timeout(timeout, connector.connect(server_name.clone(), stream))
+                        .await
+                        .map_err(|_| ConnectError::Timeout(addr))?
+                        .map_err(|e| ConnectError::Tls(addr, e))?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                if h2 {
+                    Sender::H2(handshake_h2(addr, tls).await?)
+                } else {
+                    Sender::H1(handshake_h1(addr, tls).await?)
+                }
+            }
+        };
+        if let Sender::H2(h2) = &sender {
+            self.multiplexed
+                .borrow_mut()
+                .insert((addr, transport.flavor()), h2.clone());
+        }
+        Ok(sender)
+    }
+
+    /// Opens a dedicated HTTP/1.1 connection that can be upgraded (WebSocket); never pooled.
+    pub async fn connect_upgradable(
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(addr, e))?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `addr`; its I/O runs on a task of this worker.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(ConnectError::Timeout(addr)),
-        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
-        Ok(Ok(s)) => s,
-    };
-    // Requests and responses are written whole by hyper; Nagle would only add latency.
-    let _ = stream.set_nodelay(true);
+fn unreachable_transport(addr: SocketAddr) -> Result<Sender, ConnectError> {
+    Err(ConnectError::Tls(
+        addr,
+        std::io::Error::other("the service's TLS settings could not be loaded"),
+    ))
+}
+
+async fn handshake_h1<T>(
+    addr: SocketAddr,
+    io: T,
+) -> Result<http1::SendRequest<RequestBody>, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.await {
             tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2<T>(
+    addr: SocketAddr,
+    io: T,
+) -> Result<http2::SendRequest<RequestBody>, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (sender, conn) = http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        // Large windows: a proxy streams bodies and should not throttle a fast upstream.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Handshake(addr, e))?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
     Ok(sender)

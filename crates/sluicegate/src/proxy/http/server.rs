@@ -1,4 +1,5 @@
-//! The HTTP/1.1 request pipeline: from a parsed request to the response sent back.
+//! The HTTP request pipeline (HTTP/1.1 and HTTP/2 alike): from a parsed request to the
+//! response sent back.
 //!
 //! The steps, in order (DESIGN.md "the request's way"; later issues insert shedding, rate limits,
 //! auth, cache between routing and picking):
@@ -7,8 +8,12 @@
 //! 3. route match (404 `no_route`);
 //! 4. declared body size limit (413) — before an upstream is bothered;
 //! 5. pick an endpoint (503 when the balancer accepts none);
-//! 6. forward with the route's deadline (502 connect failure, 504 timeout), streaming both bodies;
+//! 6. forward with the route's deadline, narrowed by `grpc-timeout` (502 connect failure, 504
+//!    timeout), streaming both bodies and trailers, in the upstream's protocol; an `Upgrade`
+//!    request becomes a tunnel (websocket.rs);
 //! 7. response headers rewritten; the access log written when the body ends.
+//!
+//! Errors the gateway answers itself are JSON (SPEC 5), or gRPC statuses for gRPC requests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -25,13 +30,16 @@ use super::body::{ExchangeStats, Finish, RequestBody, ResponseBody};
 use super::headers::{
     add_forwarded, head_size, new_request_id, remove_hop_by_hop, valid_request_id, X_REQUEST_ID,
 };
-use super::pool::{self, Pool, Sender};
+use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
+use super::{grpc, websocket};
 use crate::balance::InFlightGuard;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::AccessRecord;
-use crate::observe::metrics::StatusCounters;
+use crate::observe::metrics::{Counter, Gauge, StatusCounters};
+use crate::observe::names;
 use crate::proxy::answer::GatewayError;
+use crate::proxy::listener::OpenConnections;
 use crate::proxy::snapshot::{RouteRuntime, ServiceRuntime};
 use crate::proxy::Shared;
 
@@ -39,12 +47,22 @@ use crate::proxy::Shared;
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Rc<Pool>,
+    /// Open connections and tunnels of this worker, which shutdown waits for.
+    pub open: Rc<OpenConnections>,
+    /// `sluicegate_websocket_upgrades_total` and `sluicegate_websocket_connections_active`,
+    /// held for the worker's life so a reload's pruning keeps them.
+    pub websocket_upgrades: Counter,
+    pub websocket_active: Gauge,
 }
 
 /// The client connection a request arrived on.
 pub struct ConnInfo {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
+    /// The gateway's own address on this connection (for PROXY protocol headers).
+    pub local: Option<SocketAddr>,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 /// Per-exchange bookkeeping finished when the response body is dropped.
@@ -66,8 +84,9 @@ struct Exchange {
 impl Finish for Exchange {
     fn finish(&mut self, complete: bool) {
         if let Some((addr, sender)) = self.upstream.take() {
-            if complete {
-                self.worker_pool.checkin(addr, sender);
+            if let (true, Some(route)) = (complete, &self.route) {
+                self.worker_pool
+                    .checkin(addr, &route.service.transport, sender);
             }
         }
         if !self.counted {
@@ -106,10 +125,16 @@ impl Drop for Exchange {
 pub async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snapshot = worker.shared.snapshot.load_full();
+    let upgrade = (req.version() == Version::HTTP_11 && websocket::is_upgrade(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
+    let upgrade_protocol = upgrade
+        .as_ref()
+        .and_then(|_| req.headers().get(header::UPGRADE).cloned());
+    let grpc = grpc::is_grpc(req.headers());
     let (mut parts, body) = req.into_parts();
     let stats = Rc::new(ExchangeStats::default());
 
@@ -155,10 +180,13 @@ pub async fn handle(
     };
     let answer = |mut exchange: Exchange, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
-        let mut response = error
-            .response(&id_text, close)
-            .map(|bytes| ResponseBody::full(bytes, stats));
-        exchange.status = error.status().as_u16();
+        let response = if grpc {
+            grpc::error_response(error, &id_text)
+        } else {
+            error.response(&id_text, close)
+        };
+        exchange.status = response.status().as_u16();
+        let mut response = response.map(|bytes| ResponseBody::full(bytes, stats));
         response.body_mut().on_finish(Box::new(exchange));
         Ok(response)
     };
@@ -245,20 +273,72 @@ pub async fn handle(
     if let Some(prefix) = &route.strip_prefix {
         parts.uri = rewrite_path(&parts.uri, prefix);
     }
+    // HTTP/2 clients name the host in the URI (`:authority`); HTTP/1.1 upstreams need `Host`.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
     parts.uri = origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
+    let trailers = wants_trailers(&parts.headers);
     remove_hop_by_hop(&mut parts.headers);
+    if trailers {
+        // `TE: trailers` is the one TE value that crosses a proxy: gRPC servers require it.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // hyper answers `100 Continue` to the client itself when the body is first read; the
     // upstream must not wait for a continue of its own.
     parts.headers.remove(header::EXPECT);
-    add_forwarded(&mut parts.headers, conn.peer.ip(), "http");
+    add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        if conn.tls { "https" } else { "http" },
+    );
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let upstream_request =
-        Request::from_parts(parts, RequestBody::new(body, limit, Rc::clone(&stats)));
 
-    let deadline = route
+    let mut deadline = route
         .timeout
         .map(|t| tokio::time::Instant::from_std(started) + t);
+    if grpc {
+        if let Some(t) = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(grpc::parse_timeout)
+        {
+            let at = tokio::time::Instant::from_std(started) + t;
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    if let Some(client_upgrade) = upgrade {
+        // Keep the handshake headers the hop-by-hop removal took.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = upgrade_protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        let request = Request::from_parts(parts, RequestBody::new(body, limit, Rc::clone(&stats)));
+        return tunnel(
+            &worker,
+            exchange,
+            service,
+            index,
+            now,
+            request,
+            client_upgrade,
+            listener.config.idle_timeout,
+            answer,
+        )
+        .await;
+    }
+
+    let upstream_request =
+        Request::from_parts(parts, RequestBody::new(body, limit, Rc::clone(&stats)));
     let exchange_result = match deadline {
         Some(at) => {
             tokio::time::timeout_at(at, send(&worker.pool, address, service, upstream_request))
@@ -404,21 +484,132 @@ async fn send(
     service: &ServiceRuntime,
     request: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
+    let transport = &service.transport;
     let mut request = request;
-    if let Some(mut sender) = pool.checkout(address) {
-        match sender.try_send_request(request).await {
+    if let Some(mut sender) = pool.checkout(address, transport) {
+        fit_version(&mut request, sender.is_http2(), transport);
+        match sender.send(request).await {
             Ok(response) => return Ok((response, sender)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => request = unsent,
-                None => return Err(SendError::Exchange(e.into_error())),
-            },
+            Err((_, Some(unsent))) => request = unsent,
+            Err((e, None)) => return Err(SendError::Exchange(e)),
         }
     }
-    let mut sender = pool::connect(address, service.connect_timeout)
+    let mut sender = pool
+        .connect(address, transport, service.connect_timeout)
         .await
         .map_err(SendError::Connect)?;
-    match sender.try_send_request(request).await {
+    fit_version(&mut request, sender.is_http2(), transport);
+    match sender.send(request).await {
         Ok(response) => Ok((response, sender)),
-        Err(e) => Err(SendError::Exchange(e.into_error())),
+        Err((e, _)) => Err(SendError::Exchange(e)),
     }
+}
+
+/// Shapes a request for the upstream connection's protocol: HTTP/1.1 takes the origin form and a
+/// `Host` header; HTTP/2 takes an absolute URI (`:scheme`, `:authority`) and no `Host`.
+fn fit_version(request: &mut Request<RequestBody>, http2: bool, transport: &Transport) {
+    if !http2 {
+        *request.version_mut() = Version::HTTP_11;
+        return;
+    }
+    *request.version_mut() = Version::HTTP_2;
+    let scheme = if matches!(transport, Transport::Tls { .. }) {
+        "https"
+    } else {
+        "http"
+    };
+    let authority = request
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string));
+    if let Some(authority) = authority {
+        let pq = request
+            .uri()
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str);
+        if let Ok(uri) = Uri::try_from(format!("{scheme}://{authority}{pq}")) {
+            *request.uri_mut() = uri;
+        }
+    }
+}
+
+/// Whether the client accepts trailers (`TE: trailers`), which must then reach the upstream.
+fn wants_trailers(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Forwards an `Upgrade` request on a dedicated connection; on `101 Switching Protocols` the
+/// client and upstream connections are joined into a tunnel on its own task.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    worker: &Rc<Worker>,
+    mut exchange: Exchange,
+    service: &ServiceRuntime,
+    index: usize,
+    now: tokio::time::Instant,
+    request: Request<RequestBody>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    answer: impl Fn(Exchange, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let Some(address) = service.endpoints.get(index).map(|e| e.address) else {
+        return answer(exchange, GatewayError::NoHealthyUpstream, false);
+    };
+    let mut sender = match Pool::connect_upgradable(address, service.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(service = %service.name, error = %e, "upstream connect failed");
+            report_outcome(service, index, Upstream::ConnectFailure, now);
+            return answer(exchange, GatewayError::UpstreamUnavailable, false);
+        }
+    };
+    let mut response = match sender.send_request(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(service = %service.name, upstream = %address, error = %e, "upstream exchange failed");
+            report_outcome(service, index, Upstream::Reset, now);
+            return answer(exchange, GatewayError::UpstreamUnavailable, false);
+        }
+    };
+    report_outcome(service, index, Upstream::Success, now);
+    exchange.status = response.status().as_u16();
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let metrics = &worker.shared.registries.metrics;
+        metrics
+            .counter(
+                names::WEBSOCKET_UPGRADES_TOTAL,
+                names::WEBSOCKET_UPGRADES_TOTAL_HELP,
+                &[],
+            )
+            .inc();
+        let held = worker.open.hold(metrics.gauge(
+            names::WEBSOCKET_CONNECTIONS_ACTIVE,
+            names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
+            &[],
+        ));
+        let peer = exchange.record.as_ref().map(|r| r.client);
+        tokio::task::spawn_local(async move {
+            let _held = held;
+            let end = websocket::relay(client_upgrade, upstream_upgrade, idle).await;
+            tracing::debug!(?peer, upstream = %address, ?end, "tunnel closed");
+        });
+    }
+    let (mut head, upstream_body) = response.into_parts();
+    if let Some(id) = exchange.record.as_ref().map(|r| r.request_id.clone()) {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            head.headers.insert(X_REQUEST_ID, v);
+        }
+    }
+    let stats = Rc::clone(&exchange.stats);
+    let mut body = ResponseBody::upstream(upstream_body, None, stats);
+    body.on_finish(Box::new(exchange));
+    Ok(Response::from_parts(head, body))
 }

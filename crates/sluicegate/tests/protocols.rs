@@ -1,0 +1,423 @@
+//! TLS, HTTP/2 (both sides), gRPC, WebSocket and layer-4 TCP through the real binary.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Backend, Gateway, TempDir};
+
+/// A CA and a certificate for `gw.test` (and 127.0.0.1) signed by it, as PEM files.
+struct Certs {
+    _dir: TempDir,
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn certs() -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let dir = TempDir::new("certs");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Sluicegate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gw.test");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Certs {
+        ca: dir.write("ca.pem", &ca_cert.pem()),
+        cert: dir.write("gw.pem", &cert.pem()),
+        key: dir.write("gw.key", &key.serialize_pem()),
+        _dir: dir,
+    }
+}
+
+fn http_service(b: &Backend) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "all"
+service = "app"
+
+[[services]]
+name = "app"
+endpoints = [{{ address = "{}" }}]
+"#,
+        b.addr
+    )
+}
+
+/// Runs curl and returns (stdout, the HTTP version curl reports).
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_version}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    (body.to_string(), version.to_string())
+}
+
+#[test]
+fn https_listener_serves_http1_and_negotiates_http2() {
+    let b = Backend::start("tls-backend");
+    let c = certs();
+    let gw = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "secure"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = {{ cert = "{}", key = "{}" }}
+{}
+"#,
+        c.cert.display(),
+        c.key.display(),
+        http_service(&b)
+    ));
+    let port = gw.addr().port();
+    let url = format!("https://gw.test:{port}/hello");
+    let resolve = format!("gw.test:{port}:127.0.0.1");
+    let ca = c.ca.display().to_string();
+    let (body, version) = curl(&["--cacert", &ca, "--resolve", &resolve, "--http1.1", &url]);
+    assert_eq!((body.as_str(), version.as_str()), ("tls-backend", "1.1"));
+    let (body, version) = curl(&["--cacert", &ca, "--resolve", &resolve, "--http2", &url]);
+    assert_eq!((body.as_str(), version.as_str()), ("tls-backend", "2"));
+    assert_eq!(b.last_seen().headers["x-forwarded-proto"], "https");
+    // Both TLS versions.
+    for v in ["--tlsv1.2 --tls-max 1.2", "--tlsv1.3"] {
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend(v.split(' '));
+        args.push(&url);
+        assert_eq!(curl(&args).0, "tls-backend", "{v}");
+    }
+}
+
+#[test]
+fn cleartext_http2_by_prior_knowledge() {
+    let b = Backend::start("h2c");
+    let gw = Gateway::start(&format!(
+        "[access_log]\npath = \"off\"\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n{}",
+        http_service(&b)
+    ));
+    let url = format!("http://{}/x", gw.addr());
+    let (body, version) = curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!((body.as_str(), version.as_str()), ("h2c", "2"));
+    assert_eq!(b.last_seen().method, "GET");
+    let (_, version) = curl(&[&url]);
+    assert_eq!(version, "1.1", "plain HTTP/1.1 on the same listener");
+}
+
+#[test]
+fn grpc_health_through_the_gateway_with_trailers_intact() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        tokio::spawn(async move {
+            let _reporter = reporter;
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        addr
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+[[routes]]
+name = "grpc"
+match = {{ path_prefix = "/grpc.health.v1.Health" }}
+service = "health"
+[[services]]
+name = "health"
+protocol = "http2"
+endpoints = [{{ address = "{upstream}" }}]
+"#
+    ));
+    let url = format!("http://{}", gw.addr());
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let ok = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("SERVING through the gateway");
+        assert_eq!(ok.into_inner().status, ServingStatus::Serving as i32);
+        let missing = client
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .expect_err("unknown service");
+        assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    });
+}
+
+#[test]
+fn grpc_errors_made_by_the_gateway_are_grpc_statuses() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let gw = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+[[routes]]
+name = "grpc"
+match = {{ path_prefix = "/grpc.health.v1.Health" }}
+service = "down"
+[[services]]
+name = "down"
+protocol = "http2"
+endpoints = [{{ address = "{dead_addr}" }}]
+"#
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let e = client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect_err("upstream down");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("upstream_unavailable"), "{e:?}");
+    });
+    // No route: UNIMPLEMENTED, not a JSON 404.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-H", "content-type: application/grpc", "-X", "POST"])
+        .arg(format!("http://{}/other.Service/Method", gw.addr()))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.contains("grpc-status: 12"), "{head}");
+}
+
+#[test]
+fn websocket_echo_of_1000_messages_survives_a_reload() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echo = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_text() || m.is_binary() {
+                            ws.send(m).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    });
+    let config = |weight: u32| {
+        format!(
+            r#"
+[admin]
+bind = "127.0.0.1:0"
+[access_log]
+path = "off"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+[[routes]]
+name = "ws"
+service = "echo"
+[[services]]
+name = "echo"
+endpoints = [{{ address = "{echo}", weight = {weight} }}]
+"#
+        )
+    };
+    let gw = Gateway::start(&config(1));
+    let url = format!("ws://{}/chat", gw.addr());
+    rt.block_on(async {
+        let (mut ws, response) = tokio_tungstenite::connect_async(url).await.unwrap();
+        assert_eq!(response.status(), 101);
+        for i in 0..1000 {
+            if i == 500 {
+                gw.write_config(&config(2));
+                let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
+                assert_eq!(r.status, 200);
+            }
+            ws.send(Message::text(format!("message {i}")))
+                .await
+                .unwrap();
+            let back = ws.next().await.unwrap().unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), format!("message {i}"));
+        }
+        ws.close(None).await.unwrap();
+    });
+    let metrics = gw.admin().get("/metrics").text();
+    assert!(
+        metrics.contains("sluicegate_websocket_upgrades_total 1"),
+        "{metrics}"
+    );
+}
+
+/// A TCP echo server: echoes until the client half-closes, then closes.
+fn tcp_echo() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn tcp_gateway(upstream: SocketAddr) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+service = "echo"
+idle_timeout = "30s"
+[[services]]
+name = "echo"
+protocol = "tcp"
+endpoints = [{{ address = "{upstream}" }}]
+"#
+    ))
+}
+
+#[test]
+fn tcp_listener_echoes_100_mib_byte_exact() {
+    let gw = tcp_gateway(tcp_echo());
+    let mut stream = TcpStream::connect(gw.addr()).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    const TOTAL: usize = 100 << 20;
+    let writer = std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut seed = 7u64;
+        let mut sum = 0u64;
+        let mut sent = 0;
+        while sent < TOTAL {
+            for b in chunk.iter_mut() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *b = (seed >> 56) as u8;
+                sum = sum.wrapping_mul(31).wrapping_add(u64::from(*b));
+            }
+            stream.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        sum
+    });
+    let mut got = 0usize;
+    let mut sum = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            sum = sum.wrapping_mul(31).wrapping_add(u64::from(*b));
+        }
+        got += n;
+    }
+    assert_eq!(got, TOTAL);
+    assert_eq!(sum, writer.join().unwrap(), "bytes differ");
+}
+
+#[test]
+fn tcp_half_close_still_delivers_the_rest_of_the_echo() {
+    let gw = tcp_gateway(tcp_echo());
+    let mut stream = TcpStream::connect(gw.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"last words").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    stream.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "last words");
+}
