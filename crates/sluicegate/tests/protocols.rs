@@ -11,15 +11,20 @@ use support::{Backend, Gateway, TempDir};
 
 /// A CA and a certificate for `gw.test` (and 127.0.0.1) signed by it, as PEM files.
 struct Certs {
-    _dir: TempDir,
+    _dir: std::sync::Arc<TempDir>,
     ca: std::path::PathBuf,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
 }
 
 fn certs() -> Certs {
+    certs_for(&["gw.test"]).remove(0)
+}
+
+/// One CA, and a certificate (with 127.0.0.1 too) for each name, in the CA's directory.
+fn certs_for(names: &[&str]) -> Vec<Certs> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let dir = TempDir::new("certs");
+    let dir = std::sync::Arc::new(TempDir::new("certs"));
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -28,21 +33,27 @@ fn certs() -> Certs {
         .push(rcgen::DnType::CommonName, "Sluicegate test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "gw.test");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    Certs {
-        ca: dir.write("ca.pem", &ca_cert.pem()),
-        cert: dir.write("gw.pem", &cert.pem()),
-        key: dir.write("gw.key", &key.serialize_pem()),
-        _dir: dir,
-    }
+    let ca = dir.write("ca.pem", &ca_cert.pem());
+    names
+        .iter()
+        .map(|name| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *name);
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            Certs {
+                ca: ca.clone(),
+                cert: dir.write(&format!("{name}.pem"), &cert.pem()),
+                key: dir.write(&format!("{name}.key"), &key.serialize_pem()),
+                _dir: std::sync::Arc::clone(&dir),
+            }
+        })
+        .collect()
 }
 
 fn http_service(b: &Backend) -> String {
@@ -420,4 +431,151 @@ fn tcp_half_close_still_delivers_the_rest_of_the_echo() {
     let mut back = String::new();
     stream.read_to_string(&mut back).unwrap();
     assert_eq!(back, "last words");
+}
+
+#[test]
+fn sni_chooses_the_certificate_by_name() {
+    let b = Backend::start("sni");
+    let c = certs_for(&["a.test", "b.test"]);
+    let gw = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "secure"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = {{ cert = "{}", key = "{}", certificates = [{{ cert = "{}", key = "{}" }}] }}
+{}
+"#,
+        c[0].cert.display(),
+        c[0].key.display(),
+        c[1].cert.display(),
+        c[1].key.display(),
+        http_service(&b)
+    ));
+    let port = gw.addr().port();
+    let ca = c[0].ca.display().to_string();
+    // curl verifies the name: each succeeds only if the matching certificate was chosen.
+    for name in ["a.test", "b.test"] {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let url = format!("https://{name}:{port}/");
+        assert_eq!(
+            curl(&["--cacert", &ca, "--resolve", &resolve, &url]).0,
+            "sni"
+        );
+    }
+}
+
+#[test]
+fn https_upstream_is_verified_against_its_ca() {
+    let b = Backend::start("behind-tls");
+    let c = certs();
+    // A second gateway is the TLS upstream: https listener in front of a plain backend.
+    let tls_upstream = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "secure"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = {{ cert = "{}", key = "{}" }}
+{}
+"#,
+        c.cert.display(),
+        c.key.display(),
+        http_service(&b)
+    ));
+    let front = |tls: &str| {
+        Gateway::start(&format!(
+            r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+[[routes]]
+name = "all"
+service = "secure"
+[[services]]
+name = "secure"
+protocol = "https"
+endpoints = [{{ address = "{}" }}]
+[services.tls]
+{tls}
+"#,
+            tls_upstream.addr()
+        ))
+    };
+    let verified = front(&format!(
+        "ca = \"{}\"\nserver_name = \"gw.test\"",
+        c.ca.display()
+    ));
+    let mut client = verified.client();
+    let r = client.get("/through");
+    assert_eq!((r.status, r.text().as_str()), (200, "behind-tls"));
+    // HTTP/2 was negotiated with the upstream by ALPN; the request still arrives whole.
+    assert_eq!(b.last_seen().uri, "/through");
+    // An upstream whose certificate the system roots do not know: refused, 502.
+    let unverified = front("server_name = \"gw.test\"");
+    let r = unverified.client().get("/");
+    assert_eq!(r.status, 502);
+    // The explicit lab switch accepts it.
+    let insecure = front("insecure_skip_verify = true");
+    assert_eq!(insecure.client().get("/").status, 200);
+}
+
+#[test]
+fn tcp_upstream_receives_the_proxy_protocol_header_and_limits_hold() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+service = "pp"
+max_connections = 1
+[[services]]
+name = "pp"
+protocol = "tcp"
+send_proxy_protocol = "v1"
+endpoints = [{{ address = "{upstream}" }}]
+"#
+    ));
+    let mut client = TcpStream::connect(gw.addr()).unwrap();
+    client.write_all(b"hello").unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"hello") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let client_port = client.local_addr().unwrap().port();
+    let expected = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {}\r\nhello",
+        gw.addr().port()
+    );
+    assert_eq!(text, expected);
+    // max_connections = 1: a second connection is closed at once.
+    let mut second = TcpStream::connect(gw.addr()).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert_eq!(
+        second.read(&mut one).unwrap_or(0),
+        0,
+        "second connection served"
+    );
+    drop(client);
 }
