@@ -579,3 +579,39 @@ endpoints = [{{ address = "{upstream}" }}]
     );
     drop(client);
 }
+
+#[test]
+fn http1_clients_reach_http2_upstreams() {
+    let b = Backend::start("deep");
+    // The h2c upstream is a second gateway: its http listener speaks HTTP/2 by prior knowledge.
+    let h2_upstream = Gateway::start(&format!(
+        "[access_log]\npath = \"off\"\n[[listeners]]\nname = \"inner\"\nbind = \"127.0.0.1:0\"\n{}",
+        http_service(&b)
+    ));
+    let front = Gateway::start(&format!(
+        r#"
+[access_log]
+path = "off"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+[[routes]]
+name = "all"
+service = "inner"
+[[services]]
+name = "inner"
+protocol = "http2"
+endpoints = [{{ address = "{}" }}]
+"#,
+        h2_upstream.addr()
+    ));
+    let mut c = front.client();
+    for i in 0..5 {
+        let r = c.request("POST", &format!("/upload?i={i}"), &[], b"0123456789");
+        assert_eq!((r.status, r.text().as_str()), (200, "10"));
+    }
+    let seen = b.last_seen();
+    assert_eq!(seen.uri, "/upload?i=4");
+    // Two hops appended their client addresses.
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1, 127.0.0.1");
+}

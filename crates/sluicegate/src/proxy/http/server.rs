@@ -487,7 +487,7 @@ async fn send(
     let transport = &service.transport;
     let mut request = request;
     if let Some(mut sender) = pool.checkout(address, transport) {
-        fit_version(&mut request, sender.is_http2(), transport);
+        fit_version(&mut request, sender.is_http2(), transport, address);
         match sender.send(request).await {
             Ok(response) => return Ok((response, sender)),
             Err((_, Some(unsent))) => request = unsent,
@@ -498,7 +498,7 @@ async fn send(
         .connect(address, transport, service.connect_timeout)
         .await
         .map_err(SendError::Connect)?;
-    fit_version(&mut request, sender.is_http2(), transport);
+    fit_version(&mut request, sender.is_http2(), transport, address);
     match sender.send(request).await {
         Ok(response) => Ok((response, sender)),
         Err((e, _)) => Err(SendError::Exchange(e)),
@@ -507,7 +507,12 @@ async fn send(
 
 /// Shapes a request for the upstream connection's protocol: HTTP/1.1 takes the origin form and a
 /// `Host` header; HTTP/2 takes an absolute URI (`:scheme`, `:authority`) and no `Host`.
-fn fit_version(request: &mut Request<RequestBody>, http2: bool, transport: &Transport) {
+fn fit_version(
+    request: &mut Request<RequestBody>,
+    http2: bool,
+    transport: &Transport,
+    endpoint: SocketAddr,
+) {
     if !http2 {
         *request.version_mut() = Version::HTTP_11;
         return;
@@ -521,7 +526,9 @@ fn fit_version(request: &mut Request<RequestBody>, http2: bool, transport: &Tran
     let authority = request
         .headers_mut()
         .remove(header::HOST)
-        .and_then(|h| h.to_str().ok().map(str::to_string));
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        // An HTTP/1.0 client may send no Host: name the endpoint itself.
+        .or_else(|| Some(endpoint.to_string()));
     if let Some(authority) = authority {
         let pq = request
             .uri()

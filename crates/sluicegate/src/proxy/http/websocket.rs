@@ -17,17 +17,25 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Whether a request asks to switch protocols (`Connection: upgrade` and an `Upgrade` header).
+/// Whether a request asks to switch to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
+/// Other upgrades (notably `h2c`, which curl offers on cleartext) are hop-by-hop and dropped: the
+/// gateway speaks HTTP/2 to clients by prior knowledge or ALPN instead.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-                .unwrap_or(false)
-        })
+    headers.get_all(UPGRADE).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+            })
+            .unwrap_or(false)
+    }) && headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// Counts bytes and remembers the last time any moved, for the idle timeout.
@@ -126,5 +134,7 @@ mod tests {
         assert!(!is_upgrade(&h), "Upgrade without Connection: upgrade");
         h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         assert!(is_upgrade(&h));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_upgrade(&h), "h2c upgrades are not tunnelled");
     }
 }
