@@ -25,6 +25,7 @@ use super::tcp::{self, TcpOptions};
 use super::tls;
 use super::Shared;
 use crate::health::{outlier, Outcome};
+use crate::observe::access_log::{Batcher, BATCH_INTERVAL};
 use crate::observe::metrics::Gauge;
 use crate::observe::names;
 
@@ -194,8 +195,10 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
             names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
             &[],
         );
+        let access = Batcher::new(shared.access_log.clone());
         let worker = Rc::new(Worker {
             shared,
+            access,
             pool: Rc::new(Pool::default()),
             open: Rc::clone(&open),
             websocket_upgrades,
@@ -203,11 +206,16 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
         });
         let mut listeners: HashMap<Arc<str>, watch::Sender<bool>> = HashMap::new();
         let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
+        let mut log_flush = tokio::time::interval(BATCH_INTERVAL);
         loop {
             let command = tokio::select! {
                 command = commands.recv() => command,
                 _ = sweep.tick() => {
                     worker.pool.sweep();
+                    continue;
+                }
+                _ = log_flush.tick() => {
+                    worker.access.flush();
                     continue;
                 }
             };
@@ -245,7 +253,16 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
                 }
             }
         }
-        open.wait_idle().await;
+        // Keep handing over log lines while the last connections drain.
+        let drained = open.wait_idle();
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                () = &mut drained => break,
+                _ = log_flush.tick() => worker.access.flush(),
+            }
+        }
+        worker.access.flush();
     });
 }
 

@@ -35,7 +35,7 @@ use super::route::{request_host, strip_prefix, RequestView};
 use super::{grpc, websocket};
 use crate::balance::InFlightGuard;
 use crate::health::{outlier, Outcome};
-use crate::observe::access_log::AccessRecord;
+use crate::observe::access_log::{AccessRecord, Batcher};
 use crate::observe::metrics::{Counter, Gauge, StatusCounters};
 use crate::observe::names;
 use crate::proxy::answer::GatewayError;
@@ -49,6 +49,8 @@ pub struct Worker {
     pub pool: Rc<Pool>,
     /// Open connections and tunnels of this worker, which shutdown waits for.
     pub open: Rc<OpenConnections>,
+    /// This worker's pending access log records.
+    pub access: Batcher,
     /// `sluicegate_websocket_upgrades_total` and `sluicegate_websocket_connections_active`,
     /// held for the worker's life so a reload's pruning keeps them.
     pub websocket_upgrades: Counter,
@@ -67,8 +69,7 @@ pub struct ConnInfo {
 
 /// Per-exchange bookkeeping finished when the response body is dropped.
 struct Exchange {
-    worker_pool: Rc<Pool>,
-    shared: Arc<Shared>,
+    worker: Rc<Worker>,
     record: Option<AccessRecord>,
     started: Instant,
     stats: Rc<ExchangeStats>,
@@ -85,7 +86,8 @@ impl Finish for Exchange {
     fn finish(&mut self, complete: bool) {
         if let Some((addr, sender)) = self.upstream.take() {
             if let (true, Some(route)) = (complete, &self.route) {
-                self.worker_pool
+                self.worker
+                    .pool
                     .checkin(addr, &route.service.transport, sender);
             }
         }
@@ -106,7 +108,7 @@ impl Finish for Exchange {
             record.duration = self.started.elapsed();
             record.bytes_in = self.stats.bytes_in.get();
             record.bytes_out = self.stats.bytes_out.get();
-            self.shared.access_log.log(record);
+            self.worker.access.push(record);
         }
     }
 }
@@ -146,9 +148,8 @@ pub async fn handle(
     let id_text = request_id.to_str().unwrap_or_default().to_string();
 
     let mut exchange = Exchange {
-        worker_pool: Rc::clone(&worker.pool),
-        shared: Arc::clone(&worker.shared),
-        record: worker.shared.access_log.enabled().then(|| AccessRecord {
+        worker: Rc::clone(&worker),
+        record: worker.access.enabled().then(|| AccessRecord {
             time: SystemTime::now(),
             request_id: id_text.clone(),
             client: conn.peer.ip(),
