@@ -2,6 +2,11 @@
 
 mod cli;
 
+/// mimalloc: the proxy allocates and frees small objects per request on every worker thread;
+/// measured with bench/compare.py, it costs less CPU per request than glibc malloc here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;
