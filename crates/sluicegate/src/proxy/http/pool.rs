@@ -25,7 +25,7 @@ use super::body::RequestBody;
 use super::LocalExec;
 
 /// Idle connections kept per endpoint per worker: enough for bursts, bounded like every buffer.
-const MAX_IDLE_PER_ENDPOINT: usize = 128;
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// Idle connections older than this are closed at the next checkout: upstreams commonly close
 /// idle keep-alive connections after 60–75 s, and a reused one that the peer is closing fails.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);

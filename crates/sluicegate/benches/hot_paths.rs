@@ -1,0 +1,140 @@
+//! Benchmarks of the pieces every request goes through: route matching, balancer picks, the
+//! Maglev table build (on every reload), and header rewriting. `cargo bench --bench hot_paths`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use divan::{black_box, Bencher};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use sluicegate::balance::{self, Algorithm, BuildOptions, Endpoint, HashOn};
+use sluicegate::config::RouteMatch;
+use sluicegate::proxy::http::headers::{add_forwarded, new_request_id, remove_hop_by_hop};
+use sluicegate::proxy::http::route::{Matcher, RequestView, RouteTable};
+
+fn main() {
+    divan::main();
+}
+
+fn endpoints(n: usize) -> Arc<[Endpoint]> {
+    (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)
+                .parse()
+                .expect("address");
+            Endpoint::new(addr, 1 + (i % 3) as u32)
+        })
+        .collect()
+}
+
+const ALGORITHMS: &[&str] = &[
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "random",
+    "power_of_two_choices",
+    "hash",
+    "ring_hash",
+    "maglev",
+];
+
+/// One pick among 100 endpoints, all accepted, with a hash key for the hashing algorithms.
+#[divan::bench(args = ALGORITHMS)]
+fn pick_of_100(bencher: Bencher, name: &str) {
+    let algorithm = Algorithm::from_name(name).expect("algorithm");
+    let balancer = balance::build(algorithm, endpoints(100), BuildOptions::default());
+    let hash_on = HashOn::parse("header:x-user").expect("hash_on");
+    let uri: http::Uri = "/".parse().expect("uri");
+    let mut keys = Vec::new();
+    for i in 0..1024 {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-user",
+            HeaderValue::from_str(&format!("user-{i}")).expect("value"),
+        );
+        keys.push(hash_on.key_hash("127.0.0.1".parse().expect("ip"), &uri, &h));
+    }
+    let mut i = 0;
+    bencher.bench_local(|| {
+        i = (i + 1) & 1023;
+        black_box(balancer.pick(black_box(keys[i]), &|_| true))
+    });
+}
+
+/// Building a Maglev table of the default size (65537) over 100 endpoints: done on every
+/// reload that touches the service.
+#[divan::bench(sample_count = 20)]
+fn maglev_build_100(bencher: Bencher) {
+    let eps = endpoints(100);
+    bencher.bench_local(|| {
+        black_box(balance::build(
+            Algorithm::Maglev,
+            Arc::clone(&eps),
+            BuildOptions::default(),
+        ))
+    });
+}
+
+fn route_table(n: usize) -> RouteTable<usize> {
+    let routes = (0..n)
+        .map(|i| {
+            let m = RouteMatch {
+                host: (i % 2 == 0).then(|| format!("svc{}.example.com", i % 50)),
+                path_prefix: Some(format!("/api/v{}/resource{i}", i % 5)),
+                methods: if i % 3 == 0 {
+                    vec![Method::GET, Method::POST]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            (Matcher::new(m), i)
+        })
+        .collect();
+    RouteTable::new(routes)
+}
+
+/// Matching a request against 1,000 routes: one that matches late, and one that matches none.
+#[divan::bench(args = ["late_match", "no_match"])]
+fn route_match_1000(bencher: Bencher, case: &str) {
+    let table = route_table(1000);
+    let headers = HeaderMap::new();
+    let path = match case {
+        "late_match" => "/api/v4/resource999/items/7",
+        _ => "/nothing/here",
+    };
+    bencher.bench_local(|| {
+        let view = RequestView {
+            method: &Method::GET,
+            host: Some("svc49.example.com"),
+            path: black_box(path),
+            headers: &headers,
+        };
+        black_box(table.find(&view).map(|(_, r)| *r))
+    });
+}
+
+/// The request-side header work of the pipeline: hop-by-hop removal, X-Forwarded-*, request id.
+#[divan::bench]
+fn rewrite_request_headers(bencher: Bencher) {
+    let mut base = HeaderMap::new();
+    for (n, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("cookie", "session=abc; theme=dark"),
+        ("content-type", "application/json"),
+    ] {
+        base.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+    }
+    let client = "127.0.0.1".parse().expect("ip");
+    bencher
+        .with_inputs(|| base.clone())
+        .bench_local_values(|mut headers| {
+            remove_hop_by_hop(&mut headers);
+            add_forwarded(&mut headers, client, "http");
+            headers.insert("x-request-id", new_request_id());
+            headers
+        });
+}
