@@ -5,14 +5,21 @@ Everything runs on 127.0.0.1 of this machine, so the load generator, the backend
 share the CPUs: compare CPU time per request and latency measured in the same run, not absolute
 req/s across runs. Proxies are measured in interleaved rounds and the median round is reported.
 
-Scenarios: HTTP/1.1 keep-alive with wrk at each --connections count, and HTTP/2 with h2load
-(cleartext, prior knowledge; -c64 -m10) against each proxy's HTTP/2 listener.
+Scenarios (--scenarios, comma-separated; default all):
+  http1  HTTP/1.1 keep-alive, wrk at each --connections count, "ok" responses
+  close  a new connection per request (wrk -c64 with Connection: close)
+  h2     HTTP/2 cleartext by prior knowledge, h2load -c64 -m10
+  1mib   1 MiB responses over keep-alive, wrk -c16
+  tcp    layer-4 throughput with iperf3 through each proxy's TCP mode (nginx only when its
+         stream module is installed)
 
-Usage: bench/compare.py [--duration 10] [--rounds 3] [--connections 64,256] [--scenarios http1,h2]
-Installs nginx, haproxy, wrk and h2load with apt when missing; builds Sluicegate in release mode.
+Usage: bench/compare.py [--duration 10] [--rounds 3] [--connections 64,256] [--scenarios ...]
+Installs nginx, haproxy, wrk, h2load and iperf3 with apt when missing; builds Sluicegate in
+release mode.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -29,8 +36,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def ensure_tools():
     missing = [p for p, exe in [("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"),
-                                ("nghttp2-client", "h2load")]
+                                ("nghttp2-client", "h2load"), ("iperf3", "iperf3")]
                if shutil.which(exe) is None and not os.path.exists(f"/usr/sbin/{exe}")]
+    if not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
+        missing.append("libnginx-mod-stream")
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
@@ -75,17 +84,36 @@ http {{
 def start_backend(work):
     port = free_port()
     conf = os.path.join(work, "backend.conf")
+    with open(os.path.join(work, "1mib"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    # nginx workers run as an unprivileged user: let them read the file.
+    os.chmod(work, 0o755)
+    os.chmod(os.path.join(work, "1mib"), 0o644)
     with open(conf, "w") as f:
         f.write(nginx_conf(work, port, f"""
     access_log off;
-    server {{ listen 127.0.0.1:{port} reuseport; location / {{ return 200 "ok"; }} }}""", 1))
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{ return 200 "ok"; }}
+        location = /1mib {{ root {work}; }}
+    }}""", 1))
     proc = subprocess.Popen([exe("nginx"), "-c", conf, "-g", "daemon off;"])
     wait_port(port)
     return proc, port
 
 
-def start_nginx(work, backend):
-    port, h2 = free_port(), free_port()
+def start_iperf(work):
+    port = free_port()
+    proc = subprocess.Popen(["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def start_nginx(work, backend, iperf):
+    port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "nginx-proxy.conf")
     location = """
         location / {
@@ -98,14 +126,22 @@ def start_nginx(work, backend):
     upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; }}
     server {{ listen 127.0.0.1:{port} reuseport; {location} }}
     server {{ listen 127.0.0.1:{h2} http2; {location} }}""", 2))
+    stream = os.path.exists(NGINX_STREAM)
+    if stream:
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            f.write(f"load_module {NGINX_STREAM};\n" + text + f"""
+stream {{ server {{ listen 127.0.0.1:{tcp}; proxy_pass 127.0.0.1:{iperf}; }} }}
+""")
     proc = subprocess.Popen([exe("nginx"), "-c", conf, "-g", "daemon off;"])
     wait_port(port)
     wait_port(h2)
-    return proc, port, h2
+    return proc, {"http": port, "h2": h2, "tcp": tcp if stream else None}
 
 
-def start_haproxy(work, backend):
-    port, h2 = free_port(), free_port()
+def start_haproxy(work, backend, iperf):
+    port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "haproxy.cfg")
     with open(conf, "w") as f:
         f.write(f"""
@@ -127,15 +163,19 @@ frontend fe2
     default_backend be
 backend be
     server b1 127.0.0.1:{backend}
+listen l4
+    mode tcp
+    bind 127.0.0.1:{tcp}
+    server i1 127.0.0.1:{iperf}
 """)
     proc = subprocess.Popen([exe("haproxy"), "-f", conf, "-db"])
     wait_port(port)
     wait_port(h2)
-    return proc, port, h2
+    return proc, {"http": port, "h2": h2, "tcp": tcp}
 
 
-def start_sluicegate(work, backend, binary):
-    port = free_port()
+def start_sluicegate(work, backend, iperf, binary):
+    port, tcp = free_port(), free_port()
     conf = os.path.join(work, "sluicegate.toml")
     with open(conf, "w") as f:
         f.write(f"""
@@ -156,12 +196,23 @@ service = "backend"
 [[services]]
 name = "backend"
 endpoints = [{{ address = "127.0.0.1:{backend}" }}]
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:{tcp}"
+protocol = "tcp"
+service = "iperf"
+
+[[services]]
+name = "iperf"
+protocol = "tcp"
+endpoints = [{{ address = "127.0.0.1:{iperf}" }}]
 """)
     proc = subprocess.Popen([binary, "run", "-c", conf], stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
     # The same listener serves HTTP/2 to clients that open with the HTTP/2 preface.
-    return proc, port, port
+    return proc, {"http": port, "h2": port, "tcp": tcp}
 
 
 def cpu_seconds(pid):
@@ -191,9 +242,11 @@ def parse_latency(text, label):
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, connections, duration):
+def run_wrk(port, connections, duration, path="/", headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
+         f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
@@ -240,12 +293,63 @@ def print_table(title, columns, summary, ratios):
         print(line)
 
 
+def run_iperf(port, duration):
+    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(duration), "-J"],
+                         capture_output=True, text=True).stdout
+    data = json.loads(out)
+    if "error" in data:
+        raise RuntimeError(data["error"])
+    received = data["end"]["sum_received"]
+    return received["bytes"], received["bits_per_second"]
+
+
+def median_rows(rows, sums=()):
+    """Median of each column over rounds; columns in `sums` are added up instead (errors)."""
+    return tuple(sum(r[i] for r in rows) if i in sums else statistics.median(r[i] for r in rows)
+                 for i in range(len(rows[0])))
+
+
+def measure(proxies, rounds, run):
+    """Runs `run(name, ports)` for each proxy, interleaved, `rounds` times; returns the rows and
+    the proxy's CPU seconds for each run appended."""
+    results = {name: [] for name in proxies}
+    for _ in range(rounds):
+        for name, (proc, ports) in proxies.items():
+            before = cpu_seconds(proc.pid)
+            row = run(name, ports)
+            if row is None:
+                continue
+            results[name].append(row + (cpu_seconds(proc.pid) - before,))
+    return {n: r for n, r in results.items() if r}
+
+
+def http1_scenario(proxies, args, title, conns, path="/", headers=(), mib=False):
+    def run(name, ports):
+        requests, rps, p50, p99, errors = run_wrk(ports["http"], conns, args.duration, path, headers)
+        return (rps, p50, p99, errors, requests)
+    results = measure(proxies, args.rounds, run)
+    summary = {}
+    for name, rows in results.items():
+        rows = [(r[0], r[1], r[2], r[3], r[5] * 1e6 / max(r[4], 1)) for r in rows]
+        summary[name] = median_rows(rows, sums=(3,))
+    columns = [("req/s", "{:>12.0f}"), ("p50 ms", "{:>12.2f}"), ("p99 ms", "{:>12.2f}"),
+               ("errors", "{:>12}"), ("CPU us/req", "{:>12.1f}")]
+    if mib:
+        summary = {n: v + (v[0] * (1 << 20) / 1e6,) for n, v in summary.items()}
+        columns.append(("MB/s", "{:>12.0f}"))
+    sg = summary["sluicegate"]
+    print_table(f"{title}, median of {args.rounds} interleaved rounds", columns, summary,
+                [f"sluicegate / {o}: CPU per request {sg[4] / summary[o][4]:.2f}x, "
+                 f"p99 {sg[2] / summary[o][2]:.2f}x, req/s {sg[0] / summary[o][0]:.2f}x"
+                 for o in ("nginx", "haproxy")])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="64,256")
-    ap.add_argument("--scenarios", default="http1,h2")
+    ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp")
     args = ap.parse_args()
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -256,52 +360,36 @@ def main():
     try:
         backend, bport = start_backend(work)
         procs.append(backend)
+        iperf, iport = start_iperf(work)
+        procs.append(iperf)
         proxies = {}
-        for name, start in [("nginx", lambda: start_nginx(work, bport)),
-                            ("haproxy", lambda: start_haproxy(work, bport)),
-                            ("sluicegate", lambda: start_sluicegate(work, bport, binary))]:
-            proc, port, h2 = start()
+        for name, start in [("nginx", lambda: start_nginx(work, bport, iport)),
+                            ("haproxy", lambda: start_haproxy(work, bport, iport)),
+                            ("sluicegate", lambda: start_sluicegate(work, bport, iport, binary))]:
+            proc, ports = start()
             procs.append(proc)
-            proxies[name] = (proc, port, h2)
-        for name, (_, port, _) in proxies.items():  # warm up pools
-            run_wrk(port, 16, 1)
+            proxies[name] = (proc, ports)
+        for _, (_, ports) in proxies.items():  # warm up pools
+            run_wrk(ports["http"], 16, 1)
         scenarios = args.scenarios.split(",")
 
-        for conns in [int(c) for c in args.connections.split(",")] if "http1" in scenarios else []:
-            results = {name: [] for name in proxies}
-            for _ in range(args.rounds):
-                for name, (proc, port, _) in proxies.items():
-                    before = cpu_seconds(proc.pid)
-                    requests, rps, p50, p99, errors = run_wrk(port, conns, args.duration)
-                    cpu = cpu_seconds(proc.pid) - before
-                    results[name].append((rps, p50, p99, errors, cpu * 1e6 / max(requests, 1)))
-            print(f"\nHTTP/1.1 keep-alive, wrk -t1 -c{conns} -d{args.duration}s, "
-                  f"median of {args.rounds} interleaved rounds")
-            print(f"{'proxy':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU us/req':>12}")
-            summary = {}
-            for name, rows in results.items():
-                med = lambda i: statistics.median(r[i] for r in rows)
-                summary[name] = (med(0), med(1), med(2), sum(r[3] for r in rows), med(4))
-                rps, p50, p99, errs, cpu = summary[name]
-                print(f"{name:<12}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{errs:>8}{cpu:>12.1f}")
-            sg = summary["sluicegate"]
-            for other in ("nginx", "haproxy"):
-                o = summary[other]
-                print(f"sluicegate / {other}: CPU per request {sg[4] / o[4]:.2f}x, "
-                      f"p99 {sg[2] / o[2]:.2f}x, req/s {sg[0] / o[0]:.2f}x")
-
+        if "http1" in scenarios:
+            for conns in [int(c) for c in args.connections.split(",")]:
+                http1_scenario(proxies, args, f"HTTP/1.1 keep-alive, wrk -t1 -c{conns} -d{args.duration}s", conns)
+        if "close" in scenarios:
+            http1_scenario(proxies, args, f"New connection per request, wrk -t1 -c64 -d{args.duration}s "
+                           "-H 'Connection: close'", 64, headers=("Connection: close",))
+        if "1mib" in scenarios:
+            http1_scenario(proxies, args, f"1 MiB responses, wrk -t1 -c16 -d{args.duration}s", 16,
+                           path="/1mib", mib=True)
         if "h2" in scenarios:
-            results = {name: [] for name in proxies}
-            for _ in range(args.rounds):
-                for name, (proc, _, h2) in proxies.items():
-                    before = cpu_seconds(proc.pid)
-                    done, rps, mean_ms, errors = run_h2load(h2, args.duration)
-                    cpu = cpu_seconds(proc.pid) - before
-                    results[name].append((rps, mean_ms, errors, cpu * 1e6 / max(done, 1)))
-            summary = {}
-            for name, rows in results.items():
-                med = lambda i: statistics.median(r[i] for r in rows)
-                summary[name] = (med(0), med(1), sum(r[2] for r in rows), med(3))
+            def run(name, ports):
+                done, rps, mean_ms, errors = run_h2load(ports["h2"], args.duration)
+                return (rps, mean_ms, errors, done)
+            results = measure(proxies, args.rounds, run)
+            summary = {n: median_rows([(r[0], r[1], r[2], r[4] * 1e6 / max(r[3], 1)) for r in rows],
+                                      sums=(2,))
+                       for n, rows in results.items()}
             sg = summary["sluicegate"]
             print_table(
                 f"HTTP/2 cleartext, h2load -c64 -m10 -D{args.duration}, median of {args.rounds} rounds",
@@ -310,6 +398,22 @@ def main():
                 summary,
                 [f"sluicegate / {o}: req/s {sg[0] / summary[o][0]:.2f}x, "
                  f"CPU per request {sg[3] / summary[o][3]:.2f}x" for o in ("nginx", "haproxy")])
+        if "tcp" in scenarios:
+            def run(name, ports):
+                if ports["tcp"] is None:
+                    return None
+                nbytes, bps = run_iperf(ports["tcp"], args.duration)
+                return (bps / 1e9, nbytes)
+            results = measure(proxies, args.rounds, run)
+            summary = {n: median_rows([(r[0], r[2] * 1e3 / (r[1] / (1 << 30))) for r in rows])
+                       for n, rows in results.items()}
+            sg = summary["sluicegate"]
+            print_table(
+                f"TCP (layer 4) throughput, iperf3 -t{args.duration}, median of {args.rounds} rounds",
+                [("Gbit/s", "{:>12.2f}"), ("CPU ms/GiB", "{:>12.1f}")],
+                summary,
+                [f"sluicegate / {o}: throughput {sg[0] / summary[o][0]:.2f}x, "
+                 f"CPU per byte {sg[1] / summary[o][1]:.2f}x" for o in summary if o != "sluicegate"])
     finally:
         for p in procs:
             p.terminate()
