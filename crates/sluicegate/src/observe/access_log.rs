@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Method;
-use serde::Serialize;
 
 use super::time::rfc3339_millis;
 use crate::config::AccessLogTarget;
@@ -49,23 +48,6 @@ pub struct AccessRecord {
     pub bytes_out: u64,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    request_id: &'a str,
-    client: String,
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    status: u16,
-    route: Option<&'a str>,
-    service: Option<&'a str>,
-    endpoint: Option<String>,
-    duration_ms: f64,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
 impl AccessRecord {
     /// The JSON line, without its newline.
     pub fn to_json(&self) -> String {
@@ -74,26 +56,116 @@ impl AccessRecord {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// Appends the JSON line (without newline) to `out`.
+    /// Appends the JSON line (without newline) to `out`. Written by hand rather than through
+    /// serde: it runs once per request, and the fields are few and fixed.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let line = Line {
-            time: rfc3339_millis(self.time),
-            request_id: &self.request_id,
-            client: self.client.to_string(),
-            method: self.method.as_str(),
-            host: &self.host,
-            path: &self.path,
-            status: self.status,
-            route: self.route.as_deref(),
-            service: self.service.as_deref(),
-            endpoint: self.endpoint.map(|e| e.to_string()),
-            duration_ms: (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-        };
-        // Serialising plain strings and numbers into memory cannot fail.
-        let _ = serde_json::to_writer(out, &line);
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"time\":\"");
+        write_time(out, self.time);
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_string(out, &self.request_id);
+        out.extend_from_slice(b",\"client\":\"");
+        let _ = write!(out, "{}", self.client);
+        out.extend_from_slice(b"\",\"method\":");
+        json_string(out, self.method.as_str());
+        out.extend_from_slice(b",\"host\":");
+        json_string(out, &self.host);
+        out.extend_from_slice(b",\"path\":");
+        json_string(out, &self.path);
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(n.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"route\":");
+        json_optional(out, self.route.as_deref());
+        out.extend_from_slice(b",\"service\":");
+        json_optional(out, self.service.as_deref());
+        out.extend_from_slice(b",\"endpoint\":");
+        match self.endpoint {
+            Some(e) => {
+                out.push(b'"');
+                let _ = write!(out, "{e}");
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        // Milliseconds with microsecond precision, as a JSON number.
+        let micros = self.duration.as_micros();
+        out.extend_from_slice(b",\"duration_ms\":");
+        out.extend_from_slice(n.format(micros / 1000).as_bytes());
+        out.push(b'.');
+        let frac = (micros % 1000) as u16;
+        out.extend_from_slice(&[
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+        out.extend_from_slice(b",\"bytes_in\":");
+        out.extend_from_slice(n.format(self.bytes_in).as_bytes());
+        out.extend_from_slice(b",\"bytes_out\":");
+        out.extend_from_slice(n.format(self.bytes_out).as_bytes());
+        out.push(b'}');
     }
+}
+
+/// Appends `text` as a JSON string (quotes, backslashes and control characters escaped).
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                let _ = write!(out, "\\u{b:04x}");
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn json_optional(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(t) => json_string(out, t),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends `t` as RFC 3339 UTC with milliseconds. The date and time of day are formatted once
+/// per second per thread; the writer thread calls this for every line.
+fn write_time(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            // "2026-11-29T12:33:05.000Z" without its last 5 characters.
+            let full = rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+            cached.1 = full[..full.len() - 4].to_string();
+            cached.0 = secs;
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    let millis = since.subsec_millis() as u16;
+    out.extend_from_slice(&[
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// Handle the request path uses; cheap to clone.
@@ -323,6 +395,41 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["endpoint"], "127.0.0.1:9");
         assert!(v["service"].is_null());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_lines_parse_and_keep_their_strings(
+            id in ".{0,40}", host in ".{0,20}", path in ".{0,60}", micros in 0u64..10_000_000_000,
+        ) {
+            let r = AccessRecord {
+                time: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+                request_id: id.clone(),
+                client: "::1".parse().unwrap(),
+                method: Method::PATCH,
+                host: host.clone(),
+                path: path.clone(),
+                status: 503,
+                route: Some("r\"q".into()),
+                service: Some("s".into()),
+                endpoint: None,
+                duration: Duration::from_micros(micros),
+                bytes_in: micros,
+                bytes_out: 0,
+            };
+            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            proptest::prop_assert_eq!(v["request_id"].as_str(), Some(id.as_str()));
+            proptest::prop_assert_eq!(v["host"].as_str(), Some(host.as_str()));
+            proptest::prop_assert_eq!(v["path"].as_str(), Some(path.as_str()));
+            proptest::prop_assert_eq!(v["route"].as_str(), Some("r\"q"));
+            proptest::prop_assert_eq!(v["bytes_in"].as_u64(), Some(micros));
+            let ms = v["duration_ms"].as_f64().unwrap();
+            proptest::prop_assert!((ms - micros as f64 / 1000.0).abs() < 0.0015);
+            proptest::prop_assert_eq!(
+                v["time"].as_str().unwrap(),
+                rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_micros(micros))
+            );
+        }
     }
 
     #[test]

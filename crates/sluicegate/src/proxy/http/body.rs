@@ -109,7 +109,10 @@ enum Source {
     Full(Option<Bytes>),
     Upstream {
         body: Incoming,
-        deadline: Option<Pin<Box<Sleep>>>,
+        deadline: Option<tokio::time::Instant>,
+        /// Armed only when the body first has to wait: most small responses arrive with their
+        /// head, and a timer per request would cost an allocation and a timer-wheel entry.
+        sleep: Option<Pin<Box<Sleep>>>,
         failed: bool,
     },
 }
@@ -133,7 +136,8 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Upstream {
                 body,
-                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                deadline,
+                sleep: None,
                 failed: false,
             },
             stats,
@@ -161,22 +165,35 @@ impl Body for ResponseBody {
             Source::Upstream {
                 body,
                 deadline,
+                sleep,
                 failed,
-            } => {
-                if let Some(sleep) = deadline {
-                    if sleep.as_mut().poll(cx).is_ready() {
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    *failed = true;
+                    Poll::Ready(Some(Err(BodyError::Transport(e))))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // A body that is always ready (a fast large download) never waits on the
+                    // timer, so the deadline is also checked here.
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         *failed = true;
                         return Poll::Ready(Some(Err(BodyError::Deadline)));
                     }
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                match Pin::new(body).poll_frame(cx) {
-                    Poll::Ready(Some(Err(e))) => {
-                        *failed = true;
-                        Poll::Ready(Some(Err(BodyError::Transport(e))))
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    if let Some(at) = *deadline {
+                        let timer =
+                            sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            *failed = true;
+                            return Poll::Ready(Some(Err(BodyError::Deadline)));
+                        }
                     }
-                    other => other.map(|o| o.map(|r| r.map_err(BodyError::Transport))),
+                    Poll::Pending
                 }
-            }
+            },
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
