@@ -24,10 +24,6 @@ pub const DEFAULT_TABLE_SIZE: usize = 65537;
 /// A larger configured size is clamped to this.
 pub const MAX_TABLE_SIZE: usize = 5_000_011;
 
-/// Table slots visited when a key's endpoint is refused, before a plain scan of the endpoints (a
-/// bound on `accept` calls when most of the table is refused); plus two per endpoint.
-const WALK_LIMIT: usize = 64;
-
 /// Seeds of the two name hashes, fixed so every gateway instance builds the same table.
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_0001;
 const SKIP_SEED: u64 = 0x6d61_676c_6576_0002;
@@ -152,21 +148,7 @@ impl Balancer for Maglev {
             return None;
         }
         let first = (key % m as u64) as usize;
-        let limit = WALK_LIMIT + 2 * self.n;
-        for step in 0..m.min(limit) {
-            let owner = self.table[(first + step) % m] as usize;
-            if accept(owner) {
-                return Some(owner);
-            }
-        }
-        if m <= limit {
-            // The whole table, so every endpoint, was refused.
-            return None;
-        }
-        let start = self.table[first] as usize;
-        (1..=self.n)
-            .map(|s| (start + s) % self.n)
-            .find(|&i| accept(i))
+        super::walk_table(&self.table, first, self.n, accept)
     }
 }
 

@@ -128,6 +128,36 @@ pub fn build(
     }
 }
 
+/// Slots a consistent-hash lookup walks past a refused key before falling back to a scan of the
+/// endpoints; bounds `accept` calls when most endpoints are refused.
+const WALK_LIMIT: usize = 64;
+
+/// The first accepted owner at or after slot `first` of a consistent-hash lookup table (Maglev's
+/// table, a hash ring's owners), shared by `maglev` and `ring_hash`: walking the table keeps a
+/// refused endpoint's keys spread by weight over the others, and other keys in place. After
+/// `WALK_LIMIT + 2n` slots it scans the `n` endpoints from the key's own owner instead.
+fn walk_table(
+    owners: &[u32],
+    first: usize,
+    n: usize,
+    accept: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
+    let len = owners.len();
+    let limit = WALK_LIMIT + 2 * n;
+    for step in 0..len.min(limit) {
+        let owner = owners[(first + step) % len] as usize;
+        if accept(owner) {
+            return Some(owner);
+        }
+    }
+    if len <= limit || n == 0 {
+        // The whole table, so every endpoint, was refused.
+        return None;
+    }
+    let start = owners[first] as usize;
+    (1..=n).map(|s| (start + s) % n).find(|&i| accept(i))
+}
+
 /// Whether `n` is prime (for validating a Maglev table size).
 pub fn is_prime(n: usize) -> bool {
     if n < 2 {

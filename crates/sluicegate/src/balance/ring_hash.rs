@@ -31,10 +31,6 @@ pub const POINTS_PER_WEIGHT: u64 = 2048;
 /// point each.
 pub const MAX_RING_SIZE: u64 = 1 << 18;
 
-/// Ring points visited when a key's endpoint is refused, before a plain scan of the endpoints (a
-/// bound on `accept` calls when most of the ring is refused); plus two per endpoint.
-const WALK_LIMIT: usize = 64;
-
 /// Seed of the point hashes: fixed, so every gateway instance builds the same ring.
 const RING_SEED: u64 = 0x7269_6e67_6861_7368;
 
@@ -118,20 +114,7 @@ impl Balancer for RingHash {
             return None;
         }
         let first = self.points.partition_point(|&p| p < key) % len;
-        for step in 0..len.min(WALK_LIMIT + 2 * self.n) {
-            let owner = self.owners[(first + step) % len] as usize;
-            if accept(owner) {
-                return Some(owner);
-            }
-        }
-        if len <= WALK_LIMIT + 2 * self.n {
-            // The whole ring, so every endpoint, was refused.
-            return None;
-        }
-        let start = self.owners[first] as usize;
-        (1..=self.n)
-            .map(|s| (start + s) % self.n)
-            .find(|&i| accept(i))
+        super::walk_table(&self.owners, first, self.n, accept)
     }
 }
 

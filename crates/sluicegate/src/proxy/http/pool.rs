@@ -201,22 +201,13 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Sender, ConnectError> {
         if matches!(transport, Transport::Unusable) {
-            return Err(ConnectError::Tls(
-                addr,
-                std::io::Error::other("the service's TLS settings could not be loaded"),
-            ));
+            return unusable(addr);
         }
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(addr)),
-            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
-            Ok(Ok(s)) => s,
-        };
-        // Requests and responses are written whole by hyper; Nagle would only add latency.
-        let _ = stream.set_nodelay(true);
+        let stream = tcp_connect(addr, timeout).await?;
         let sender = match transport {
             Transport::Http1 => Sender::H1(handshake_h1(addr, stream).await?),
             Transport::Http2 => Sender::H2(handshake_h2(addr, stream).await?),
-            Transport::Unusable => unreachable_transport(addr)?,
+            Transport::Unusable => return unusable(addr),
             Transport::Tls {
                 connector,
                 server_name,
@@ -247,12 +238,7 @@ impl Pool {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(addr)),
-            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = tcp_connect(addr, timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -266,7 +252,20 @@ impl Pool {
     }
 }
 
-fn unreachable_transport(addr: SocketAddr) -> Result<Sender, ConnectError> {
+/// A TCP connection to an endpoint within `timeout`, with Nagle off: hyper writes requests
+/// whole, and Nagle would only add latency.
+async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout(addr)),
+        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The error for a service whose TLS settings could not be loaded (never plain text instead).
+fn unusable(addr: SocketAddr) -> Result<Sender, ConnectError> {
     Err(ConnectError::Tls(
         addr,
         std::io::Error::other("the service's TLS settings could not be loaded"),

@@ -324,7 +324,8 @@ pub async fn handle(
             parts.headers.insert(header::UPGRADE, protocol);
         }
         let request = Request::from_parts(parts, RequestBody::new(body, limit, Rc::clone(&stats)));
-        return tunnel(
+        // Boxed: the tunnel path is rare, and inlined it would enlarge every request's future.
+        return Box::pin(tunnel(
             &worker,
             exchange,
             service,
@@ -334,7 +335,7 @@ pub async fn handle(
             client_upgrade,
             listener.config.idle_timeout,
             answer,
-        )
+        ))
         .await;
     }
 
