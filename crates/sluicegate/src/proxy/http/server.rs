@@ -496,8 +496,9 @@ async fn send(
             Err((e, None)) => return Err(SendError::Exchange(e)),
         }
     }
-    let mut sender = pool
-        .connect(address, transport, service.connect_timeout)
+    // Boxed: connecting (TCP, TLS, HTTP/2 handshakes) is rare next to pooled sends, and its large
+    // future inlined here would be carried — and moved — by every request.
+    let mut sender = Box::pin(pool.connect(address, transport, service.connect_timeout))
         .await
         .map_err(SendError::Connect)?;
     fit_version(&mut request, sender.is_http2(), transport, address);
