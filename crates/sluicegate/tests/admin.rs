@@ -6,47 +6,24 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Client, Gateway};
+use support::{Backend, Client, Gateway, Toml};
 
-fn config(backends: &[(&Backend, u32)], extra_listener: Option<&str>) -> String {
-    let endpoints: Vec<String> = backends
-        .iter()
-        .map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.addr))
-        .collect();
-    let second = extra_listener
-        .map(|bind| format!("[[listeners]]\nname = \"second\"\nbind = \"{bind}\"\n"))
-        .unwrap_or_default();
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[access_log]
-path = "off"
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-{second}
-
-[[routes]]
-name = "all"
-service = "app"
-
-[[services]]
-name = "app"
-algorithm = "weighted_round_robin"
-endpoints = [{}]
-"#,
-        endpoints.join(", ")
-    )
+/// A config with an admin API, listener `public` (and `second` when asked), weighted round robin.
+fn config(backends: &[(&Backend, u32)], second_listener: bool) -> String {
+    let endpoints: Vec<_> = backends.iter().map(|(b, w)| (b.addr, *w)).collect();
+    let mut toml = Toml::new().admin().listener("public", "");
+    if second_listener {
+        toml = toml.listener("second", "");
+    }
+    toml.route("all", "app", "")
+        .weighted_service("app", &endpoints, "algorithm = \"weighted_round_robin\"")
+        .build()
 }
 
 #[test]
 fn status_and_services_have_the_spec_shapes() {
     let b = Backend::start("b");
-    let gw = Gateway::start(&config(&[(&b, 3)], None));
+    let gw = Gateway::start(&config(&[(&b, 3)], false));
     let mut admin = gw.admin();
     assert_eq!(admin.get("/healthz").status, 200);
     assert_eq!(admin.get("/readyz").status, 200);
@@ -75,7 +52,7 @@ fn status_and_services_have_the_spec_shapes() {
 #[test]
 fn metrics_parse_with_the_prometheus_parser_and_name_every_built_metric() {
     let b = Backend::start("b");
-    let gw = Gateway::start(&config(&[(&b, 1)], None));
+    let gw = Gateway::start(&config(&[(&b, 1)], false));
     let mut c = gw.client();
     for _ in 0..3 {
         assert_eq!(c.get("/").status, 200);
@@ -138,9 +115,9 @@ fn metrics_parse_with_the_prometheus_parser_and_name_every_built_metric() {
 #[test]
 fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
     let b = Backend::start("b");
-    let gw = Gateway::start(&config(&[(&b, 1)], None));
+    let gw = Gateway::start(&config(&[(&b, 1)], false));
     let hash = gw.admin().get("/api/v1/status").json()["config_hash"].clone();
-    gw.write_config(&config(&[(&b, 1)], None).replace("weighted_round_robin", "fastest"));
+    gw.write_config(&config(&[(&b, 1)], false).replace("weighted_round_robin", "fastest"));
     let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
     assert_eq!(r.status, 400);
     let v = r.json();
@@ -163,17 +140,17 @@ fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
 fn sighup_and_api_reloads_apply_new_endpoints() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Gateway::start(&config(&[(&a, 1)], None));
+    let gw = Gateway::start(&config(&[(&a, 1)], false));
     let mut c = gw.client();
     assert_eq!(c.get("/").text(), "a");
-    gw.write_config(&config(&[(&b, 1)], None));
+    gw.write_config(&config(&[(&b, 1)], false));
     gw.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.get("/").text() != "b" {
         assert!(Instant::now() < deadline, "SIGHUP reload never applied");
         std::thread::sleep(Duration::from_millis(20));
     }
-    gw.write_config(&config(&[(&a, 1), (&b, 1)], None));
+    gw.write_config(&config(&[(&a, 1), (&b, 1)], false));
     let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["result"], "success");
@@ -187,8 +164,8 @@ fn sighup_and_api_reloads_apply_new_endpoints() {
 #[test]
 fn reload_adds_and_removes_listeners() {
     let b = Backend::start("b");
-    let gw = Gateway::start(&config(&[(&b, 1)], None));
-    gw.write_config(&config(&[(&b, 1)], Some("127.0.0.1:0")));
+    let gw = Gateway::start(&config(&[(&b, 1)], false));
+    gw.write_config(&config(&[(&b, 1)], true));
     assert_eq!(
         gw.admin()
             .request("POST", "/api/v1/reload", &[], b"")
@@ -203,7 +180,7 @@ fn reload_adds_and_removes_listeners() {
     let mut kept = Client::connect(second);
     assert_eq!(kept.get("/").status, 200);
     // Removing it: no new connections, and the open one is closed once idle.
-    gw.write_config(&config(&[(&b, 1)], None));
+    gw.write_config(&config(&[(&b, 1)], false));
     assert_eq!(
         gw.admin()
             .request("POST", "/api/v1/reload", &[], b"")
@@ -225,7 +202,7 @@ fn reload_adds_and_removes_listeners() {
 #[test]
 fn reload_under_load_fails_no_request() {
     let backends: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("b{i}"))).collect();
-    let gw = Gateway::start(&config(&[(&backends[0], 1), (&backends[1], 1)], None));
+    let gw = Gateway::start(&config(&[(&backends[0], 1), (&backends[1], 1)], false));
     let addr = gw.addr();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -255,7 +232,7 @@ fn reload_under_load_fails_no_request() {
                 1 => vec![(&backends[1], 2)],
                 _ => vec![(&backends[0], 5), (&backends[1], 1), (&backends[2], 1)],
             };
-            gw.write_config(&config(&set, None));
+            gw.write_config(&config(&set, false));
             let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
             assert_eq!(r.status, 200, "{}", r.text());
             reloads += 1;
@@ -275,7 +252,7 @@ fn reload_under_load_fails_no_request() {
 #[test]
 fn readyz_turns_503_while_draining_and_the_in_flight_request_finishes() {
     let b = Backend::start("b");
-    let mut gw = Gateway::start(&config(&[(&b, 1)], None));
+    let mut gw = Gateway::start(&config(&[(&b, 1)], false));
     let addr = gw.addr();
     let slow = std::thread::spawn(move || Client::connect(addr).get("/sleep/2000"));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -5,34 +5,21 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Gateway};
+use support::{Backend, Gateway, Toml};
 
 fn gateway(algorithm: &str, extra: &str, backends: &[(&Backend, u32)]) -> Gateway {
-    let endpoints: Vec<String> = backends
-        .iter()
-        .map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.addr))
-        .collect();
-    Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[routes]]
-name = "all"
-service = "app"
-
-[[services]]
-name = "app"
-algorithm = "{algorithm}"
-{extra}
-endpoints = [{}]
-"#,
-        endpoints.join(", ")
-    ))
+    let endpoints: Vec<_> = backends.iter().map(|(b, w)| (b.addr, *w)).collect();
+    Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .route("all", "app", "")
+            .weighted_service(
+                "app",
+                &endpoints,
+                &format!("algorithm = \"{algorithm}\"\n{extra}"),
+            )
+            .build(),
+    )
 }
 
 fn backends(n: usize) -> Vec<Backend> {

@@ -5,37 +5,20 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Backend, Gateway};
+use support::{Backend, Gateway, Toml};
 
 fn config(backends: &[&Backend], service_extra: &str) -> String {
-    let endpoints: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ address = \"{}\" }}", b.addr))
-        .collect();
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[access_log]
-path = "off"
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[routes]]
-name = "all"
-service = "app"
-
-[[services]]
-name = "app"
-algorithm = "round_robin"
-endpoints = [{}]
-{service_extra}
-"#,
-        endpoints.join(", ")
-    )
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    Toml::new()
+        .admin()
+        .listener("public", "")
+        .route("all", "app", "")
+        .service(
+            "app",
+            &addrs,
+            &format!("algorithm = \"round_robin\"\n{service_extra}"),
+        )
+        .build()
 }
 
 const CHECKS: &str = r#"

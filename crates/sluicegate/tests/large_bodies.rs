@@ -5,29 +5,19 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use support::{Backend, Gateway};
+use support::{Backend, Gateway, Toml};
 
 const GIB: u64 = 1 << 30;
 const RSS_LIMIT: u64 = 64 << 20;
 
 fn gateway(b: &Backend) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-[[routes]]
-name = "all"
-service = "app"
-timeout = "0"
-[[services]]
-name = "app"
-endpoints = [{{ address = "{}" }}]
-"#,
-        b.addr
-    ))
+    Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .route("all", "app", "timeout = \"0\"")
+            .service("app", &[b.addr], "")
+            .build(),
+    )
 }
 
 /// Reads a response head; returns (status, content-length if any).

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Backend, Gateway, TempDir};
+use support::{Backend, Gateway, TempDir, Toml};
 
 /// A CA and a certificate for `gw.test` (and 127.0.0.1) signed by it, as PEM files.
 struct Certs {
@@ -56,18 +56,23 @@ fn certs_for(names: &[&str]) -> Vec<Certs> {
         .collect()
 }
 
-fn http_service(b: &Backend) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "all"
-service = "app"
+/// An https listener `secure` with `tls` in front of `b`.
+fn tls_proxy(b: &Backend, tls: &str) -> Gateway {
+    Gateway::start(
+        &Toml::new()
+            .listener("secure", &format!("protocol = \"https\"\ntls = {tls}"))
+            .route("all", "app", "")
+            .service("app", &[b.addr], "")
+            .build(),
+    )
+}
 
-[[services]]
-name = "app"
-endpoints = [{{ address = "{}" }}]
-"#,
-        b.addr
+/// `tls = { cert, key }` for a certificate pair.
+fn tls_table(c: &Certs) -> String {
+    format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        c.cert.display(),
+        c.key.display()
     )
 }
 
@@ -92,21 +97,7 @@ fn curl(args: &[&str]) -> (String, String) {
 fn https_listener_serves_http1_and_negotiates_http2() {
     let b = Backend::start("tls-backend");
     let c = certs();
-    let gw = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "secure"
-bind = "127.0.0.1:0"
-protocol = "https"
-tls = {{ cert = "{}", key = "{}" }}
-{}
-"#,
-        c.cert.display(),
-        c.key.display(),
-        http_service(&b)
-    ));
+    let gw = tls_proxy(&b, &tls_table(&c));
     let port = gw.addr().port();
     let url = format!("https://gw.test:{port}/hello");
     let resolve = format!("gw.test:{port}:127.0.0.1");
@@ -128,16 +119,28 @@ tls = {{ cert = "{}", key = "{}" }}
 #[test]
 fn cleartext_http2_by_prior_knowledge() {
     let b = Backend::start("h2c");
-    let gw = Gateway::start(&format!(
-        "[access_log]\npath = \"off\"\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n{}",
-        http_service(&b)
-    ));
+    let gw = Gateway::start(&Toml::proxy_to(&[b.addr]).build());
     let url = format!("http://{}/x", gw.addr());
     let (body, version) = curl(&["--http2-prior-knowledge", &url]);
     assert_eq!((body.as_str(), version.as_str()), ("h2c", "2"));
     assert_eq!(b.last_seen().method, "GET");
     let (_, version) = curl(&[&url]);
     assert_eq!(version, "1.1", "plain HTTP/1.1 on the same listener");
+}
+
+/// Routes the gRPC health service to an h2c upstream.
+fn grpc_gateway(upstream: SocketAddr) -> Gateway {
+    Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .route(
+                "grpc",
+                "health",
+                "match = { path_prefix = \"/grpc.health.v1.Health\" }",
+            )
+            .service("health", &[upstream], "protocol = \"http2\"")
+            .build(),
+    )
 }
 
 #[test]
@@ -164,23 +167,7 @@ fn grpc_health_through_the_gateway_with_trailers_intact() {
         });
         addr
     });
-    let gw = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-[[routes]]
-name = "grpc"
-match = {{ path_prefix = "/grpc.health.v1.Health" }}
-service = "health"
-[[services]]
-name = "health"
-protocol = "http2"
-endpoints = [{{ address = "{upstream}" }}]
-"#
-    ));
+    let gw = grpc_gateway(upstream);
     let url = format!("http://{}", gw.addr());
     rt.block_on(async {
         let channel = tonic::transport::Channel::from_shared(url)
@@ -214,23 +201,7 @@ fn grpc_errors_made_by_the_gateway_are_grpc_statuses() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let gw = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-[[routes]]
-name = "grpc"
-match = {{ path_prefix = "/grpc.health.v1.Health" }}
-service = "down"
-[[services]]
-name = "down"
-protocol = "http2"
-endpoints = [{{ address = "{dead_addr}" }}]
-"#
-    ));
+    let gw = grpc_gateway(dead_addr);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr()))
@@ -288,23 +259,12 @@ fn websocket_echo_of_1000_messages_survives_a_reload() {
         addr
     });
     let config = |weight: u32| {
-        format!(
-            r#"
-[admin]
-bind = "127.0.0.1:0"
-[access_log]
-path = "off"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-[[routes]]
-name = "ws"
-service = "echo"
-[[services]]
-name = "echo"
-endpoints = [{{ address = "{echo}", weight = {weight} }}]
-"#
-        )
+        Toml::new()
+            .admin()
+            .listener("public", "")
+            .route("ws", "echo", "")
+            .weighted_service("echo", &[(echo, weight)], "")
+            .build()
     };
     let gw = Gateway::start(&config(1));
     let url = format!("ws://{}/chat", gw.addr());
@@ -359,22 +319,15 @@ fn tcp_echo() -> SocketAddr {
 }
 
 fn tcp_gateway(upstream: SocketAddr) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "l4"
-bind = "127.0.0.1:0"
-protocol = "tcp"
-service = "echo"
-idle_timeout = "30s"
-[[services]]
-name = "echo"
-protocol = "tcp"
-endpoints = [{{ address = "{upstream}" }}]
-"#
-    ))
+    Gateway::start(
+        &Toml::new()
+            .listener(
+                "l4",
+                "protocol = \"tcp\"\nservice = \"echo\"\nidle_timeout = \"30s\"",
+            )
+            .service("echo", &[upstream], "protocol = \"tcp\"")
+            .build(),
+    )
 }
 
 #[test]
@@ -437,23 +390,15 @@ fn tcp_half_close_still_delivers_the_rest_of_the_echo() {
 fn sni_chooses_the_certificate_by_name() {
     let b = Backend::start("sni");
     let c = certs_for(&["a.test", "b.test"]);
-    let gw = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "secure"
-bind = "127.0.0.1:0"
-protocol = "https"
-tls = {{ cert = "{}", key = "{}", certificates = [{{ cert = "{}", key = "{}" }}] }}
-{}
-"#,
-        c[0].cert.display(),
-        c[0].key.display(),
-        c[1].cert.display(),
-        c[1].key.display(),
-        http_service(&b)
-    ));
+    let gw = tls_proxy(
+        &b,
+        &format!(
+            "{{ cert = \"{}\", key = \"{}\", certificates = [{}] }}",
+            c[0].cert.display(),
+            c[0].key.display(),
+            tls_table(&c[1])
+        ),
+    );
     let port = gw.addr().port();
     let ca = c[0].ca.display().to_string();
     // curl verifies the name: each succeeds only if the matching certificate was chosen.
@@ -472,41 +417,19 @@ fn https_upstream_is_verified_against_its_ca() {
     let b = Backend::start("behind-tls");
     let c = certs();
     // A second gateway is the TLS upstream: https listener in front of a plain backend.
-    let tls_upstream = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "secure"
-bind = "127.0.0.1:0"
-protocol = "https"
-tls = {{ cert = "{}", key = "{}" }}
-{}
-"#,
-        c.cert.display(),
-        c.key.display(),
-        http_service(&b)
-    ));
+    let tls_upstream = tls_proxy(&b, &tls_table(&c));
     let front = |tls: &str| {
-        Gateway::start(&format!(
-            r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-[[routes]]
-name = "all"
-service = "secure"
-[[services]]
-name = "secure"
-protocol = "https"
-endpoints = [{{ address = "{}" }}]
-[services.tls]
-{tls}
-"#,
-            tls_upstream.addr()
-        ))
+        Gateway::start(
+            &Toml::new()
+                .listener("public", "")
+                .route("all", "secure", "")
+                .service(
+                    "secure",
+                    &[tls_upstream.addr()],
+                    &format!("protocol = \"https\"\n[services.tls]\n{tls}"),
+                )
+                .build(),
+        )
     };
     let verified = front(&format!(
         "ca = \"{}\"\nserver_name = \"gw.test\"",
@@ -530,23 +453,19 @@ endpoints = [{{ address = "{}" }}]
 fn tcp_upstream_receives_the_proxy_protocol_header_and_limits_hold() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = listener.local_addr().unwrap();
-    let gw = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "l4"
-bind = "127.0.0.1:0"
-protocol = "tcp"
-service = "pp"
-max_connections = 1
-[[services]]
-name = "pp"
-protocol = "tcp"
-send_proxy_protocol = "v1"
-endpoints = [{{ address = "{upstream}" }}]
-"#
-    ));
+    let gw = Gateway::start(
+        &Toml::new()
+            .listener(
+                "l4",
+                "protocol = \"tcp\"\nservice = \"pp\"\nmax_connections = 1",
+            )
+            .service(
+                "pp",
+                &[upstream],
+                "protocol = \"tcp\"\nsend_proxy_protocol = \"v1\"",
+            )
+            .build(),
+    );
     let mut client = TcpStream::connect(gw.addr()).unwrap();
     client.write_all(b"hello").unwrap();
     let (mut conn, _) = listener.accept().unwrap();
@@ -584,27 +503,14 @@ endpoints = [{{ address = "{upstream}" }}]
 fn http1_clients_reach_http2_upstreams() {
     let b = Backend::start("deep");
     // The h2c upstream is a second gateway: its http listener speaks HTTP/2 by prior knowledge.
-    let h2_upstream = Gateway::start(&format!(
-        "[access_log]\npath = \"off\"\n[[listeners]]\nname = \"inner\"\nbind = \"127.0.0.1:0\"\n{}",
-        http_service(&b)
-    ));
-    let front = Gateway::start(&format!(
-        r#"
-[access_log]
-path = "off"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-[[routes]]
-name = "all"
-service = "inner"
-[[services]]
-name = "inner"
-protocol = "http2"
-endpoints = [{{ address = "{}" }}]
-"#,
-        h2_upstream.addr()
-    ));
+    let h2_upstream = Gateway::start(&Toml::proxy_to(&[b.addr]).build());
+    let front = Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .route("all", "inner", "")
+            .service("inner", &[h2_upstream.addr()], "protocol = \"http2\"")
+            .build(),
+    );
     let mut c = front.client();
     for i in 0..5 {
         let r = c.request("POST", &format!("/upload?i={i}"), &[], b"0123456789");

@@ -4,32 +4,15 @@ mod support;
 
 use std::time::Duration;
 
-use support::{raw_exchange, Backend, Client, Gateway};
+use support::{raw_exchange, Backend, Client, Gateway, Toml};
 
 fn one_service(backends: &[&Backend], extra_listener: &str, routes: &str) -> String {
-    let endpoints: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ address = \"{}\" }}", b.addr))
-        .collect();
-    format!(
-        r#"
-[access_log]
-path = "off"
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-{extra_listener}
-
-{routes}
-
-[[services]]
-name = "app"
-endpoints = [{}]
-connect_timeout = "1s"
-"#,
-        endpoints.join(", ")
-    )
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    Toml::new()
+        .listener("public", extra_listener)
+        .service("app", &addrs, "connect_timeout = \"1s\"")
+        .build()
+        + routes
 }
 
 const CATCH_ALL: &str = r#"

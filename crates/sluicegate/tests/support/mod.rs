@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod toml;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use backend::Backend;
 pub use client::{Client, Response};
+pub use toml::Toml;
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
