@@ -147,7 +147,9 @@ pub async fn handle(
     };
     let id_text = request_id.to_str().unwrap_or_default().to_string();
 
-    let mut exchange = Exchange {
+    // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
+    // it would make every request's future larger.
+    let mut exchange = Box::new(Exchange {
         worker: Rc::clone(&worker),
         record: worker.access.enabled().then(|| AccessRecord {
             time: SystemTime::now(),
@@ -178,8 +180,8 @@ pub async fn handle(
         route: None,
         unrouted: None,
         counted: false,
-    };
-    let answer = |mut exchange: Exchange, error: GatewayError, close: bool| {
+    });
+    let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
         let response = if grpc {
             grpc::error_response(error, &id_text)
@@ -188,7 +190,7 @@ pub async fn handle(
         };
         exchange.status = response.status().as_u16();
         let mut response = response.map(|bytes| ResponseBody::full(bytes, stats));
-        response.body_mut().on_finish(Box::new(exchange));
+        response.body_mut().on_finish(exchange);
         Ok(response)
     };
 
@@ -400,7 +402,7 @@ pub async fn handle(
     exchange.status = head.status.as_u16();
     exchange.upstream = Some((address, sender));
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
-    body.on_finish(Box::new(exchange));
+    body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
 }
 
@@ -560,14 +562,14 @@ fn wants_trailers(headers: &http::HeaderMap) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn tunnel(
     worker: &Rc<Worker>,
-    mut exchange: Exchange,
+    mut exchange: Box<Exchange>,
     service: &ServiceRuntime,
     index: usize,
     now: tokio::time::Instant,
     request: Request<RequestBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     idle: std::time::Duration,
-    answer: impl Fn(Exchange, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,
+    answer: impl Fn(Box<Exchange>, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let Some(address) = service.endpoints.get(index).map(|e| e.address) else {
         return answer(exchange, GatewayError::NoHealthyUpstream, false);
@@ -620,6 +622,6 @@ async fn tunnel(
     }
     let stats = Rc::clone(&exchange.stats);
     let mut body = ResponseBody::upstream(upstream_body, None, stats);
-    body.on_finish(Box::new(exchange));
+    body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
 }
