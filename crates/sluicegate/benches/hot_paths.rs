@@ -8,7 +8,9 @@ use divan::{black_box, Bencher};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sluicegate::balance::{self, Algorithm, BuildOptions, Endpoint, HashOn};
 use sluicegate::config::RouteMatch;
-use sluicegate::proxy::http::headers::{add_forwarded, new_request_id, remove_hop_by_hop};
+use sluicegate::proxy::http::headers::{
+    add_forwarded, client_value, new_request_id, remove_hop_by_hop,
+};
 use sluicegate::proxy::http::route::{Matcher, RequestView, RouteTable};
 
 fn main() {
@@ -128,12 +130,12 @@ fn rewrite_request_headers(bencher: Bencher) {
     ] {
         base.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
     }
-    let client = "127.0.0.1".parse().expect("ip");
+    let client = client_value("127.0.0.1".parse().expect("ip"));
     bencher
         .with_inputs(|| base.clone())
         .bench_local_values(|mut headers| {
             remove_hop_by_hop(&mut headers);
-            add_forwarded(&mut headers, client, "http");
+            add_forwarded(&mut headers, &client, "http");
             headers.insert("x-request-id", new_request_id());
             headers
         });

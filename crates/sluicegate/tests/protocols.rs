@@ -271,6 +271,7 @@ fn websocket_echo_of_1000_messages_survives_a_reload() {
     rt.block_on(async {
         let (mut ws, response) = tokio_tungstenite::connect_async(url).await.unwrap();
         assert_eq!(response.status(), 101);
+        assert!(response.headers().contains_key("x-request-id"));
         for i in 0..1000 {
             if i == 500 {
                 gw.write_config(&config(2));

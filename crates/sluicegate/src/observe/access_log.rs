@@ -16,7 +16,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use super::time::rfc3339_millis;
 use crate::config::AccessLogTarget;
@@ -34,7 +34,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
     pub time: SystemTime,
-    pub request_id: String,
+    /// The request id as sent upstream (a header value: cloning it shares the bytes).
+    pub request_id: HeaderValue,
     pub client: IpAddr,
     pub method: Method,
     pub host: String,
@@ -63,7 +64,7 @@ impl AccessRecord {
         out.extend_from_slice(b"{\"time\":\"");
         write_time(out, self.time);
         out.extend_from_slice(b"\",\"request_id\":");
-        json_string(out, &self.request_id);
+        json_string(out, &String::from_utf8_lossy(self.request_id.as_bytes()));
         out.extend_from_slice(b",\"client\":\"");
         let _ = write!(out, "{}", self.client);
         out.extend_from_slice(b"\",\"method\":");
@@ -360,7 +361,7 @@ mod tests {
     fn json_line_has_every_field() {
         let r = AccessRecord {
             time: SystemTime::UNIX_EPOCH,
-            request_id: "id\"1".into(),
+            request_id: HeaderValue::from_static("id\"1"),
             client: "127.0.0.1".parse().unwrap(),
             method: Method::GET,
             host: "h".into(),
@@ -404,7 +405,7 @@ mod tests {
         ) {
             let r = AccessRecord {
                 time: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
-                request_id: id.clone(),
+                request_id: HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("x")),
                 client: "::1".parse().unwrap(),
                 method: Method::PATCH,
                 host: host.clone(),
@@ -418,7 +419,9 @@ mod tests {
                 bytes_out: 0,
             };
             let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-            proptest::prop_assert_eq!(v["request_id"].as_str(), Some(id.as_str()));
+            if HeaderValue::from_str(&id).is_ok() {
+                proptest::prop_assert_eq!(v["request_id"].as_str(), Some(id.as_str()));
+            }
             proptest::prop_assert_eq!(v["host"].as_str(), Some(host.as_str()));
             proptest::prop_assert_eq!(v["path"].as_str(), Some(path.as_str()));
             proptest::prop_assert_eq!(v["route"].as_str(), Some("r\"q"));
@@ -440,7 +443,7 @@ mod tests {
         assert!(log.enabled());
         let mut r = AccessRecord {
             time: SystemTime::now(),
-            request_id: "x".into(),
+            request_id: HeaderValue::from_static("x"),
             client: "127.0.0.1".parse().unwrap(),
             method: Method::POST,
             host: String::new(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::http::headers::client_value;
 use super::http::pool::Pool;
 use super::http::serve::{serve, Mode};
 use super::http::server::{ConnInfo, Worker};
@@ -350,6 +351,7 @@ async fn accept_loop(
             peer,
             local: stream.local_addr().ok().or(local),
             tls: matches!(plan.kind, ListenerKind::Https(_)),
+            forwarded_for: client_value(peer.ip()),
         });
         let worker = Rc::clone(&worker);
         let stop = stop.clone();

@@ -47,24 +47,40 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    // One pass to see which of the fixed set are present (comparing standard names is cheap),
+    // then remove only those: most messages carry none or one of them, and each `remove` hashes.
+    let mut present = [false; 7];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if any {
+        for (name, here) in HOP_BY_HOP.into_iter().zip(present) {
+            if here {
+                headers.remove(name);
+            }
+        }
     }
 }
 
 /// Adds the client to X-Forwarded-For (appending to what earlier proxies wrote), and sets
 /// X-Forwarded-Proto and X-Forwarded-Host when absent.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let buf = ip_text(client);
+///
+/// `client` is the client's address as a header value, made once per connection
+/// ([`client_value`]), so the common case — no earlier proxy — costs no allocation.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
         Some(prev) if !prev.is_empty() => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + buf.len());
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
             joined.extend_from_slice(prev);
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(buf.as_bytes());
+            joined.extend_from_slice(client.as_bytes());
             HeaderValue::from_bytes(&joined).ok()
         }
-        _ => HeaderValue::from_str(&buf).ok(),
+        _ => Some(client.clone()),
     };
     if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
@@ -77,6 +93,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
             headers.insert(X_FORWARDED_HOST, host);
         }
     }
+}
+
+/// A client address as an `X-Forwarded-For` element (IPv4-mapped IPv6 shown as IPv4).
+pub fn client_value(ip: IpAddr) -> HeaderValue {
+    // Digits, dots, colons and hex letters only: always a valid header value.
+    HeaderValue::from_str(&ip_text(ip)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn ip_text(ip: IpAddr) -> String {
@@ -163,12 +185,16 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("host", "a.example")]);
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        add_forwarded(&mut h, &client_value("127.0.0.1".parse().unwrap()), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::ffff:1.2.3.4".parse().unwrap(), "http");
+        add_forwarded(
+            &mut h,
+            &client_value("::ffff:1.2.3.4".parse().unwrap()),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
     }
 

@@ -65,6 +65,8 @@ pub struct ConnInfo {
     pub local: Option<SocketAddr>,
     /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// The peer's address as an `X-Forwarded-For` element, made once per connection.
+    pub forwarded_for: HeaderValue,
 }
 
 /// Per-exchange bookkeeping finished when the response body is dropped.
@@ -145,7 +147,8 @@ pub async fn handle(
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let id_text = request_id.to_str().unwrap_or_default().to_string();
+    // Kept for gateway answers (cloning a header value shares its bytes).
+    let answer_id = request_id.clone();
 
     // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
     // it would make every request's future larger.
@@ -153,7 +156,7 @@ pub async fn handle(
         worker: Rc::clone(&worker),
         record: worker.access.enabled().then(|| AccessRecord {
             time: SystemTime::now(),
-            request_id: id_text.clone(),
+            request_id: request_id.clone(),
             client: conn.peer.ip(),
             method: parts.method.clone(),
             host: request_host(&parts.uri, &parts.headers)
@@ -183,10 +186,11 @@ pub async fn handle(
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
+        let id = answer_id.to_str().unwrap_or_default();
         let response = if grpc {
-            grpc::error_response(error, &id_text)
+            grpc::error_response(error, id)
         } else {
-            error.response(&id_text, close)
+            error.response(id, close)
         };
         exchange.status = response.status().as_u16();
         let mut response = response.map(|bytes| ResponseBody::full(bytes, stats));
@@ -298,7 +302,7 @@ pub async fn handle(
     parts.headers.remove(header::EXPECT);
     add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.forwarded_for,
         if conn.tls { "https" } else { "http" },
     );
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
@@ -335,6 +339,7 @@ pub async fn handle(
             now,
             request,
             client_upgrade,
+            request_id,
             listener.config.idle_timeout,
             answer,
         ))
@@ -568,6 +573,7 @@ async fn tunnel(
     now: tokio::time::Instant,
     request: Request<RequestBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
+    request_id: HeaderValue,
     idle: std::time::Duration,
     answer: impl Fn(Box<Exchange>, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -615,11 +621,7 @@ async fn tunnel(
         });
     }
     let (mut head, upstream_body) = response.into_parts();
-    if let Some(id) = exchange.record.as_ref().map(|r| r.request_id.clone()) {
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            head.headers.insert(X_REQUEST_ID, v);
-        }
-    }
+    head.headers.insert(X_REQUEST_ID, request_id);
     let stats = Rc::clone(&exchange.stats);
     let mut body = ResponseBody::upstream(upstream_body, None, stats);
     body.on_finish(exchange);
