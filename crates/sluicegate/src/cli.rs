@@ -212,7 +212,10 @@ fn print_demo_banner(
         eprintln!("  {name:<8} http://{backend}/");
     }
     if let Some(admin) = admin {
-        eprintln!("Admin API: http://localhost:{}/healthz", admin.port());
+        eprintln!(
+            "Dashboard: http://localhost:{0}/   admin API: http://localhost:{0}/api/v1/services",
+            admin.port()
+        );
     }
     eprintln!();
     eprintln!("Try:");

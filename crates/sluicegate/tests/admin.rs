@@ -44,6 +44,13 @@ fn status_and_services_have_the_spec_shapes() {
     assert_eq!(e["ejected"], false);
     assert_eq!(e["breaker"], "closed");
     assert_eq!(e["in_flight"], 0);
+    let page = admin.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().contains("/api/v1/services"));
     let r = admin.get("/nope");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"], "no_route");

@@ -16,6 +16,7 @@ use crate::proxy::http::headers::new_request_id;
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -47,6 +48,15 @@ async fn not_found() -> Response {
         "no admin endpoint at this path",
         None,
     )
+}
+
+/// The dashboard: one static page that reads the API below from the browser.
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<Value> {

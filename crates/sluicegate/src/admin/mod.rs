@@ -1,4 +1,5 @@
-//! The admin API (SPEC 3) on `admin.bind`: probes, metrics, status, services and reload.
+//! The admin API (SPEC 3) on `admin.bind`: probes, metrics, status, services, reload, and a
+//! dashboard page at `/`.
 //! Handlers are thin reads of the gateway's snapshot and registries; errors use the JSON body of
 //! SPEC 5.
 

@@ -66,10 +66,6 @@ impl Matcher {
             .iter()
             .all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
     }
-
-    pub fn path_prefix(&self) -> Option<&str> {
-        self.inner.path_prefix.as_deref()
-    }
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
