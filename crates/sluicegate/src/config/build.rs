@@ -280,16 +280,18 @@ fn listener_tls(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerTls> {
         }
     }
     let (cert, key) = default?;
-    let tls = ListenerTls {
-        cert,
-        key,
-        certificates: extra,
-    };
-    if let Err(e) = crate::proxy::tls_config::server_config_for(&tls) {
-        r.report(t.span.clone(), format!("{}: {e}", t.path));
-        return None;
+    match crate::proxy::tls_config::server_config_for(&cert, &key, &extra) {
+        Ok(server) => Some(ListenerTls {
+            cert,
+            key,
+            certificates: extra,
+            server: Loaded(server),
+        }),
+        Err(e) => {
+            r.report(t.span.clone(), format!("{}: {e}", t.path));
+            None
+        }
     }
-    Some(tls)
 }
 
 /// A route as read, with the places its references came from, for the cross-checks.
@@ -561,11 +563,14 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
         None | Some(("http1", _)) => UpstreamProtocol::Http1,
         Some(("http2", _)) => UpstreamProtocol::Http2,
         Some(("tcp", _)) => UpstreamProtocol::Tcp,
-        Some(("https", _)) => UpstreamProtocol::Https(
-            r.table(t, "tls")
-                .map(|tls| upstream_tls(r, &tls))
-                .unwrap_or_default(),
-        ),
+        Some(("https", _)) => {
+            let table = r.table(t, "tls");
+            match upstream_tls(r, table.as_ref(), t) {
+                Some(tls) => UpstreamProtocol::Https(tls),
+                // Reported; a stand-in for the cross-checks, never served.
+                None => UpstreamProtocol::Http1,
+            }
+        }
         Some((other, span)) => {
             r.report(
                 span,
@@ -657,17 +662,44 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
     })
 }
 
-fn upstream_tls(r: &mut Reader<'_>, t: &Table<'_, '_>) -> UpstreamTls {
-    r.check_keys(t, &["ca", "server_name", "insecure_skip_verify"], &[]);
-    let tls = UpstreamTls {
-        ca: r.string(t, "ca").map(|(p, _)| PathBuf::from(p)),
-        server_name: r.string(t, "server_name").map(|(n, _)| n.to_string()),
-        insecure_skip_verify: r.bool(t, "insecure_skip_verify").unwrap_or(false),
-    };
-    if let Err(e) = crate::proxy::tls_config::client_config_for(&tls) {
-        r.report(t.span.clone(), format!("{}: {e}", t.path));
+/// A service's TLS settings (its `tls` table, or the defaults when there is none), with the
+/// client config loaded now so missing roots are a config error with a place.
+fn upstream_tls(
+    r: &mut Reader<'_>,
+    t: Option<&Table<'_, '_>>,
+    service: &Table<'_, '_>,
+) -> Option<UpstreamTls> {
+    let (mut ca, mut server_name, mut insecure) = (None, None, false);
+    if let Some(t) = t {
+        r.check_keys(t, &["ca", "server_name", "insecure_skip_verify"], &[]);
+        ca = r.string(t, "ca").map(|(p, _)| PathBuf::from(p));
+        insecure = r.bool(t, "insecure_skip_verify").unwrap_or(false);
+        if let Some((name, span)) = r.string(t, "server_name") {
+            match rustls::pki_types::ServerName::try_from(name.to_string()) {
+                Ok(n) => server_name = Some(n),
+                Err(_) => r.report(
+                    span,
+                    format!(
+                        "{}: \"{name}\" is not a DNS name or IP address",
+                        t.key_path("server_name")
+                    ),
+                ),
+            }
+        }
     }
-    tls
+    let place = t.unwrap_or(service);
+    match crate::proxy::tls_config::client_config_for(ca.as_deref(), insecure) {
+        Ok(client) => Some(UpstreamTls {
+            ca,
+            server_name,
+            insecure_skip_verify: insecure,
+            client: Loaded(client),
+        }),
+        Err(e) => {
+            r.report(place.span.clone(), format!("{}: {e}", place.path));
+            None
+        }
+    }
 }
 
 fn health_check(r: &mut Reader<'_>, t: &Table<'_, '_>) -> HealthCheckConfig {

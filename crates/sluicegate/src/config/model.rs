@@ -101,7 +101,29 @@ pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub certificates: Vec<(PathBuf, PathBuf)>,
+    /// The certificates as loaded and checked during validation, so a snapshot never reads the
+    /// files a second time, and never meets a file that changed in between.
+    pub server: Loaded<rustls::ServerConfig>,
 }
+
+/// Settings loaded from files while the config was validated, shared by the snapshots built
+/// from it. Compared by identity: two loads are two values.
+#[derive(Clone)]
+pub struct Loaded<T>(pub std::sync::Arc<T>);
+
+impl<T> std::fmt::Debug for Loaded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<loaded>")
+    }
+}
+
+impl<T> PartialEq for Loaded<T> {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Loaded<T> {}
 
 /// Default listener `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -166,14 +188,16 @@ pub enum UpstreamProtocol {
 }
 
 /// `[services.tls]` for `protocol = "https"`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// PEM roots to verify the endpoints with; `None` = the system's roots.
     pub ca: Option<PathBuf>,
-    /// Name to send in SNI and verify the certificate for; default: the endpoint's IP address.
-    pub server_name: Option<String>,
+    /// Name to send in SNI and verify the certificate for; `None`: each endpoint's IP address.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
     /// Accept any certificate. For tests and labs only.
     pub insecure_skip_verify: bool,
+    /// The client settings, loaded (roots read) during validation.
+    pub client: Loaded<rustls::ClientConfig>,
 }
 
 /// `[services.sticky_sessions]`.

@@ -377,7 +377,6 @@ async fn accept_loop(
                     }
                 });
             }
-            ListenerKind::Unusable => drop(guard),
             ListenerKind::Tcp(service) => {
                 let service = Arc::clone(service);
                 tokio::task::spawn_local(async move {

@@ -17,8 +17,6 @@ use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
 use crate::observe::names;
 use crate::proxy::http::pool::Transport;
 use crate::proxy::proxy_protocol::ProxyProtocol;
-use crate::proxy::tls_config;
-use rustls::pki_types::ServerName;
 
 use super::http::route::{Matcher, RouteTable};
 
@@ -80,8 +78,6 @@ pub enum ListenerKind {
     Http,
     Https(tokio_rustls::TlsAcceptor),
     Tcp(Arc<ServiceRuntime>),
-    /// Its TLS files became unreadable after validation: connections are closed.
-    Unusable,
 }
 
 /// One listener's settings, routes and the counter of requests no route took.
@@ -221,29 +217,9 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
     let transport = match &s.protocol {
         UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => Transport::Http1,
         UpstreamProtocol::Http2 => Transport::Http2,
-        UpstreamProtocol::Https(tls) => match tls_config::client_config_for(tls) {
-            Ok(config) => {
-                let name = tls.server_name.clone();
-                let server_name = match name {
-                    Some(n) => ServerName::try_from(n).ok(),
-                    None => s
-                        .endpoints
-                        .first()
-                        .map(|e| ServerName::IpAddress(e.address.ip().into())),
-                };
-                match server_name {
-                    Some(server_name) => Transport::Tls {
-                        connector: tokio_rustls::TlsConnector::from(config),
-                        server_name,
-                    },
-                    None => Transport::Unusable,
-                }
-            }
-            // Validation built this config already; failing now means the files changed since.
-            Err(e) => {
-                tracing::error!(service = %s.name, error = %e, "upstream TLS settings unusable; requests will fail with 502");
-                Transport::Unusable
-            }
+        UpstreamProtocol::Https(tls) => Transport::Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::clone(&tls.client.0)),
+            server_name: tls.server_name.clone(),
         },
     };
     ServiceRuntime {
@@ -273,7 +249,7 @@ impl Snapshot {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| {
+            .filter_map(|l| {
                 let routes = config
                     .routes
                     .iter()
@@ -310,21 +286,16 @@ impl Snapshot {
                     .collect();
                 let kind = match &l.protocol {
                     ListenerProtocol::Http => ListenerKind::Http,
-                    ListenerProtocol::Https(tls) => match tls_config::server_config_for(tls) {
-                        Ok(config) => ListenerKind::Https(tokio_rustls::TlsAcceptor::from(config)),
-                        Err(e) => {
-                            // Validated moments ago, so a file changed in between: refuse
-                            // connections rather than serve without TLS.
-                            tracing::error!(listener = %l.name, error = %e, "TLS settings unusable; connections will be closed");
-                            ListenerKind::Unusable
-                        }
-                    },
-                    ListenerProtocol::Tcp { service } => match services.get(service) {
-                        Some(s) => ListenerKind::Tcp(Arc::clone(s)),
-                        None => ListenerKind::Unusable,
-                    },
+                    ListenerProtocol::Https(tls) => ListenerKind::Https(
+                        tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server.0)),
+                    ),
+                    // Validation guarantees the service exists; without it there is no plan and
+                    // the listener's connections are closed.
+                    ListenerProtocol::Tcp { service } => {
+                        ListenerKind::Tcp(Arc::clone(services.get(service)?))
+                    }
                 };
-                ListenerPlan {
+                Some(ListenerPlan {
                     name: Arc::from(l.name.as_str()),
                     config: l.clone(),
                     kind,
@@ -338,7 +309,7 @@ impl Snapshot {
                             ("service", ""),
                         ],
                     ),
-                }
+                })
             })
             .collect();
         Snapshot {

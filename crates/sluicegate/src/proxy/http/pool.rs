@@ -18,6 +18,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -42,11 +43,9 @@ pub enum Transport {
     /// TLS; HTTP/2 or HTTP/1.1 as ALPN decides.
     Tls {
         connector: tokio_rustls::TlsConnector,
-        server_name: rustls::pki_types::ServerName<'static>,
+        /// The configured name; `None`: each endpoint's own IP address.
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
     },
-    /// TLS settings that could not be loaded: every connect fails (never falls back to
-    /// cleartext).
-    Unusable,
 }
 
 impl Transport {
@@ -55,7 +54,6 @@ impl Transport {
             Transport::Http1 => 0,
             Transport::Http2 => 1,
             Transport::Tls { .. } => 2,
-            Transport::Unusable => 3,
         }
     }
 }
@@ -200,23 +198,21 @@ impl Pool {
         transport: &Transport,
         timeout: Duration,
     ) -> Result<Sender, ConnectError> {
-        if matches!(transport, Transport::Unusable) {
-            return unusable(addr);
-        }
         let stream = tcp_connect(addr, timeout).await?;
         let sender = match transport {
             Transport::Http1 => Sender::H1(handshake_h1(addr, stream).await?),
             Transport::Http2 => Sender::H2(handshake_h2(addr, stream).await?),
-            Transport::Unusable => return unusable(addr),
             Transport::Tls {
                 connector,
                 server_name,
             } => {
-                let tls =
-                    tokio::time::timeout(timeout, connector.connect(server_name.clone(), stream))
-                        .await
-                        .map_err(|_| ConnectError::Timeout(addr))?
-                        .map_err(|e| ConnectError::Tls(addr, e))?;
+                let name = server_name
+                    .clone()
+                    .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+                let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| ConnectError::Timeout(addr))?
+                    .map_err(|e| ConnectError::Tls(addr, e))?;
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 if h2 {
                     Sender::H2(handshake_h2(addr, tls).await?)
@@ -262,14 +258,6 @@ async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// The error for a service whose TLS settings could not be loaded (never plain text instead).
-fn unusable(addr: SocketAddr) -> Result<Sender, ConnectError> {
-    Err(ConnectError::Tls(
-        addr,
-        std::io::Error::other("the service's TLS settings could not be loaded"),
-    ))
 }
 
 async fn handshake_h1<T>(
