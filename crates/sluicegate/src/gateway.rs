@@ -316,7 +316,7 @@ impl Gateway {
         lock(&self.checkers).clear();
         let grace = self.shared.snapshot.load().config.runtime.shutdown_grace;
         let workers = lock(&self.workers).take();
-        workers.map_or(true, |w| w.shutdown(grace))
+        workers.is_none_or(|w| w.shutdown(grace))
     }
 }
 

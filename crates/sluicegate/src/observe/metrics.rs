@@ -301,7 +301,7 @@ impl Registry {
         let mut families = self.lock();
         families.retain(|_, family| {
             family.series.retain(|_, entry| {
-                let keep = entry.series.holders().map_or(true, |n| n > 1);
+                let keep = entry.series.holders().is_none_or(|n| n > 1);
                 pruned += usize::from(!keep);
                 keep
             });

@@ -77,6 +77,11 @@ impl Client {
         self.read_response(method == "HEAD")
     }
 
+    /// Reads raw bytes until the gateway closes the connection (or the read timeout passes).
+    pub fn read_to_end_raw(&mut self, out: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.reader.read_to_end(out)
+    }
+
     /// Writes raw bytes on the connection.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write");

@@ -12,6 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::h1;
+
 /// What a body failed with, besides the transport's own errors.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -21,6 +23,53 @@ pub enum BodyError {
     Deadline,
     #[error(transparent)]
     Transport(#[from] hyper::Error),
+    /// From the gateway's own HTTP/1.1 client (boxed: its error can hold a `BodyError`).
+    #[error(transparent)]
+    Upstream(Box<h1::Error>),
+}
+
+/// An upstream response body: from the gateway's HTTP/1.1 client, or from hyper (HTTP/2,
+/// upgraded exchanges).
+pub enum UpstreamBody {
+    H1(h1::H1Body),
+    Hyper(Incoming),
+}
+
+impl From<Incoming> for UpstreamBody {
+    fn from(body: Incoming) -> Self {
+        UpstreamBody::Hyper(body)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Upstream(Box::new(e))),
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Transport),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Byte counts of one exchange, shared by the two body wrappers and the access log.
@@ -93,9 +142,8 @@ impl Body for RequestBody {
 }
 
 /// Runs when a response body is dropped: after it was fully sent, or when the client went away.
-/// `complete` says whether the upstream body reached its end (so its connection is reusable).
 pub trait Finish {
-    fn finish(&mut self, complete: bool);
+    fn finish(&mut self);
 }
 
 /// The body sent to the client: the upstream's, streamed, or one the gateway wrote itself.
@@ -108,7 +156,7 @@ pub struct ResponseBody {
 enum Source {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         deadline: Option<tokio::time::Instant>,
         /// Armed only when the body first has to wait: most small responses arrive with their
         /// head, and a timer per request would cost an allocation and a timer-wheel entry.
@@ -129,7 +177,7 @@ impl ResponseBody {
 
     /// The upstream's body, cut off with an error if `deadline` passes first.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         deadline: Option<tokio::time::Instant>,
         stats: Rc<ExchangeStats>,
     ) -> ResponseBody {
@@ -170,7 +218,7 @@ impl Body for ResponseBody {
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     *failed = true;
-                    Poll::Ready(Some(Err(BodyError::Transport(e))))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     // A body that is always ready (a fast large download) never waits on the
@@ -222,12 +270,8 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        let complete = match &self.source {
-            Source::Full(_) => true,
-            Source::Upstream { body, failed, .. } => !failed && body.is_end_stream(),
-        };
         if let Some(mut finish) = self.finish.take() {
-            finish.finish(complete);
+            finish.finish();
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod grpc;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod route;

@@ -2,16 +2,14 @@
 //! connection), HTTP/2 (one multiplexed connection per endpoint), over TCP or TLS.
 //!
 //! Each worker thread owns one `Pool` (no lock, no atomic: `RefCell` on a single thread), the
-//! shared-nothing layout of nginx and HAProxy workers. An HTTP/1.1 connection is checked out for
-//! one exchange and checked back in when the response body has been read to its end; an HTTP/2
-//! connection stays in the pool and is shared by concurrent requests. Connections the upstream
-//! closed are noticed at checkout and dropped.
+//! shared-nothing layout of nginx and HAProxy workers. An HTTP/1.1 connection (the gateway's own
+//! client, `h1`) is checked out for one exchange and checked back in by its response body once
+//! read to its end; an HTTP/2 connection (hyper's) stays in the pool and is shared by concurrent
+//! requests. Connections the upstream closed are noticed at checkout and dropped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -23,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
+use super::h1::{Conn, Io};
 use super::LocalExec;
 
 /// Idle connections kept per endpoint per worker: enough for bursts, bounded like every buffer.
@@ -30,8 +29,6 @@ const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// Idle connections older than this are closed at the next checkout: upstreams commonly close
 /// idle keep-alive connections after 60–75 s, and a reused one that the peer is closing fails.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// How long a returned connection may take to become ready for its next request.
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach an endpoint.
 #[derive(Clone)]
@@ -58,32 +55,23 @@ impl Transport {
     }
 }
 
-/// A connection's request sender.
+/// A connection ready for an exchange.
 pub enum Sender {
-    H1(http1::SendRequest<RequestBody>),
+    H1(Conn),
     H2(http2::SendRequest<RequestBody>),
 }
 
-impl Sender {
-    pub fn is_http2(&self) -> bool {
-        matches!(self, Sender::H2(_))
-    }
-
-    /// Sends a request; when the connection turned out unusable before anything was written,
-    /// the request comes back in the error so it can go on a fresh connection.
-    pub async fn send(
-        &mut self,
-        request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<RequestBody>>)> {
-        let result = match self {
-            Sender::H1(s) => s.try_send_request(request).await,
-            Sender::H2(s) => s.try_send_request(request).await,
-        };
-        result.map_err(|mut e| {
-            let unsent = e.take_message();
-            (e.into_error(), unsent)
-        })
-    }
+/// Sends a request on a shared HTTP/2 connection; when the connection turned out unusable
+/// before anything was written, the request comes back in the error so it can go on a fresh
+/// connection.
+pub async fn send_h2(
+    sender: &mut http2::SendRequest<RequestBody>,
+    request: Request<RequestBody>,
+) -> Result<Response<Incoming>, (hyper::Error, Option<Request<RequestBody>>)> {
+    sender.try_send_request(request).await.map_err(|mut e| {
+        let unsent = e.take_message();
+        (e.into_error(), unsent)
+    })
 }
 
 /// Why a new upstream connection could not be made.
@@ -100,20 +88,25 @@ pub enum ConnectError {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
-type Key = (SocketAddr, u8);
+/// An endpoint and how it is reached: connections are only shared within one key.
+pub type PoolKey = (SocketAddr, u8);
 
 /// One worker's upstream connections, by endpoint address and transport.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<Key, Vec<Idle>>>,
-    multiplexed: RefCell<HashMap<Key, http2::SendRequest<RequestBody>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
+    multiplexed: RefCell<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
 }
 
 impl Pool {
+    pub fn key(addr: SocketAddr, transport: &Transport) -> PoolKey {
+        (addr, transport.flavor())
+    }
+
     /// A usable connection to `addr`: the shared HTTP/2 one, or the newest idle HTTP/1.1 one.
     pub fn checkout(&self, addr: SocketAddr, transport: &Transport) -> Option<Sender> {
         let key = (addr, transport.flavor());
@@ -135,46 +128,24 @@ impl Pool {
             .take_while(|c| now.duration_since(c.since) > IDLE_TIMEOUT)
             .count();
         list.drain(..expired);
-        while let Some(conn) = list.pop() {
-            if conn.sender.is_ready() {
-                return Some(Sender::H1(conn.sender));
+        while let Some(mut idle) = list.pop() {
+            if idle.conn.is_usable() {
+                return Some(Sender::H1(idle.conn));
             }
         }
         None
     }
 
-    /// Returns a connection after a complete exchange. An HTTP/1.1 one not yet ready (hyper
-    /// finishes the exchange on its connection task) is parked until it is, within a bound.
-    pub fn checkin(self: &Rc<Self>, addr: SocketAddr, transport: &Transport, sender: Sender) {
-        let key = (addr, transport.flavor());
-        let mut sender = match sender {
-            Sender::H2(_) => return,
-            Sender::H1(s) => s,
-        };
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            self.insert(key, sender);
-            return;
-        }
-        let pool = Rc::clone(self);
-        tokio::task::spawn_local(async move {
-            let ready = tokio::time::timeout(READY_TIMEOUT, poll_fn(|cx| sender.poll_ready(cx)));
-            if let Ok(Ok(())) = ready.await {
-                pool.insert(key, sender);
-            }
-        });
-    }
-
-    fn insert(&self, key: Key, sender: http1::SendRequest<RequestBody>) {
+    /// Takes back an HTTP/1.1 connection whose exchange is complete. The oldest idle one makes
+    /// room when the endpoint already has as many as are kept.
+    pub fn checkin_h1(&self, key: PoolKey, conn: Conn) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_ENDPOINT {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -184,7 +155,7 @@ impl Pool {
     pub fn sweep(&self) {
         let now = Instant::now();
         self.idle.borrow_mut().retain(|_, list| {
-            list.retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
+            list.retain_mut(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && c.conn.is_usable());
             !list.is_empty()
         });
         self.multiplexed.borrow_mut().retain(|_, s| !s.is_closed());
@@ -200,7 +171,7 @@ impl Pool {
     ) -> Result<Sender, ConnectError> {
         let stream = tcp_connect(addr, timeout).await?;
         let sender = match transport {
-            Transport::Http1 => Sender::H1(handshake_h1(addr, stream).await?),
+            Transport::Http1 => Sender::H1(Conn::new(Io::Tcp(stream))),
             Transport::Http2 => Sender::H2(handshake_h2(addr, stream).await?),
             Transport::Tls {
                 connector,
@@ -217,7 +188,7 @@ impl Pool {
                 if h2 {
                     Sender::H2(handshake_h2(addr, tls).await?)
                 } else {
-                    Sender::H1(handshake_h1(addr, tls).await?)
+                    Sender::H1(Conn::new(Io::Tls(Box::new(tls))))
                 }
             }
         };
@@ -258,25 +229,6 @@ async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-async fn handshake_h1<T>(
-    addr: SocketAddr,
-    io: T,
-) -> Result<http1::SendRequest<RequestBody>, ConnectError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| ConnectError::Handshake(addr, e))?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 async fn handshake_h2<T>(

@@ -26,13 +26,13 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{ExchangeStats, Finish, RequestBody, ResponseBody};
+use super::body::{ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
 use super::headers::{
     add_forwarded, head_size, new_request_id, remove_hop_by_hop, valid_request_id, X_REQUEST_ID,
 };
 use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
-use super::{grpc, websocket};
+use super::{grpc, h1, websocket};
 use crate::balance::InFlightGuard;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::{AccessRecord, Batcher};
@@ -75,7 +75,6 @@ struct Exchange {
     record: Option<AccessRecord>,
     started: Instant,
     stats: Rc<ExchangeStats>,
-    upstream: Option<(SocketAddr, Sender)>,
     _in_flight: Option<InFlightGuard>,
     /// The status sent (0 until known); counted in the route's or the listener's metrics.
     status: u16,
@@ -85,14 +84,7 @@ struct Exchange {
 }
 
 impl Finish for Exchange {
-    fn finish(&mut self, complete: bool) {
-        if let Some((addr, sender)) = self.upstream.take() {
-            if let (true, Some(route)) = (complete, &self.route) {
-                self.worker
-                    .pool
-                    .checkin(addr, &route.service.transport, sender);
-            }
-        }
+    fn finish(&mut self) {
         if !self.counted {
             self.counted = true;
             if self.status == 0 {
@@ -120,7 +112,7 @@ impl Finish for Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         if !self.counted {
-            self.finish(false);
+            self.finish();
         }
     }
 }
@@ -177,7 +169,6 @@ pub async fn handle(
         }),
         started,
         stats: Rc::clone(&stats),
-        upstream: None,
         _in_flight: None,
         status: 0,
         route: None,
@@ -346,18 +337,18 @@ pub async fn handle(
         .await;
     }
 
-    let upstream_request =
-        Request::from_parts(parts, RequestBody::new(body, limit, Rc::clone(&stats)));
+    let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
     let exchange_result = match deadline {
-        Some(at) => {
-            tokio::time::timeout_at(at, send(&worker.pool, address, service, upstream_request))
-                .await
-                .unwrap_or(Err(SendError::Timeout))
-        }
-        None => send(&worker.pool, address, service, upstream_request).await,
+        Some(at) => tokio::time::timeout_at(
+            at,
+            send(&worker.pool, address, service, parts, upstream_body),
+        )
+        .await
+        .unwrap_or(Err(SendError::Timeout)),
+        None => send(&worker.pool, address, service, parts, upstream_body).await,
     };
     let outcome = match &exchange_result {
-        Ok((response, _)) if response.status().is_server_error() => Upstream::Status5xx,
+        Ok(response) if response.status().is_server_error() => Upstream::Status5xx,
         Ok(_) => Upstream::Success,
         Err(SendError::Timeout) => Upstream::Timeout,
         Err(SendError::Connect(_)) => Upstream::ConnectFailure,
@@ -369,7 +360,7 @@ pub async fn handle(
         Err(SendError::Exchange(_)) => Upstream::Reset,
     };
     report_outcome(service, index, outcome, now);
-    let (response, sender) = match exchange_result {
+    let response = match exchange_result {
         Ok(ok) => ok,
         Err(e) => {
             let error = if stats.body_too_large.get() {
@@ -405,7 +396,6 @@ pub async fn handle(
         head.headers.append(header::SET_COOKIE, cookie);
     }
     exchange.status = head.status.as_u16();
-    exchange.upstream = Some((address, sender));
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
@@ -481,52 +471,96 @@ fn report_outcome(
 enum SendError {
     Timeout,
     Connect(pool::ConnectError),
-    Exchange(hyper::Error),
+    Exchange(ExchangeError),
 }
 
-/// Sends on a pooled connection, or a new one. A pooled connection that turns out to be closing
-/// hands the request back unsent (hyper's `TrySendError::take_message`), which is then safe to
-/// send again on a fresh connection whatever its method.
+/// A failed exchange, from either client: the gateway's HTTP/1.1 one or hyper's HTTP/2 one.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error(transparent)]
+    H1(#[from] h1::Error),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// One try on one connection: a response, or the request handed back unsent.
+enum Attempt {
+    Done(Response<UpstreamBody>),
+    Again(http::request::Parts, RequestBody, ExchangeError),
+}
+
+/// Sends on a pooled connection, or a new one. A pooled connection that turns out to have been
+/// closed before it carried the request hands the request back, which then goes once on a fresh
+/// connection.
 async fn send(
     pool: &Rc<Pool>,
     address: SocketAddr,
     service: &ServiceRuntime,
-    request: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Sender), SendError> {
+    parts: http::request::Parts,
+    body: RequestBody,
+) -> Result<Response<UpstreamBody>, SendError> {
     let transport = &service.transport;
-    let mut request = request;
-    if let Some(mut sender) = pool.checkout(address, transport) {
-        fit_version(&mut request, sender.is_http2(), transport, address);
-        match sender.send(request).await {
-            Ok(response) => return Ok((response, sender)),
-            Err((_, Some(unsent))) => request = unsent,
-            Err((e, None)) => return Err(SendError::Exchange(e)),
-        }
-    }
+    let (parts, body) = match pool.checkout(address, transport) {
+        Some(sender) => match attempt(pool, sender, address, transport, parts, body).await? {
+            Attempt::Done(response) => return Ok(response),
+            Attempt::Again(parts, body, error) => {
+                tracing::debug!(upstream = %address, %error, "pooled connection was closed; sending on a new one");
+                (parts, body)
+            }
+        },
+        None => (parts, body),
+    };
     // Boxed: connecting (TCP, TLS, HTTP/2 handshakes) is rare next to pooled sends, and its large
     // future inlined here would be carried — and moved — by every request.
-    let mut sender = Box::pin(pool.connect(address, transport, service.connect_timeout))
+    let sender = Box::pin(pool.connect(address, transport, service.connect_timeout))
         .await
         .map_err(SendError::Connect)?;
-    fit_version(&mut request, sender.is_http2(), transport, address);
-    match sender.send(request).await {
-        Ok(response) => Ok((response, sender)),
-        Err((e, _)) => Err(SendError::Exchange(e)),
+    match attempt(pool, sender, address, transport, parts, body).await? {
+        Attempt::Done(response) => Ok(response),
+        Attempt::Again(_, _, error) => Err(SendError::Exchange(error)),
     }
 }
 
-/// Shapes a request for the upstream connection's protocol: HTTP/1.1 takes the origin form and a
-/// `Host` header; HTTP/2 takes an absolute URI (`:scheme`, `:authority`) and no `Host`.
-fn fit_version(
-    request: &mut Request<RequestBody>,
-    http2: bool,
+async fn attempt(
+    pool: &Rc<Pool>,
+    sender: Sender,
+    address: SocketAddr,
     transport: &Transport,
-    endpoint: SocketAddr,
-) {
-    if !http2 {
-        *request.version_mut() = Version::HTTP_11;
-        return;
+    parts: http::request::Parts,
+    body: RequestBody,
+) -> Result<Attempt, SendError> {
+    match sender {
+        Sender::H1(conn) => {
+            let ret = h1::PoolReturn {
+                pool: Rc::clone(pool),
+                key: Pool::key(address, transport),
+            };
+            match h1::send(conn, &parts, body, address, ret).await {
+                Ok(response) => Ok(Attempt::Done(response.map(UpstreamBody::H1))),
+                Err(h1::Failed {
+                    error,
+                    retry: Some(body),
+                }) => Ok(Attempt::Again(parts, body, error.into())),
+                Err(h1::Failed { error, .. }) => Err(SendError::Exchange(error.into())),
+            }
+        }
+        Sender::H2(mut sender) => {
+            let mut request = Request::from_parts(parts, body);
+            fit_h2(&mut request, transport, address);
+            match pool::send_h2(&mut sender, request).await {
+                Ok(response) => Ok(Attempt::Done(response.map(UpstreamBody::Hyper))),
+                Err((error, Some(unsent))) => {
+                    let (parts, body) = unsent.into_parts();
+                    Ok(Attempt::Again(parts, body, error.into()))
+                }
+                Err((error, None)) => Err(SendError::Exchange(error.into())),
+            }
+        }
     }
+}
+
+/// Shapes a request for HTTP/2: an absolute URI (`:scheme`, `:authority`) and no `Host`.
+fn fit_h2(request: &mut Request<RequestBody>, transport: &Transport, endpoint: SocketAddr) {
     *request.version_mut() = Version::HTTP_2;
     let scheme = if matches!(transport, Transport::Tls { .. }) {
         "https"
@@ -623,7 +657,7 @@ async fn tunnel(
     let (mut head, upstream_body) = response.into_parts();
     head.headers.insert(X_REQUEST_ID, request_id);
     let stats = Rc::clone(&exchange.stats);
-    let mut body = ResponseBody::upstream(upstream_body, None, stats);
+    let mut body = ResponseBody::upstream(upstream_body.into(), None, stats);
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
 }

@@ -1,0 +1,314 @@
+//! One exchange on an upstream HTTP/1.1 connection: the request written, the response head read.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::body::{H1Body, PoolReturn};
+use super::conn::Conn;
+use super::response::{self, Head, MAX_HEAD};
+use super::Error;
+use crate::proxy::http::body::RequestBody;
+
+/// A failed exchange. When nothing shows the upstream saw the request — a reused connection
+/// that closed before any response byte, the body not yet read — the body is handed back so
+/// the request can go again on a fresh connection (RFC 9110 9.2.2, as browsers and Go do).
+pub struct Failed {
+    pub error: Error,
+    pub retry: Option<RequestBody>,
+}
+
+/// How the request body is delimited on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    None,
+    /// The client's `Content-Length`, passed through.
+    Length,
+    Chunked,
+}
+
+/// Sends the request on `conn` and reads the response head. The response body streams from the
+/// connection, which `ret` takes back when the body has been read to its end.
+pub async fn send(
+    mut conn: Conn,
+    parts: &Parts,
+    mut body: RequestBody,
+    endpoint: SocketAddr,
+    ret: PoolReturn,
+) -> Result<Response<H1Body>, Failed> {
+    let has_body = !body.is_end_stream();
+    let upload = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        Upload::Length
+    } else if body.is_end_stream() {
+        Upload::None
+    } else {
+        Upload::Chunked
+    };
+    encode_head(&mut conn.write_buf, parts, upload, endpoint);
+    let reused = conn.reused;
+    let idempotent = is_idempotent(&parts.method);
+    let fail = |error: Error, body: RequestBody, body_touched: bool, received: bool| Failed {
+        retry: (reused && !received && !body_touched && idempotent).then_some(body),
+        error,
+    };
+
+    if let Err(e) = conn.io.write_all(&conn.write_buf).await {
+        return Err(fail(e.into(), body, false, false));
+    }
+    let mut upload_complete = true;
+    // A write that fails mid-body may mean the upstream answered and closed without reading it
+    // all (a 413, say): its response, if it arrived, is what the client should see.
+    let mut write_error = None;
+    if has_body {
+        match send_body(&mut conn, &mut body, upload == Upload::Chunked).await {
+            Ok(complete) => upload_complete = complete,
+            Err(Error::Io(e)) => {
+                upload_complete = false;
+                write_error = Some(e);
+            }
+            Err(e) => return Err(fail(e, body, true, false)),
+        }
+    }
+    if write_error.is_none() {
+        if let Err(e) = conn.io.flush().await {
+            return Err(fail(e.into(), body, has_body, !conn.read_buf.is_empty()));
+        }
+    }
+    let head = match read_head(&mut conn, &parts.method).await {
+        Ok(head) => head,
+        Err((_, false)) if write_error.is_some() => {
+            let e = write_error.unwrap_or_else(|| std::io::ErrorKind::BrokenPipe.into());
+            return Err(fail(e.into(), body, has_body, false));
+        }
+        Err((e, received)) => return Err(fail(e, body, has_body, received)),
+    };
+    // A body the upstream did not wait for leaves the connection mid-request: not reusable.
+    let keep_alive = head.keep_alive && upload_complete;
+    let mut response = Response::new(H1Body::new(conn, head.framing, keep_alive, ret));
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// Writes the request line and header fields. Header names are already lower case and values
+/// free of CR and LF (`http` checks both), so they are copied as they are.
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, upload: Upload, endpoint: SocketAddr) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    put_fields(out, &parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        // An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(endpoint.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match upload {
+        Upload::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Upload::None if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+            // These methods imply a body; say it is empty rather than leave the upstream unsure.
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Upload::None | Upload::Length => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Streams the request body. Returns whether all of it went out: `false` when the upstream
+/// answered first (a complete final response head arrived), after which sending stops.
+async fn send_body(conn: &mut Conn, body: &mut RequestBody, chunked: bool) -> Result<bool, Error> {
+    let mut out: VecDeque<Bytes> = VecDeque::with_capacity(4);
+    let mut finished = false;
+    poll_fn(|cx| loop {
+        // An upstream that has answered — or closed — needs no more of the body.
+        if conn.read_buf.len() < MAX_HEAD {
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(_)) => {
+                    if response::final_head_ready(&conn.read_buf) {
+                        return Poll::Ready(Ok(false));
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {}
+            }
+        }
+        if !out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 4];
+            for (slice, bytes) in slices.iter_mut().zip(&out) {
+                *slice = IoSlice::new(bytes);
+            }
+            let count = out.len().min(slices.len());
+            let written = match Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            };
+            consume(&mut out, written);
+            continue;
+        }
+        if finished {
+            return Poll::Ready(Ok(true));
+        }
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::RequestBody(e))),
+            Poll::Ready(None) => {
+                finished = true;
+                if chunked {
+                    out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                }
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if chunked => {
+                    out.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                    out.push_back(data);
+                    out.push_back(Bytes::from_static(b"\r\n"));
+                }
+                Ok(data) => out.push_back(data),
+                Err(frame) => {
+                    // Trailers end the body; they can only travel in a chunked one.
+                    finished = true;
+                    if chunked {
+                        let mut last = b"0\r\n".to_vec();
+                        if let Ok(trailers) = frame.into_trailers() {
+                            put_fields(&mut last, &trailers);
+                        }
+                        last.extend_from_slice(b"\r\n");
+                        out.push_back(Bytes::from(last));
+                    }
+                }
+            },
+        }
+    })
+    .await
+}
+
+/// Drops `n` written bytes from the front of the queue.
+fn consume(out: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = out.front_mut() else { return };
+        if front.len() <= n {
+            n -= front.len();
+            out.pop_front();
+        } else {
+            front.advance(n);
+            return;
+        }
+    }
+}
+
+/// Reads until a final response head; informational (1xx) heads are skipped. The error comes
+/// with whether any response byte had arrived.
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, (Error, bool)> {
+    let mut received = false;
+    loop {
+        if !conn.read_buf.is_empty() {
+            received = true;
+            match response::parse(&mut conn.read_buf, method) {
+                Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err((Error::UnexpectedUpgrade, true))
+                }
+                Ok(Some(head)) if head.status.is_informational() => continue,
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(e) => return Err((e, true)),
+            }
+        }
+        match poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) => return Err((Error::ClosedBeforeResponse, received)),
+            Ok(_) => {}
+            Err(e) => return Err((e.into(), received)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(method: Method, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (n, v) in headers {
+            builder = builder.header(*n, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn head_text(parts: &Parts, upload: Upload) -> String {
+        let mut out = Vec::new();
+        encode_head(&mut out, parts, upload, "10.0.0.1:8080".parse().unwrap());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn heads_are_encoded_with_framing() {
+        let p = parts(Method::GET, "/a?b=1", &[("host", "x.test"), ("x-y", "z")]);
+        assert_eq!(
+            head_text(&p, Upload::None),
+            "GET /a?b=1 HTTP/1.1\r\nhost: x.test\r\nx-y: z\r\n\r\n"
+        );
+        let p = parts(Method::POST, "/", &[("host", "x.test")]);
+        assert_eq!(
+            head_text(&p, Upload::Chunked),
+            "POST / HTTP/1.1\r\nhost: x.test\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            head_text(&p, Upload::None),
+            "POST / HTTP/1.1\r\nhost: x.test\r\ncontent-length: 0\r\n\r\n"
+        );
+        let p = parts(Method::GET, "*", &[]);
+        assert_eq!(
+            head_text(&p, Upload::None),
+            "GET * HTTP/1.1\r\nhost: 10.0.0.1:8080\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn written_bytes_leave_the_queue() {
+        let mut out: VecDeque<Bytes> = [&b"ab"[..], b"cde", b"f"].map(Bytes::from_static).into();
+        consume(&mut out, 3);
+        assert_eq!(out, [&b"de"[..], b"f"]);
+        consume(&mut out, 3);
+        assert!(out.is_empty());
+    }
+}

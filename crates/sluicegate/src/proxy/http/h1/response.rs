@@ -1,0 +1,321 @@
+//! Parsing an upstream's response head and deciding how its body is framed (RFC 9112 6.3).
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+use super::Error;
+
+/// Header fields parsed at most in a response head (hyper's default too).
+const MAX_FIELDS: usize = 100;
+/// Largest response head accepted; nginx's default `proxy_buffer_size` is far smaller.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How the response body is delimited on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304, or `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed final response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another exchange after this one.
+    pub keep_alive: bool,
+}
+
+/// Parses one response head from the front of `buf`, consuming it. `None`: incomplete. An
+/// informational (1xx) head is consumed and returned too; the caller skips it.
+pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let used = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
+        Err(e) => return Err(Error::Parse(e)),
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code))?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Names and values are sliced out of the head's bytes rather than copied one by one; the
+    // spans are noted first, while httparse still borrows the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
+    let count = response.headers.len();
+    for (span, f) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        *span = (name, name + f.name.len(), value, value + f.value.len());
+    }
+    let head_bytes: Bytes = buf.split_to(used).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_start, name_end, start, end) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head_bytes[name_start..name_end])
+            .map_err(|_| Error::InvalidHeader)?;
+        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
+            .map_err(|_| Error::InvalidHeader)?;
+        headers.append(name, value);
+    }
+    let (framing, mut keep_alive) = framing(method, status, &headers)?;
+    keep_alive &= connection_persists(version, &headers);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The body's framing, and whether that framing lets the connection be reused.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), Error> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // The final coding must be chunked for the length to be known; otherwise the body runs
+        // to the close. A Content-Length beside it is ignored, and the connection not reused
+        // (RFC 9112 6.3: a sign of request smuggling).
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (Framing::Chunked, reusable)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        // `Content-Length: 5, 5` and repeated equal fields are accepted; differing ones are not.
+        for part in value.to_str().map_err(|_| Error::InvalidLength)?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::InvalidLength);
+            }
+            let n: u64 = part.parse().map_err(|_| Error::InvalidLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::InvalidLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep_alive)
+}
+
+/// Whether `buf` starts with a complete final (non-1xx) response head, after any complete
+/// informational ones: the sign that an upstream answered before reading the whole request body.
+pub fn final_head_ready(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut response = httparse::Response::new(&mut fields);
+        match response.parse(rest) {
+            Ok(httparse::Status::Complete(n)) => {
+                if response.code.is_some_and(|c| (100..200).contains(&c)) {
+                    rest = &rest[n..];
+                } else {
+                    return true;
+                }
+            }
+            // Malformed: the head reader reports it.
+            Err(_) => return true,
+            Ok(httparse::Status::Partial) => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(wire: &str, method: Method) -> Result<Option<Head>, Error> {
+        let mut buf = BytesMut::from(wire);
+        parse(&mut buf, &method)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases: [(&str, Method, Framing, bool); 9] = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Method::GET,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Method::GET,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Method::HEAD,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                Method::GET,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                Method::GET,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Method::GET,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                Method::GET,
+                Framing::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                Method::GET,
+                Framing::Close,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                Method::GET,
+                Framing::Close,
+                false,
+            ),
+        ];
+        for (wire, method, framing, keep_alive) in cases {
+            let h = head(wire, method).unwrap().unwrap();
+            assert_eq!((h.framing, h.keep_alive), (framing, keep_alive), "{wire}");
+        }
+    }
+
+    #[test]
+    fn connection_header_and_version_decide_persistence() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(!h.unwrap().unwrap().keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", Method::GET);
+        assert!(!h.unwrap().unwrap().keep_alive);
+        let h = head(
+            "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        );
+        let h = h.unwrap().unwrap();
+        assert!(h.keep_alive);
+        assert_eq!(h.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn head_is_consumed_and_values_kept() {
+        let mut buf = BytesMut::from("HTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\nlocation: /n\r\ncontent-length: 2\r\n\r\nhi");
+        let h = parse(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        let all: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(all, ["1", "2"]);
+        assert_eq!(h.headers["location"], "/n");
+        assert_eq!(&buf[..], b"hi", "the body's first bytes stay in the buffer");
+    }
+
+    #[test]
+    fn bad_heads_are_errors_and_partial_ones_wait() {
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-le", Method::GET)
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            head(
+                "HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
+                Method::GET
+            ),
+            Err(Error::InvalidLength)
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", Method::GET),
+            Err(Error::InvalidLength)
+        ));
+        assert!(matches!(
+            head("SMTP ready\r\n\r\n", Method::GET),
+            Err(Error::Parse(_))
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 099 Odd\r\n\r\n", Method::GET),
+            Err(Error::InvalidStatus(99))
+        ));
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let wire = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(matches!(head(&wire, Method::GET), Err(Error::HeadTooLarge)));
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert!(matches!(head(&huge, Method::GET), Err(Error::HeadTooLarge)));
+    }
+
+    #[test]
+    fn early_final_heads_are_seen_past_informational_ones() {
+        assert!(!final_head_ready(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(!final_head_ready(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413"
+        ));
+        assert!(final_head_ready(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too Large\r\n\r\n"
+        ));
+        assert!(final_head_ready(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        ));
+    }
+}
