@@ -11,8 +11,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
-
 use crate::config::{self, Config, LoadError};
 use crate::health::{self, CheckResult, CheckerHandle};
 use crate::observe::access_log::AccessLog;
@@ -117,11 +115,7 @@ impl Gateway {
             )
         };
         let (reloads_ok, reloads_failed) = (reloads("success"), reloads("failure"));
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            access_log,
-            registries,
-        });
+        let shared = Arc::new(Shared::new(snapshot, access_log, registries));
         let dropped = shared.access_log.clone();
         shared.registries.metrics.counter_fn(
             names::ACCESS_LOG_DROPPED_TOTAL,
@@ -250,7 +244,7 @@ impl Gateway {
 
         let snapshot = Snapshot::build(config, &self.shared.registries);
         let retained = Arc::clone(&snapshot.config);
-        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.publish(snapshot);
         for r in &removed {
             tracing::info!(listener = %r.name, address = %r.bound, "listener removed: draining");
             workers.stop(&r.name);

@@ -81,7 +81,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    let text = s.gateway.shared.registries.metrics.render();
+    let metrics = &s.gateway.shared.registries.metrics;
+    // Series of routes and endpoints a reload removed go once nothing holds them: the reload
+    // itself prunes too, but workers let go of the old snapshot a little later.
+    metrics.prune_unused();
+    let text = metrics.render();
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response()
 }
 

@@ -38,8 +38,19 @@ impl EndpointLoad {
 
     /// Counts one request in flight until the guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.begin();
         InFlightGuard { load: self.clone() }
+    }
+
+    /// Counts one request in flight; the caller must [`end`](Self::end) it exactly once. For
+    /// holders that already keep the endpoint alive (the request path holds its snapshot), which
+    /// saves the guard's reference count.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -51,6 +62,6 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.end();
     }
 }

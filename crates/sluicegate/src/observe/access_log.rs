@@ -1,12 +1,14 @@
 //! The access log: one JSON object per request, written by a dedicated thread.
 //!
-//! The request path only appends a record to its worker's batch ([`Batcher`]); a full batch, or
-//! every flush interval, moves to the writer thread through a bounded queue (`try_send`), where
-//! formatting and I/O happen, so a slow disk or a blocked stdout never stalls a request. Batching
-//! matters: handing over each record alone woke the writer thread per request, which cost more
-//! CPU than the rest of the log. When the queue is full the batch is dropped and counted rather
-//! than waited for.
+//! The request path formats its line into its worker's batch ([`Batcher`]): the part known on
+//! arrival (time, id, client, method, host, path) when the request comes in, the rest when it
+//! ends, so nothing per request is allocated or shared between threads. A full batch, or every
+//! flush interval, moves to the writer thread through a bounded queue (`try_send`), where the I/O
+//! happens, so a slow disk or a blocked stdout never stalls a request. Batching matters: handing
+//! over each line alone woke the writer thread per request, which cost more CPU than the rest of
+//! the log. When the queue is full the batch is dropped and counted rather than waited for.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
@@ -23,8 +25,10 @@ use crate::config::AccessLogTarget;
 
 /// Batches waiting for the writer; beyond this the newest are dropped (and counted).
 const QUEUE_CAPACITY: usize = 512;
-/// Records a worker collects before handing them to the writer.
-const BATCH_SIZE: usize = 128;
+/// Bytes of lines a worker collects before handing them to the writer.
+const BATCH_BYTES: usize = 32 * 1024;
+/// Line buffers a worker keeps for reuse (one per request in flight, up to this many).
+const SPARE_LINES: usize = 256;
 /// How often workers hand over their batch however small (see `Batcher::flush`).
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// Buffered lines reach the file at least this often even when traffic is light.
@@ -57,54 +61,103 @@ impl AccessRecord {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// Appends the JSON line (without newline) to `out`. Written by hand rather than through
-    /// serde: it runs once per request, and the fields are few and fixed.
+    /// Appends the JSON line (without newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let mut n = itoa::Buffer::new();
-        out.extend_from_slice(b"{\"time\":\"");
-        write_time(out, self.time);
-        out.extend_from_slice(b"\",\"request_id\":");
-        json_string(out, &String::from_utf8_lossy(self.request_id.as_bytes()));
-        out.extend_from_slice(b",\"client\":\"");
-        let _ = write!(out, "{}", self.client);
-        out.extend_from_slice(b"\",\"method\":");
-        json_string(out, self.method.as_str());
-        out.extend_from_slice(b",\"host\":");
-        json_string(out, &self.host);
-        out.extend_from_slice(b",\"path\":");
-        json_string(out, &self.path);
-        out.extend_from_slice(b",\"status\":");
-        out.extend_from_slice(n.format(self.status).as_bytes());
-        out.extend_from_slice(b",\"route\":");
-        json_optional(out, self.route.as_deref());
-        out.extend_from_slice(b",\"service\":");
-        json_optional(out, self.service.as_deref());
-        out.extend_from_slice(b",\"endpoint\":");
-        match self.endpoint {
-            Some(e) => {
-                out.push(b'"');
-                let _ = write!(out, "{e}");
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        // Milliseconds with microsecond precision, as a JSON number.
-        let micros = self.duration.as_micros();
-        out.extend_from_slice(b",\"duration_ms\":");
-        out.extend_from_slice(n.format(micros / 1000).as_bytes());
-        out.push(b'.');
-        let frac = (micros % 1000) as u16;
-        out.extend_from_slice(&[
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
-        out.extend_from_slice(b",\"bytes_in\":");
-        out.extend_from_slice(n.format(self.bytes_in).as_bytes());
-        out.extend_from_slice(b",\"bytes_out\":");
-        out.extend_from_slice(n.format(self.bytes_out).as_bytes());
-        out.push(b'}');
+        let client = self.client.to_string();
+        write_start(
+            out,
+            &LineStart {
+                time: self.time,
+                request_id: self.request_id.as_bytes(),
+                client: &client,
+                method: self.method.as_str(),
+                host: &self.host,
+                path: &self.path,
+            },
+        );
+        let endpoint = self.endpoint.map(|e| e.to_string());
+        write_end(
+            out,
+            &LineEnd {
+                status: self.status,
+                route: self.route.as_deref(),
+                service: self.service.as_deref(),
+                endpoint: endpoint.as_deref(),
+                duration: self.duration,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+            },
+        );
     }
+}
+
+/// What a log line says that is known when the request arrives.
+pub struct LineStart<'a> {
+    pub time: SystemTime,
+    pub request_id: &'a [u8],
+    /// The client's address as text.
+    pub client: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+}
+
+/// What a log line says that is known when the request ends.
+pub struct LineEnd<'a> {
+    pub status: u16,
+    pub route: Option<&'a str>,
+    pub service: Option<&'a str>,
+    /// The endpoint's address as text.
+    pub endpoint: Option<&'a str>,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Appends the first part of a JSON line: from `{` to the path. Written by hand rather than
+/// through serde: it runs once per request, and the fields are few and fixed.
+fn write_start(out: &mut Vec<u8>, s: &LineStart<'_>) {
+    out.extend_from_slice(b"{\"time\":\"");
+    write_time(out, s.time);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_string(out, &String::from_utf8_lossy(s.request_id));
+    out.extend_from_slice(b",\"client\":");
+    json_string(out, s.client);
+    out.extend_from_slice(b",\"method\":");
+    json_string(out, s.method);
+    out.extend_from_slice(b",\"host\":");
+    json_string(out, s.host);
+    out.extend_from_slice(b",\"path\":");
+    json_string(out, s.path);
+}
+
+/// Appends the rest of the line after [`write_start`], up to the closing `}`.
+fn write_end(out: &mut Vec<u8>, e: &LineEnd<'_>) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(n.format(e.status).as_bytes());
+    out.extend_from_slice(b",\"route\":");
+    json_optional(out, e.route);
+    out.extend_from_slice(b",\"service\":");
+    json_optional(out, e.service);
+    out.extend_from_slice(b",\"endpoint\":");
+    json_optional(out, e.endpoint);
+    // Milliseconds with microsecond precision, as a JSON number.
+    let micros = e.duration.as_micros();
+    out.extend_from_slice(b",\"duration_ms\":");
+    out.extend_from_slice(n.format(micros / 1000).as_bytes());
+    out.push(b'.');
+    let frac = (micros % 1000) as u16;
+    out.extend_from_slice(&[
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+    out.extend_from_slice(b",\"bytes_in\":");
+    out.extend_from_slice(n.format(e.bytes_in).as_bytes());
+    out.extend_from_slice(b",\"bytes_out\":");
+    out.extend_from_slice(n.format(e.bytes_out).as_bytes());
+    out.push(b'}');
 }
 
 /// Appends `text` as a JSON string (quotes, backslashes and control characters escaped).
@@ -169,10 +222,16 @@ fn write_time(out: &mut Vec<u8>, t: SystemTime) {
     ]);
 }
 
+/// Formatted lines on their way to the writer.
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
 /// Handle the request path uses; cheap to clone.
 #[derive(Clone, Default)]
 pub struct AccessLog {
-    sender: Option<SyncSender<Vec<AccessRecord>>>,
+    sender: Option<SyncSender<Batch>>,
     dropped: Arc<AtomicU64>,
     /// Set by `reopen()` (SIGUSR1), seen by the writer: log rotation moves the file away and
     /// the writer opens a new one at the configured path.
@@ -216,17 +275,20 @@ impl AccessLog {
 
     /// Queues one record; never blocks. The request path uses a [`Batcher`] instead.
     pub fn log(&self, record: AccessRecord) {
-        self.send(vec![record]);
+        let mut bytes = Vec::with_capacity(256);
+        record.write_json(&mut bytes);
+        bytes.push(b'\n');
+        self.send(Batch { bytes, lines: 1 });
     }
 
-    /// Queues a batch of records; never blocks.
-    fn send(&self, batch: Vec<AccessRecord>) {
+    /// Queues a batch of lines; never blocks.
+    fn send(&self, batch: Batch) {
         let Some(sender) = &self.sender else { return };
-        let count = batch.len() as u64;
+        let lines = batch.lines;
         match sender.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(count, Ordering::Relaxed);
+                self.dropped.fetch_add(lines, Ordering::Relaxed);
             }
         }
     }
@@ -237,17 +299,26 @@ impl AccessLog {
     }
 }
 
-/// One worker's pending records (single-threaded: the worker owns it).
+/// One request's line while the request is in flight: its first part already formatted.
+pub struct PendingLine(Vec<u8>);
+
+/// One worker's pending lines (single-threaded: the worker owns it).
 pub struct Batcher {
     log: AccessLog,
-    pending: std::cell::RefCell<Vec<AccessRecord>>,
+    pending: RefCell<Batch>,
+    /// Buffers of finished lines, reused by the next requests.
+    spare: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Batcher {
     pub fn new(log: AccessLog) -> Batcher {
         Batcher {
             log,
-            pending: std::cell::RefCell::new(Vec::new()),
+            pending: RefCell::new(Batch {
+                bytes: Vec::new(),
+                lines: 0,
+            }),
+            spare: RefCell::new(Vec::new()),
         }
     }
 
@@ -255,13 +326,34 @@ impl Batcher {
         self.log.enabled()
     }
 
-    /// Adds a record; hands the batch over when it is full.
-    pub fn push(&self, record: AccessRecord) {
+    /// Starts a request's line with what is known on arrival.
+    pub fn begin(&self, start: &LineStart<'_>) -> PendingLine {
+        let mut buf = self
+            .spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(320));
+        write_start(&mut buf, start);
+        PendingLine(buf)
+    }
+
+    /// Completes a line and adds it to the batch; hands the batch over when it is full.
+    pub fn end(&self, line: PendingLine, end: &LineEnd<'_>) {
+        let mut buf = line.0;
+        write_end(&mut buf, end);
+        buf.push(b'\n');
         let full = {
             let mut pending = self.pending.borrow_mut();
-            pending.push(record);
-            pending.len() >= BATCH_SIZE
+            pending.bytes.extend_from_slice(&buf);
+            pending.lines += 1;
+            pending.bytes.len() >= BATCH_BYTES
         };
+        buf.clear();
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_LINES {
+            spare.push(buf);
+        }
+        drop(spare);
         if full {
             self.flush();
         }
@@ -269,10 +361,20 @@ impl Batcher {
 
     /// Hands over whatever is pending; called every [`BATCH_INTERVAL`] by the worker.
     pub fn flush(&self) {
-        let batch = std::mem::take(&mut *self.pending.borrow_mut());
-        if !batch.is_empty() {
-            self.log.send(batch);
-        }
+        let batch = {
+            let mut pending = self.pending.borrow_mut();
+            if pending.lines == 0 {
+                return;
+            }
+            Batch {
+                bytes: std::mem::replace(
+                    &mut pending.bytes,
+                    Vec::with_capacity(BATCH_BYTES + 1024),
+                ),
+                lines: std::mem::take(&mut pending.lines),
+            }
+        };
+        self.log.send(batch);
     }
 }
 
@@ -304,10 +406,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, receiver: Receiver<Vec<AccessRecord>>) {
+    fn run(mut self, receiver: Receiver<Batch>) {
         loop {
             let received = receiver.recv_timeout(FLUSH_INTERVAL);
-            // Checked after waking, so a record queued after `reopen()` lands in the new file.
+            // Checked after waking, so a line queued after `reopen()` lands in the new file.
             if self.reopen.swap(false, Ordering::Relaxed) {
                 self.reopen_file();
             }
@@ -315,13 +417,8 @@ impl Writer {
                 Ok(batch) => {
                     // Drain what is queued before flushing, so a busy gateway writes in big
                     // chunks.
-                    let queued = std::iter::once(batch).chain(receiver.try_iter());
-                    let mut line = Vec::with_capacity(512);
-                    for record in queued.flatten() {
-                        line.clear();
-                        record.write_json(&mut line);
-                        line.push(b'\n');
-                        if let Err(e) = self.out.write_all(&line) {
+                    for batch in std::iter::once(batch).chain(receiver.try_iter()) {
+                        if let Err(e) = self.out.write_all(&batch.bytes) {
                             tracing::error!(error = %e, "access log write failed");
                         }
                     }

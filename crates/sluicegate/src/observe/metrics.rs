@@ -17,8 +17,9 @@
 //!   relaxed atomic adds, no lock, no allocation, no label string in sight.
 //! - **Scrape time**: [`Registry::render`] takes the registry's lock just long enough to clone the
 //!   handles, then reads the atomics and writes the text without it.
-//! - **After a reload**: [`Registry::prune_unused`] drops the series whose handles only the
-//!   registry still holds (routes and endpoints the new config removed), so they leave
+//! - **After a reload, and at each scrape of the admin API**: [`Registry::prune_unused`] drops
+//!   the series whose handles only the registry still holds (routes and endpoints the new config
+//!   removed, once the last request and worker holding the old snapshot let go), so they leave
 //!   `/metrics`. A scrape-time function is held by nobody but the registry, so pruning never
 //!   drops it; remove it with [`Registry::remove_fn`] or [`Registry::retain_fns`].
 //!

@@ -18,7 +18,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::http::headers::client_value;
-use super::http::pool::Pool;
 use super::http::serve::{serve, Mode};
 use super::http::server::{ConnInfo, Worker};
 use super::snapshot::{ListenerKind, ServiceRuntime};
@@ -26,7 +25,7 @@ use super::tcp::{self, TcpOptions};
 use super::tls;
 use super::Shared;
 use crate::health::{outlier, Outcome};
-use crate::observe::access_log::{Batcher, BATCH_INTERVAL};
+use crate::observe::access_log::BATCH_INTERVAL;
 use crate::observe::metrics::Gauge;
 use crate::observe::names;
 
@@ -196,15 +195,12 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
             names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
             &[],
         );
-        let access = Batcher::new(shared.access_log.clone());
-        let worker = Rc::new(Worker {
+        let worker = Rc::new(Worker::new(
             shared,
-            access,
-            pool: Rc::new(Pool::default()),
-            open: Rc::clone(&open),
+            Rc::clone(&open),
             websocket_upgrades,
             websocket_active,
-        });
+        ));
         let mut listeners: HashMap<Arc<str>, watch::Sender<bool>> = HashMap::new();
         let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
         let mut log_flush = tokio::time::interval(BATCH_INTERVAL);
@@ -217,6 +213,8 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
                 }
                 _ = log_flush.tick() => {
                     worker.access.flush();
+                    // Lets go of a replaced snapshot even when no request comes to refresh it.
+                    worker.snapshot();
                     continue;
                 }
             };
@@ -333,7 +331,7 @@ async fn accept_loop(
             }
         };
         // The listener's current settings: a reload may have changed them.
-        let snapshot = worker.shared.snapshot.load_full();
+        let snapshot = worker.snapshot();
         let Some(plan) = snapshot.listener(&name) else {
             continue;
         };

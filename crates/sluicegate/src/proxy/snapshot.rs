@@ -113,6 +113,8 @@ pub struct UpstreamCounters {
 pub struct ServiceRuntime {
     pub name: Arc<str>,
     pub endpoints: Arc<[Endpoint]>,
+    /// Each endpoint's address as text, made once (access log lines).
+    pub endpoint_names: Vec<Box<str>>,
     pub health: Vec<Arc<EndpointHealth>>,
     pub upstream: Vec<UpstreamCounters>,
     pub balancer: Box<dyn Balancer>,
@@ -164,6 +166,10 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         .map(|e| reg.health.get_or_create(&s.name, e.address))
         .collect();
     let mut upstream = Vec::new();
+    let endpoint_names = endpoints
+        .iter()
+        .map(|e| e.address.to_string().into())
+        .collect();
     for (e, h) in endpoints.iter().zip(&health) {
         let address = e.address.to_string();
         let labels = |outcome: &'static str| {
@@ -225,6 +231,7 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
     ServiceRuntime {
         name: Arc::from(s.name.as_str()),
         endpoints,
+        endpoint_names,
         health,
         upstream,
         balancer,
@@ -321,5 +328,9 @@ impl Snapshot {
 
     pub fn listener(&self, name: &str) -> Option<&ListenerPlan> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+
+    pub fn listener_index(&self, name: &str) -> Option<usize> {
+        self.listeners.iter().position(|l| &*l.name == name)
     }
 }

@@ -140,6 +140,15 @@ impl<R> RouteTable<R> {
         self.entries.iter().find(|(m, _)| m.matches(req))
     }
 
+    /// The position of the route `req` matches, for [`RouteTable::get`].
+    pub fn find_index(&self, req: &RequestView<'_>) -> Option<usize> {
+        self.entries.iter().position(|(m, _)| m.matches(req))
+    }
+
+    pub fn get(&self, index: usize) -> Option<&R> {
+        self.entries.get(index).map(|(_, r)| r)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

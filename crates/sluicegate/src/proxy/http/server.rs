@@ -15,6 +15,7 @@
 //!
 //! Errors the gateway answers itself are JSON (SPEC 5), or gRPC statuses for gRPC requests.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -33,14 +34,13 @@ use super::headers::{
 use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
 use super::{grpc, h1, websocket};
-use crate::balance::InFlightGuard;
 use crate::health::{outlier, Outcome};
-use crate::observe::access_log::{AccessRecord, Batcher};
-use crate::observe::metrics::{Counter, Gauge, StatusCounters};
+use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
+use crate::observe::metrics::{Counter, Gauge};
 use crate::observe::names;
 use crate::proxy::answer::GatewayError;
 use crate::proxy::listener::OpenConnections;
-use crate::proxy::snapshot::{RouteRuntime, ServiceRuntime};
+use crate::proxy::snapshot::{ListenerPlan, RouteRuntime, ServiceRuntime, Snapshot};
 use crate::proxy::Shared;
 
 /// What one worker thread holds for all its connections.
@@ -49,12 +49,47 @@ pub struct Worker {
     pub pool: Rc<Pool>,
     /// Open connections and tunnels of this worker, which shutdown waits for.
     pub open: Rc<OpenConnections>,
-    /// This worker's pending access log records.
+    /// This worker's pending access log lines.
     pub access: Batcher,
     /// `sluicegate_websocket_upgrades_total` and `sluicegate_websocket_connections_active`,
     /// held for the worker's life so a reload's pruning keeps them.
     pub websocket_upgrades: Counter,
     pub websocket_active: Gauge,
+    /// This worker's copy of the current snapshot and the generation it was taken at. Requests
+    /// share it by `Rc`: taking it costs no atomic operation on a cache line other workers
+    /// write, which the shared `Arc`'s reference count would.
+    snapshot: RefCell<(u64, Rc<Arc<Snapshot>>)>,
+}
+
+impl Worker {
+    pub fn new(
+        shared: Arc<Shared>,
+        open: Rc<OpenConnections>,
+        websocket_upgrades: Counter,
+        websocket_active: Gauge,
+    ) -> Worker {
+        let access = Batcher::new(shared.access_log.clone());
+        let snapshot = RefCell::new((shared.generation(), Rc::new(shared.snapshot.load_full())));
+        Worker {
+            shared,
+            pool: Rc::new(Pool::default()),
+            open,
+            access,
+            websocket_upgrades,
+            websocket_active,
+            snapshot,
+        }
+    }
+
+    /// The current snapshot, refreshed when a reload has published a new one.
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let generation = self.shared.generation();
+        let mut cached = self.snapshot.borrow_mut();
+        if cached.0 != generation {
+            *cached = (generation, Rc::new(self.shared.snapshot.load_full()));
+        }
+        Rc::clone(&cached.1)
+    }
 }
 
 /// The client connection a request arrived on.
@@ -69,40 +104,75 @@ pub struct ConnInfo {
     pub forwarded_for: HeaderValue,
 }
 
-/// Per-exchange bookkeeping finished when the response body is dropped.
+/// Per-exchange bookkeeping finished when the response body is dropped. Listener, route and
+/// endpoint are positions in the snapshot the exchange holds, so nothing shared between workers
+/// is reference-counted per request.
 struct Exchange {
     worker: Rc<Worker>,
-    record: Option<AccessRecord>,
+    snapshot: Rc<Arc<Snapshot>>,
+    listener: Option<usize>,
+    route: Option<usize>,
+    /// The endpoint counted in flight (`EndpointLoad::begin`), by position in the route's service.
+    endpoint: Option<usize>,
+    line: Option<PendingLine>,
     started: Instant,
     stats: Rc<ExchangeStats>,
-    _in_flight: Option<InFlightGuard>,
     /// The status sent (0 until known); counted in the route's or the listener's metrics.
     status: u16,
-    route: Option<Arc<RouteRuntime>>,
-    unrouted: Option<StatusCounters>,
     counted: bool,
+}
+
+impl Exchange {
+    fn listener(&self) -> Option<&ListenerPlan> {
+        self.snapshot.listeners.get(self.listener?)
+    }
+
+    fn route(&self) -> Option<&RouteRuntime> {
+        self.listener()?.routes.get(self.route?).map(|r| &**r)
+    }
 }
 
 impl Finish for Exchange {
     fn finish(&mut self) {
-        if !self.counted {
-            self.counted = true;
-            if self.status == 0 {
-                self.status = 499;
-            }
-            if let Some(route) = &self.route {
+        if self.counted {
+            return;
+        }
+        self.counted = true;
+        if self.status == 0 {
+            self.status = 499;
+        }
+        let line = self.line.take();
+        let elapsed = self.started.elapsed();
+        let route = self.route();
+        match route {
+            Some(route) => {
                 route.requests.inc(self.status);
-                route.duration.observe(self.started.elapsed().as_secs_f64());
-            } else if let Some(unrouted) = &self.unrouted {
-                unrouted.inc(self.status);
+                route.duration.observe(elapsed.as_secs_f64());
+                if let Some(e) = self.endpoint.and_then(|i| route.service.endpoints.get(i)) {
+                    e.load.end();
+                }
+            }
+            None => {
+                if let Some(listener) = self.listener() {
+                    listener.unrouted.inc(self.status);
+                }
             }
         }
-        if let Some(mut record) = self.record.take() {
-            record.status = self.status;
-            record.duration = self.started.elapsed();
-            record.bytes_in = self.stats.bytes_in.get();
-            record.bytes_out = self.stats.bytes_out.get();
-            self.worker.access.push(record);
+        if let Some(line) = line {
+            let service = route.map(|r| &*r.service);
+            let end = LineEnd {
+                status: self.status,
+                route: route.map(|r| &*r.name),
+                service: service.map(|s| &*s.name),
+                endpoint: service
+                    .zip(self.endpoint)
+                    .and_then(|(s, i)| s.endpoint_names.get(i))
+                    .map(|n| &**n),
+                duration: elapsed,
+                bytes_in: self.stats.bytes_in.get(),
+                bytes_out: self.stats.bytes_out.get(),
+            };
+            self.worker.access.end(line, &end);
         }
     }
 }
@@ -111,9 +181,7 @@ impl Finish for Exchange {
 /// nginx's status 499 ("client closed request").
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if !self.counted {
-            self.finish();
-        }
+        self.finish();
     }
 }
 
@@ -124,7 +192,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    let snapshot = worker.shared.snapshot.load_full();
+    let snapshot = worker.snapshot();
     let upgrade = (req.version() == Version::HTTP_11 && websocket::is_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
     let upgrade_protocol = upgrade
@@ -144,35 +212,26 @@ pub async fn handle(
 
     // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
     // it would make every request's future larger.
+    let line = worker.access.enabled().then(|| {
+        worker.access.begin(&LineStart {
+            time: SystemTime::now(),
+            request_id: request_id.as_bytes(),
+            client: conn.forwarded_for.to_str().unwrap_or_default(),
+            method: parts.method.as_str(),
+            host: request_host(&parts.uri, &parts.headers).unwrap_or_default(),
+            path: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+        })
+    });
     let mut exchange = Box::new(Exchange {
         worker: Rc::clone(&worker),
-        record: worker.access.enabled().then(|| AccessRecord {
-            time: SystemTime::now(),
-            request_id: request_id.clone(),
-            client: conn.peer.ip(),
-            method: parts.method.clone(),
-            host: request_host(&parts.uri, &parts.headers)
-                .unwrap_or_default()
-                .to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or("/", PathAndQuery::as_str)
-                .to_string(),
-            status: 0,
-            route: None,
-            service: None,
-            endpoint: None,
-            duration: Default::default(),
-            bytes_in: 0,
-            bytes_out: 0,
-        }),
+        snapshot: Rc::clone(&snapshot),
+        listener: None,
+        route: None,
+        endpoint: None,
+        line,
         started,
         stats: Rc::clone(&stats),
-        _in_flight: None,
         status: 0,
-        route: None,
-        unrouted: None,
         counted: false,
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
@@ -189,11 +248,12 @@ pub async fn handle(
         Ok(response)
     };
 
-    let Some(listener) = snapshot.listener(&conn.listener) else {
+    let Some(listener_index) = snapshot.listener_index(&conn.listener) else {
         // The listener left the config while this connection was open.
         return answer(exchange, GatewayError::NoRoute, true);
     };
-    exchange.unrouted = Some(listener.unrouted.clone());
+    let listener = &snapshot.listeners[listener_index];
+    exchange.listener = Some(listener_index);
 
     // 2. Head size.
     if head_size(&parts.method, &parts.uri, &parts.headers)
@@ -203,24 +263,21 @@ pub async fn handle(
     }
 
     // 3. Route.
-    let route: Arc<RouteRuntime> = {
-        let view = RequestView {
-            method: &parts.method,
-            host: request_host(&parts.uri, &parts.headers),
-            path: parts.uri.path(),
-            headers: &parts.headers,
-        };
-        match listener.routes.find(&view) {
-            Some((_, route)) => Arc::clone(route),
-            None => return answer(exchange, GatewayError::NoRoute, false),
-        }
+    let view = RequestView {
+        method: &parts.method,
+        host: request_host(&parts.uri, &parts.headers),
+        path: parts.uri.path(),
+        headers: &parts.headers,
+    };
+    let Some((route_index, route)) = listener
+        .routes
+        .find_index(&view)
+        .and_then(|i| Some((i, listener.routes.get(i)?)))
+    else {
+        return answer(exchange, GatewayError::NoRoute, false);
     };
     let service: &ServiceRuntime = &route.service;
-    exchange.route = Some(Arc::clone(&route));
-    if let Some(r) = exchange.record.as_mut() {
-        r.route = Some(Arc::clone(&route.name));
-        r.service = Some(Arc::clone(&service.name));
-    }
+    exchange.route = Some(route_index);
 
     // 4. Declared body size.
     let limit = listener.config.max_request_body_bytes;
@@ -240,7 +297,7 @@ pub async fn handle(
         .hash_on
         .as_ref()
         .and_then(|h| h.key_hash(conn.peer.ip(), &parts.uri, &parts.headers));
-    let now = tokio::time::Instant::now();
+    let now = tokio::time::Instant::from_std(started);
     let accept = |i: usize| service.available(i, now);
     let mut pin = None;
     let picked = match &service.sticky {
@@ -262,10 +319,8 @@ pub async fn handle(
         return answer(exchange, GatewayError::NoHealthyUpstream, false);
     };
     let address = endpoint.address;
-    exchange._in_flight = Some(endpoint.load.start());
-    if let Some(r) = exchange.record.as_mut() {
-        r.endpoint = Some(address);
-    }
+    endpoint.load.begin();
+    exchange.endpoint = Some(index);
 
     // 6. Forward.
     if let Some(prefix) = &route.strip_prefix {
@@ -647,11 +702,10 @@ async fn tunnel(
             names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
             &[],
         ));
-        let peer = exchange.record.as_ref().map(|r| r.client);
         tokio::task::spawn_local(async move {
             let _held = held;
             let end = websocket::relay(client_upgrade, upstream_upgrade, idle).await;
-            tracing::debug!(?peer, upstream = %address, ?end, "tunnel closed");
+            tracing::debug!(upstream = %address, ?end, "tunnel closed");
         });
     }
     let (mut head, upstream_body) = response.into_parts();
