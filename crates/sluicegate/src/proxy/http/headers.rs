@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -26,43 +26,78 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Collect the names listed in Connection first: they are removed with the fixed set. Most
-    // requests carry at most "keep-alive" or "close", so this rarely allocates.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("keep-alive")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
-        }
-    }
-    for name in named {
-        headers.remove(name);
-    }
+    remove_hop_by_hop_and(headers, None);
+}
+
+/// What a request's hop-by-hop headers asked for before they were removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHops {
+    /// `TE: trailers`: the client accepts trailers, which the upstream must then be told.
+    pub trailers: bool,
+}
+
+/// [`remove_hop_by_hop`] for a request, which also loses `Expect` (hyper answers
+/// `100 Continue` itself) and reports `TE: trailers`: one pass over the header names instead of
+/// a lookup per name.
+pub fn remove_request_hop_by_hop(headers: &mut HeaderMap) -> RequestHops {
+    let trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    remove_hop_by_hop_and(headers, Some(header::EXPECT));
+    RequestHops { trailers }
+}
+
+fn remove_hop_by_hop_and(headers: &mut HeaderMap, extra: Option<HeaderName>) {
     // One pass to see which of the fixed set are present (comparing standard names is cheap),
     // then remove only those: most messages carry none or one of them, and each `remove` hashes.
     let mut present = [false; 7];
+    let mut extra_present = false;
     let mut any = false;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
             any = true;
+        } else if extra.as_ref() == Some(name) {
+            extra_present = true;
+            any = true;
         }
     }
-    if any {
-        for (name, here) in HOP_BY_HOP.into_iter().zip(present) {
-            if here {
-                headers.remove(name);
+    if !any {
+        return;
+    }
+    // The names listed in Connection go too. Most messages carry at most "keep-alive" or
+    // "close" there, so this rarely allocates.
+    if present[0] {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',') {
+                let token = token.trim();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
             }
         }
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, here) in HOP_BY_HOP.into_iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
+    }
+    if let (Some(name), true) = (extra, extra_present) {
+        headers.remove(name);
     }
 }
 
@@ -72,25 +107,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// `client` is the client's address as a header value, made once per connection
 /// ([`client_value`]), so the common case — no earlier proxy — costs no allocation.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-        Some(prev) if !prev.is_empty() => {
+    // Entries: one hash per header rather than a lookup and then an insert.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) if !e.get().is_empty() => {
+            let prev = e.get().as_bytes();
             let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
             joined.extend_from_slice(prev);
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                e.insert(v);
+            }
         }
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
+        Entry::Occupied(mut e) => {
+            e.insert(client.clone());
+        }
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Entry::Vacant(e) = headers.entry(X_FORWARDED_PROTO) {
+        e.insert(HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = headers.get(header::HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        if let Entry::Vacant(e) = headers.entry(X_FORWARDED_HOST) {
+            e.insert(host);
         }
     }
 }
@@ -180,6 +221,22 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn request_hops_report_trailers_and_drop_expect() {
+        let mut h = map(&[
+            ("te", "gzip, trailers"),
+            ("expect", "100-continue"),
+            ("x-keep", "1"),
+        ]);
+        assert!(remove_request_hop_by_hop(&mut h).trailers);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = map(&[("te", "gzip"), ("x-keep", "1")]);
+        assert!(!remove_request_hop_by_hop(&mut h).trailers);
+        let mut h = map(&[("x-keep", "1")]);
+        assert_eq!(remove_request_hop_by_hop(&mut h), RequestHops::default());
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

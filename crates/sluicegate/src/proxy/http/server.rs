@@ -17,19 +17,23 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderValue};
+use http::header::{self, Entry, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use super::body::{ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
 use super::headers::{
-    add_forwarded, head_size, new_request_id, remove_hop_by_hop, valid_request_id, X_REQUEST_ID,
+    add_forwarded, head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop,
+    valid_request_id, X_REQUEST_ID,
 };
 use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
@@ -212,13 +216,14 @@ pub async fn handle(
 
     // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
     // it would make every request's future larger.
+    let host = request_host(&parts.uri, &parts.headers);
     let line = worker.access.enabled().then(|| {
         worker.access.begin(&LineStart {
             time: SystemTime::now(),
-            request_id: request_id.as_bytes(),
+            request_id: request_id.to_str().unwrap_or_default(),
             client: conn.forwarded_for.to_str().unwrap_or_default(),
             method: parts.method.as_str(),
-            host: request_host(&parts.uri, &parts.headers).unwrap_or_default(),
+            host: host.unwrap_or_default(),
             path: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
         })
     });
@@ -265,7 +270,7 @@ pub async fn handle(
     // 3. Route.
     let view = RequestView {
         method: &parts.method,
-        host: request_host(&parts.uri, &parts.headers),
+        host,
         path: parts.uri.path(),
         headers: &parts.headers,
     };
@@ -327,25 +332,22 @@ pub async fn handle(
         parts.uri = rewrite_path(&parts.uri, prefix);
     }
     // HTTP/2 clients name the host in the URI (`:authority`); HTTP/1.1 upstreams need `Host`.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
+    if let Some(authority) = parts.uri.authority() {
+        if let Entry::Vacant(e) = parts.headers.entry(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, v);
+                e.insert(v);
             }
         }
     }
     parts.uri = origin_form(&parts.uri);
-    let trailers = wants_trailers(&parts.headers);
-    remove_hop_by_hop(&mut parts.headers);
-    if trailers {
+    // hyper answers `100 Continue` to the client itself when the body is first read, so the
+    // upstream must not wait for a continue of its own: `Expect` goes with the hop-by-hop ones.
+    if remove_request_hop_by_hop(&mut parts.headers).trailers {
         // `TE: trailers` is the one TE value that crosses a proxy: gRPC servers require it.
         parts
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // hyper answers `100 Continue` to the client itself when the body is first read; the
-    // upstream must not wait for a continue of its own.
-    parts.headers.remove(header::EXPECT);
     add_forwarded(
         &mut parts.headers,
         &conn.forwarded_for,
@@ -393,15 +395,10 @@ pub async fn handle(
     }
 
     let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
-    let exchange_result = match deadline {
-        Some(at) => tokio::time::timeout_at(
-            at,
-            send(&worker.pool, address, service, parts, upstream_body),
-        )
+    let sending = pin!(send(&worker.pool, address, service, parts, upstream_body));
+    let exchange_result = before(deadline, sending)
         .await
-        .unwrap_or(Err(SendError::Timeout)),
-        None => send(&worker.pool, address, service, parts, upstream_body).await,
-    };
+        .unwrap_or(Err(SendError::Timeout));
     let outcome = match &exchange_result {
         Ok(response) if response.status().is_server_error() => Upstream::Status5xx,
         Ok(_) => Upstream::Success,
@@ -445,7 +442,10 @@ pub async fn handle(
 
     // 7. Response.
     let (mut head, upstream_body) = response.into_parts();
-    remove_hop_by_hop(&mut head.headers);
+    // The HTTP/1.1 client drops hop-by-hop fields while parsing; hyper's HTTP/2 one does not.
+    if !matches!(upstream_body, UpstreamBody::H1(_)) {
+        remove_hop_by_hop(&mut head.headers);
+    }
     head.headers.insert(X_REQUEST_ID, request_id);
     if let Some(cookie) = pin {
         head.headers.append(header::SET_COOKIE, cookie);
@@ -454,6 +454,26 @@ pub async fn handle(
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
+}
+
+/// Runs `future` until `deadline` (`None`: no deadline); `None` when the deadline came first.
+/// The future is taken pinned where it lies: wrapping it by value, as `tokio::time::timeout_at`
+/// does, copied the whole upstream exchange's state a few more times per request.
+async fn before<F: Future>(
+    deadline: Option<tokio::time::Instant>,
+    mut future: Pin<&mut F>,
+) -> Option<F::Output> {
+    let Some(at) = deadline else {
+        return Some(future.await);
+    };
+    let mut sleep = pin!(tokio::time::sleep_until(at));
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 fn rewrite_path(uri: &Uri, prefix: &str) -> Uri {
@@ -637,18 +657,6 @@ fn fit_h2(request: &mut Request<RequestBody>, transport: &Transport, endpoint: S
             *request.uri_mut() = uri;
         }
     }
-}
-
-/// Whether the client accepts trailers (`TE: trailers`), which must then reach the upstream.
-fn wants_trailers(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
-        v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-            .unwrap_or(false)
-    })
 }
 
 /// Forwards an `Upgrade` request on a dedicated connection; on `101 Switching Protocols` the

@@ -1,7 +1,9 @@
 //! Parsing an upstream's response head and deciding how its body is framed (RFC 9112 6.3).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::Error;
@@ -22,6 +24,15 @@ pub enum Framing {
     Close,
 }
 
+/// Where a field's name and value sit in the head (heads are far below 4 GiB).
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: u32,
+    name_len: u32,
+    value: u32,
+    value_len: u32,
+}
+
 /// A parsed final response head.
 #[derive(Debug)]
 pub struct Head {
@@ -36,9 +47,15 @@ pub struct Head {
 /// Parses one response head from the front of `buf`, consuming it. `None`: incomplete. An
 /// informational (1xx) head is consumed and returned too; the caller skips it.
 pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let used = match response.parse(buf) {
+    // Uninitialised: filling 100 empty fields per response cost more than parsing the head.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let used = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(Error::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -53,26 +70,47 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
         Version::HTTP_11
     };
     // Names and values are sliced out of the head's bytes rather than copied one by one; the
-    // spans are noted first, while httparse still borrows the buffer.
+    // spans are noted first, while httparse still borrows the buffer. The fields that frame the
+    // message or describe the connection are read here, once, and hop-by-hop ones are not kept:
+    // they must not reach the client (RFC 9110 7.6.1).
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
-    let count = response.headers.len();
-    for (span, f) in spans.iter_mut().zip(response.headers.iter()) {
+    let mut spans = [Span::default(); MAX_FIELDS];
+    let mut kept = 0;
+    let mut fields = FramingFields::default();
+    let mut named: Vec<HeaderName> = Vec::new();
+    for f in response.headers.iter() {
+        if fields.read(f.name, f.value, &mut named)? {
+            continue;
+        }
         let name = f.name.as_ptr() as usize - base;
         let value = f.value.as_ptr() as usize - base;
-        *span = (name, name + f.name.len(), value, value + f.value.len());
+        spans[kept] = Span {
+            name: name as u32,
+            name_len: f.name.len() as u32,
+            value: value as u32,
+            value_len: f.value.len() as u32,
+        };
+        kept += 1;
     }
     let head_bytes: Bytes = buf.split_to(used).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, start, end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head_bytes[name_start..name_end])
+    let mut headers = HeaderMap::with_capacity(kept);
+    for span in &spans[..kept] {
+        let name = span.name as usize;
+        let value = span.value as usize;
+        let name = HeaderName::from_bytes(&head_bytes[name..name + span.name_len as usize])
             .map_err(|_| Error::InvalidHeader)?;
-        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
-            .map_err(|_| Error::InvalidHeader)?;
+        let value = HeaderValue::from_maybe_shared(
+            head_bytes.slice(value..value + span.value_len as usize),
+        )
+        .map_err(|_| Error::InvalidHeader)?;
         headers.append(name, value);
     }
-    let (framing, mut keep_alive) = framing(method, status, &headers)?;
-    keep_alive &= connection_persists(version, &headers);
+    // Fields the upstream named in `Connection` are hop-by-hop too (rare).
+    for name in named {
+        headers.remove(name);
+    }
+    let (framing, reusable) = framing(method, status, &fields);
+    let keep_alive = reusable && fields.persists(version);
     Ok(Some(Head {
         status,
         version,
@@ -82,72 +120,101 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
     }))
 }
 
+/// What the framing and connection fields of a head say.
+#[derive(Debug, Default)]
+struct FramingFields {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    /// Whether the final transfer coding (of the last Transfer-Encoding field) is chunked.
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    /// Notes one field; `true` when it is hop-by-hop and must not be forwarded. Names listed in
+    /// `Connection` (other than `close` and `keep-alive`) are added to `named`.
+    fn read(
+        &mut self,
+        name: &str,
+        value: &[u8],
+        named: &mut Vec<HeaderName>,
+    ) -> Result<bool, Error> {
+        let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
+        if is("content-length") {
+            // `Content-Length: 5, 5` and repeated equal fields are accepted; differing ones not.
+            let text = std::str::from_utf8(value).map_err(|_| Error::InvalidLength)?;
+            for part in text.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Error::InvalidLength);
+                }
+                let n: u64 = part.parse().map_err(|_| Error::InvalidLength)?;
+                if self.content_length.is_some_and(|l| l != n) {
+                    return Err(Error::InvalidLength);
+                }
+                self.content_length = Some(n);
+            }
+            return Ok(false);
+        }
+        if is("transfer-encoding") {
+            self.transfer_encoding = true;
+            self.chunked = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            return Ok(true);
+        }
+        if is("connection") {
+            for token in String::from_utf8_lossy(value).split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    self.keep_alive = true;
+                } else if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(n);
+                }
+            }
+            return Ok(true);
+        }
+        Ok(
+            ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
+                .into_iter()
+                .any(is),
+        )
+    }
+
+    /// HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+    fn persists(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+}
+
 /// The body's framing, and whether that framing lets the connection be reused.
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<(Framing, bool), Error> {
+fn framing(method: &Method, status: StatusCode, fields: &FramingFields) -> (Framing, bool) {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok((Framing::Empty, true));
+        return (Framing::Empty, true);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if fields.transfer_encoding {
         // The final coding must be chunked for the length to be known; otherwise the body runs
         // to the close. A Content-Length beside it is ignored, and the connection not reused
         // (RFC 9112 6.3: a sign of request smuggling).
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked {
-            (Framing::Chunked, reusable)
+        return if fields.chunked {
+            (Framing::Chunked, fields.content_length.is_none())
         } else {
             (Framing::Close, false)
-        });
+        };
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        // `Content-Length: 5, 5` and repeated equal fields are accepted; differing ones are not.
-        for part in value.to_str().map_err(|_| Error::InvalidLength)?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::InvalidLength);
-            }
-            let n: u64 = part.parse().map_err(|_| Error::InvalidLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::InvalidLength);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    match fields.content_length {
         Some(0) => (Framing::Empty, true),
         Some(n) => (Framing::Length(n), true),
         None => (Framing::Close, false),
-    })
-}
-
-/// HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
-fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            close |= token.eq_ignore_ascii_case("close");
-            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-        }
     }
-    !close && (version == Version::HTTP_11 || keep_alive)
 }
 
 /// Whether `buf` starts with a complete final (non-1xx) response head, after any complete
@@ -155,9 +222,14 @@ fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
 pub fn final_head_ready(buf: &[u8]) -> bool {
     let mut rest = buf;
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut response = httparse::Response::new(&mut fields);
-        match response.parse(rest) {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            rest,
+            &mut fields,
+        );
+        match parsed {
             Ok(httparse::Status::Complete(n)) => {
                 if response.code.is_some_and(|c| (100..200).contains(&c)) {
                     rest = &rest[n..];
@@ -272,6 +344,15 @@ mod tests {
         assert_eq!(all, ["1", "2"]);
         assert_eq!(h.headers["location"], "/n");
         assert_eq!(&buf[..], b"hi", "the body's first bytes stay in the buffer");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_not_kept() {
+        let wire = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nx-private: 1\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\nTrailer: x-t\r\nx-kept: yes\r\n\r\n";
+        let h = head(wire, Method::GET).unwrap().unwrap();
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert_eq!(h.headers["x-kept"], "yes");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
     }
 
     #[test]
