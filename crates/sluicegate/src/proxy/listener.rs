@@ -1,10 +1,11 @@
 //! Listening sockets and worker threads.
 //!
 //! Each worker is an OS thread running a single-threaded tokio runtime with its own accept
-//! socket per listener (SO_REUSEPORT, so the kernel spreads connections) and its own upstream
-//! pool: the worker-per-core model of nginx and HAProxy, with nothing locked per request. The
-//! first socket of each listener is bound by the caller, so a taken port or a bad address fails
-//! before anything starts and port 0 resolves to one real port shared by every worker.
+//! socket per listener (SO_REUSEPORT, so the kernel spreads connections; `spread.rs` evens out
+//! what the kernel's hash leaves uneven) and its own upstream pool: the worker-per-core model of
+//! nginx and HAProxy, with nothing locked per request. The first socket of each listener is
+//! bound by the caller, so a taken port or a bad address fails before anything starts and port 0
+//! resolves to one real port shared by every worker.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -17,10 +18,12 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::http::coalesce::Coalesce;
 use super::http::headers::client_value;
 use super::http::serve::{serve, Mode};
 use super::http::server::{ConnInfo, Worker};
 use super::snapshot::{ListenerKind, ServiceRuntime};
+use super::spread::Peers;
 use super::tcp::{self, TcpOptions};
 use super::tls;
 use super::Shared;
@@ -92,6 +95,8 @@ enum Command {
     Stop(Arc<str>),
     /// Stop every listener, drain, and end the thread.
     Shutdown,
+    /// Serve a connection another worker accepted (see `spread.rs`); already counted here.
+    Adopt(Arc<str>, std::net::TcpStream, SocketAddr),
 }
 
 /// Running worker threads, each reachable through its command channel.
@@ -108,16 +113,17 @@ impl Workers {
         listeners: Vec<BoundListener>,
     ) -> Result<Workers, ListenError> {
         let mut threads = Vec::new();
-        let mut commands = Vec::new();
-        for i in 0..count.max(1) {
-            let (tx, rx) = mpsc::unbounded_channel();
+        let (commands, receivers): (Vec<_>, Vec<_>) =
+            (0..count.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
+        let peers = Arc::new(Peers::new(commands.clone()));
+        for (i, rx) in receivers.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
+            let peers = Arc::clone(&peers);
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || run_worker(shared, rx))
+                .spawn(move || run_worker(shared, rx, peers, i))
                 .map_err(ListenError::Thread)?;
             threads.push(thread);
-            commands.push(tx);
         }
         let workers = Workers { threads, commands };
         for listener in listeners {
@@ -170,7 +176,12 @@ impl Workers {
 /// request has asked for since (removed by a reload, or simply quiet).
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 
-fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+fn run_worker(
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    peers: Arc<Peers<Command>>,
+    index: usize,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -183,7 +194,7 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let open = Rc::new(OpenConnections::default());
+        let open = Rc::new(OpenConnections::new(peers, index));
         let metrics = &shared.registries.metrics;
         let websocket_upgrades = metrics.counter(
             names::WEBSOCKET_UPGRADES_TOTAL,
@@ -244,6 +255,19 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
                         let _ = stop.send(true);
                     }
                 }
+                Some(Command::Adopt(name, stream, peer)) => {
+                    // Counted here by the worker that handed it over.
+                    let counted = OpenGuard::counted(Rc::clone(&open));
+                    let Some(stop) = listeners.get(&name).map(watch::Sender::subscribe) else {
+                        continue; // The listener stopped meanwhile: the connection closes.
+                    };
+                    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                        continue;
+                    };
+                    let active = listener_gauge(&worker, &name);
+                    let local = stream.local_addr().ok();
+                    start_connection(&worker, &name, stream, peer, local, stop, counted, active);
+                }
                 Some(Command::Shutdown) | None => {
                     for stop in listeners.values() {
                         let _ = stop.send(true);
@@ -265,42 +289,84 @@ fn run_worker(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command
     });
 }
 
-/// Counts a worker's open client connections and tunnels, so shutdown can wait for them.
-#[derive(Default)]
+/// Counts a worker's open client connections and tunnels, so shutdown can wait for them, and
+/// publishes the count for spreading connections over the workers.
 pub struct OpenConnections {
     count: Cell<usize>,
     idle: Notify,
+    peers: Arc<Peers<Command>>,
+    index: usize,
 }
 
 impl OpenConnections {
+    fn new(peers: Arc<Peers<Command>>, index: usize) -> OpenConnections {
+        OpenConnections {
+            count: Cell::new(0),
+            idle: Notify::new(),
+            peers,
+            index,
+        }
+    }
+
     async fn wait_idle(&self) {
         while self.count.get() > 0 {
             self.idle.notified().await;
         }
     }
-}
 
-impl OpenConnections {
     /// Counts a tunnel (an upgraded connection) that outlives its HTTP connection.
     pub fn hold(self: &Rc<Self>, gauge: Gauge) -> OpenGuard {
-        self.count.set(self.count.get() + 1);
         gauge.inc();
-        OpenGuard(Rc::clone(self), gauge)
+        OpenGuard::new(Rc::clone(self), Some(gauge))
     }
 }
 
-/// One open client connection or tunnel: counted for shutdown and in a gauge.
-pub struct OpenGuard(Rc<OpenConnections>, Gauge);
+/// One open client connection or tunnel: counted for shutdown, for spreading, and in a gauge
+/// (set once the connection is known to stay on this worker).
+pub struct OpenGuard {
+    open: Rc<OpenConnections>,
+    gauge: Option<Gauge>,
+}
+
+impl OpenGuard {
+    fn new(open: Rc<OpenConnections>, gauge: Option<Gauge>) -> OpenGuard {
+        open.peers.opened(open.index);
+        OpenGuard::counted(open).with_gauge(gauge)
+    }
+
+    /// For a connection the shared count already includes (handed over by another worker).
+    fn counted(open: Rc<OpenConnections>) -> OpenGuard {
+        open.count.set(open.count.get() + 1);
+        OpenGuard { open, gauge: None }
+    }
+
+    fn with_gauge(mut self, gauge: Option<Gauge>) -> OpenGuard {
+        self.gauge = gauge;
+        self
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.1.dec();
-        let n = self.0.count.get() - 1;
-        self.0.count.set(n);
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
+        self.open.peers.closed(self.open.index);
+        let n = self.open.count.get() - 1;
+        self.open.count.set(n);
         if n == 0 {
-            self.0.idle.notify_waiters();
+            self.open.idle.notify_waiters();
         }
     }
+}
+
+/// `sluicegate_connections_active` of a listener.
+fn listener_gauge(worker: &Worker, name: &str) -> Gauge {
+    worker.shared.registries.metrics.gauge(
+        names::CONNECTIONS_ACTIVE,
+        names::CONNECTIONS_ACTIVE_HELP,
+        &[("listener", name)],
+    )
 }
 
 async fn accept_loop(
@@ -310,11 +376,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     open: Rc<OpenConnections>,
 ) {
-    let active = worker.shared.registries.metrics.gauge(
-        names::CONNECTIONS_ACTIVE,
-        names::CONNECTIONS_ACTIVE_HELP,
-        &[("listener", &name)],
-    );
+    let active = listener_gauge(&worker, &name);
     let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
@@ -330,58 +392,112 @@ async fn accept_loop(
                 continue;
             }
         };
-        // The listener's current settings: a reload may have changed them.
-        let snapshot = worker.snapshot();
-        let Some(plan) = snapshot.listener(&name) else {
-            continue;
-        };
-        let limit = plan.config.max_connections;
+        let limit = worker
+            .snapshot()
+            .listener(&name)
+            .map_or(0, |plan| plan.config.max_connections);
         if limit != 0 && active.get() >= limit as i64 {
             tracing::debug!(listener = %name, %peer, limit, "connection limit reached: closing");
             continue;
         }
-        let _ = stream.set_nodelay(true);
-        open.count.set(open.count.get() + 1);
-        active.inc();
-        let guard = OpenGuard(Rc::clone(&open), active.clone());
-        let info = Rc::new(ConnInfo {
-            listener: Arc::clone(&name),
-            peer,
-            local: stream.local_addr().ok().or(local),
-            tls: matches!(plan.kind, ListenerKind::Https(_)),
-            forwarded_for: client_value(peer.ip()),
-        });
-        let worker = Rc::clone(&worker);
-        let stop = stop.clone();
-        let header_limit = plan.config.max_request_header_bytes;
-        let idle = plan.config.idle_timeout;
-        match &plan.kind {
-            ListenerKind::Http => {
-                tokio::task::spawn_local(async move {
-                    let _guard = guard;
-                    serve(worker, info, stream, Mode::Detect, header_limit, stop).await;
-                });
-            }
-            ListenerKind::Https(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::task::spawn_local(async move {
-                    let _guard = guard;
-                    match tls::accept(&acceptor, stream, TLS_HANDSHAKE_TIMEOUT).await {
-                        Ok((tls_stream, alpn)) => {
-                            let mode = Mode::from_alpn(alpn.as_deref());
-                            serve(worker, info, tls_stream, mode, header_limit, stop).await;
+        if let Some(target) = open.peers.less_loaded(open.index) {
+            match stream.into_std() {
+                Ok(std_stream) => {
+                    let command = Command::Adopt(Arc::clone(&name), std_stream, peer);
+                    if let Err(Command::Adopt(_, std_stream, _)) =
+                        open.peers.hand_over(target, command)
+                    {
+                        // That worker is gone (shutting down): serve it here.
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
+                            let guard = OpenGuard::new(Rc::clone(&open), None);
+                            start_connection(
+                                &worker,
+                                &name,
+                                stream,
+                                peer,
+                                local,
+                                stop.clone(),
+                                guard,
+                                active.clone(),
+                            );
                         }
-                        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     }
-                });
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "cannot hand a connection over"),
             }
-            ListenerKind::Tcp(service) => {
-                let service = Arc::clone(service);
-                tokio::task::spawn_local(async move {
-                    let _guard = guard;
-                    tcp_connection(info, stream, service, idle).await;
-                });
-            }
+            continue;
+        }
+        let guard = OpenGuard::new(Rc::clone(&open), None);
+        start_connection(
+            &worker,
+            &name,
+            stream,
+            peer,
+            local,
+            stop.clone(),
+            guard,
+            active.clone(),
+        );
+    }
+}
+
+/// Serves an accepted connection on this worker, as its listener's current plan says.
+#[allow(clippy::too_many_arguments)]
+fn start_connection(
+    worker: &Rc<Worker>,
+    name: &Arc<str>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener_local: Option<SocketAddr>,
+    stop: watch::Receiver<bool>,
+    guard: OpenGuard,
+    active: Gauge,
+) {
+    // The listener's current settings: a reload may have changed them.
+    let snapshot = worker.snapshot();
+    let Some(plan) = snapshot.listener(name) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    active.inc();
+    let guard = guard.with_gauge(Some(active));
+    let info = Rc::new(ConnInfo {
+        listener: Arc::clone(name),
+        peer,
+        local: stream.local_addr().ok().or(listener_local),
+        tls: matches!(plan.kind, ListenerKind::Https(_)),
+        forwarded_for: client_value(peer.ip()),
+    });
+    let worker = Rc::clone(worker);
+    let header_limit = plan.config.max_request_header_bytes;
+    let idle = plan.config.idle_timeout;
+    match &plan.kind {
+        ListenerKind::Http => {
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                let stream = Coalesce(stream);
+                serve(worker, info, stream, Mode::Detect, header_limit, stop).await;
+            });
+        }
+        ListenerKind::Https(acceptor) => {
+            let acceptor = acceptor.clone();
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                match tls::accept(&acceptor, stream, TLS_HANDSHAKE_TIMEOUT).await {
+                    Ok((tls_stream, alpn)) => {
+                        let mode = Mode::from_alpn(alpn.as_deref());
+                        serve(worker, info, tls_stream, mode, header_limit, stop).await;
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                }
+            });
+        }
+        ListenerKind::Tcp(service) => {
+            let service = Arc::clone(service);
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                tcp_connection(info, stream, service, idle).await;
+            });
         }
     }
 }

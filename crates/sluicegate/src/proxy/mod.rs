@@ -5,6 +5,7 @@ pub mod http;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod snapshot;
+pub mod spread;
 pub mod tcp;
 pub mod tls;
 pub mod tls_config;

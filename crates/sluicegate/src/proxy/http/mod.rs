@@ -2,6 +2,7 @@
 //! rewriting, bodies, upstream pools, gRPC and WebSocket specifics.
 
 pub mod body;
+pub mod coalesce;
 pub mod grpc;
 pub mod h1;
 pub mod headers;

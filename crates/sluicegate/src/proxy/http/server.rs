@@ -62,7 +62,19 @@ pub struct Worker {
     /// This worker's copy of the current snapshot and the generation it was taken at. Requests
     /// share it by `Rc`: taking it costs no atomic operation on a cache line other workers
     /// write, which the shared `Arc`'s reference count would.
-    snapshot: RefCell<(u64, Rc<Arc<Snapshot>>)>,
+    snapshot: RefCell<(u64, Rc<HeldSnapshot>)>,
+}
+
+/// A snapshot as a worker holds it: requests share it through `Rc` (a count no other thread
+/// touches), while the `Arc` inside is cloned once per reload.
+pub struct HeldSnapshot(Arc<Snapshot>);
+
+impl std::ops::Deref for HeldSnapshot {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
 }
 
 impl Worker {
@@ -73,7 +85,10 @@ impl Worker {
         websocket_active: Gauge,
     ) -> Worker {
         let access = Batcher::new(shared.access_log.clone());
-        let snapshot = RefCell::new((shared.generation(), Rc::new(shared.snapshot.load_full())));
+        let snapshot = RefCell::new((
+            shared.generation(),
+            Rc::new(HeldSnapshot(shared.snapshot.load_full())),
+        ));
         Worker {
             shared,
             pool: Rc::new(Pool::default()),
@@ -86,11 +101,14 @@ impl Worker {
     }
 
     /// The current snapshot, refreshed when a reload has published a new one.
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+    pub fn snapshot(&self) -> Rc<HeldSnapshot> {
         let generation = self.shared.generation();
         let mut cached = self.snapshot.borrow_mut();
         if cached.0 != generation {
-            *cached = (generation, Rc::new(self.shared.snapshot.load_full()));
+            *cached = (
+                generation,
+                Rc::new(HeldSnapshot(self.shared.snapshot.load_full())),
+            );
         }
         Rc::clone(&cached.1)
     }
@@ -113,7 +131,7 @@ pub struct ConnInfo {
 /// is reference-counted per request.
 struct Exchange {
     worker: Rc<Worker>,
-    snapshot: Rc<Arc<Snapshot>>,
+    snapshot: Rc<HeldSnapshot>,
     listener: Option<usize>,
     route: Option<usize>,
     /// The endpoint counted in flight (`EndpointLoad::begin`), by position in the route's service.
