@@ -161,12 +161,25 @@ fn write_end(out: &mut Vec<u8>, e: &LineEnd<'_>) {
     out.push(b'}');
 }
 
+/// Bytes a JSON string cannot hold as they are: control characters, `"` and `\`.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends `text` as a JSON string (quotes, backslashes and control characters escaped).
 fn json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
-    // Most values need no escaping: one scan, one copy.
-    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+    // Most values need no escaping: one table scan, one copy.
+    if !bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
