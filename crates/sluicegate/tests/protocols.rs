@@ -522,3 +522,95 @@ fn http1_clients_reach_http2_upstreams() {
     // Two hops appended their client addresses.
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1, 127.0.0.1");
 }
+
+/// An upstream that speaks HTTP/1.1 over TLS only (ALPN `http/1.1`): answers every request on a
+/// connection with `body`, keeping the connection; counts connections.
+fn tls_http1_upstream(
+    c: &Certs,
+    body: &'static str,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pair = sluicegate::proxy::tls::CertPair {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+    };
+    let config = sluicegate::proxy::tls::server_config(&pair, &[], &[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&connections);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 4096];
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, connections)
+}
+
+#[test]
+fn https_upstream_speaking_http1_keeps_its_connection() {
+    let c = certs();
+    let (upstream, connections) = tls_http1_upstream(&c, "tls-h1");
+    let gw = Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .route("all", "secure", "")
+            .service(
+                "secure",
+                &[upstream],
+                &format!(
+                    "protocol = \"https\"\n[services.tls]\nca = \"{}\"\nserver_name = \"gw.test\"",
+                    c.ca.display()
+                ),
+            )
+            .build(),
+    );
+    let mut client = gw.client();
+    for _ in 0..5 {
+        let r = client.get("/");
+        assert_eq!((r.status, r.text().as_str()), (200, "tls-h1"));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one TLS connection carried all five exchanges"
+    );
+}
