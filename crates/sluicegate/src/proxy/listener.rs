@@ -400,33 +400,13 @@ async fn accept_loop(
             tracing::debug!(listener = %name, %peer, limit, "connection limit reached: closing");
             continue;
         }
-        if let Some(target) = open.peers.less_loaded(open.index) {
-            match stream.into_std() {
-                Ok(std_stream) => {
-                    let command = Command::Adopt(Arc::clone(&name), std_stream, peer);
-                    if let Err(Command::Adopt(_, std_stream, _)) =
-                        open.peers.hand_over(target, command)
-                    {
-                        // That worker is gone (shutting down): serve it here.
-                        if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
-                            let guard = OpenGuard::new(Rc::clone(&open), None);
-                            start_connection(
-                                &worker,
-                                &name,
-                                stream,
-                                peer,
-                                local,
-                                stop.clone(),
-                                guard,
-                                active.clone(),
-                            );
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(%peer, error = %e, "cannot hand a connection over"),
-            }
-            continue;
-        }
+        let stream = match open.peers.less_loaded(open.index) {
+            None => stream,
+            Some(target) => match hand_over(&open, target, &name, stream, peer) {
+                Some(stream) => stream,
+                None => continue,
+            },
+        };
         let guard = OpenGuard::new(Rc::clone(&open), None);
         start_connection(
             &worker,
@@ -438,6 +418,32 @@ async fn accept_loop(
             guard,
             active.clone(),
         );
+    }
+}
+
+/// Hands an accepted connection to worker `target`. Gives the stream back when that worker is
+/// gone (shutting down), to be served here; `None` when it went (or could not be detached).
+fn hand_over(
+    open: &OpenConnections,
+    target: usize,
+    name: &Arc<str>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio::net::TcpStream> {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot hand a connection over");
+            return None;
+        }
+    };
+    match open
+        .peers
+        .hand_over(target, Command::Adopt(Arc::clone(name), std_stream, peer))
+    {
+        Ok(()) => None,
+        Err(Command::Adopt(_, std_stream, _)) => tokio::net::TcpStream::from_std(std_stream).ok(),
+        Err(_) => None,
     }
 }
 

@@ -44,17 +44,26 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Parses one response head from the front of `buf`, consuming it. `None`: incomplete. An
-/// informational (1xx) head is consumed and returned too; the caller skips it.
-pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
-    // Uninitialised: filling 100 empty fields per response cost more than parsing the head.
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+/// httparse over `buf` with uninitialised field slots: filling 100 empty fields per response
+/// cost more than parsing the head.
+fn parse_raw<'h, 'b>(
+    buf: &'b [u8],
+    fields: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> (httparse::Response<'h, 'b>, httparse::Result<usize>) {
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
         buf,
-        &mut fields,
+        fields,
     );
+    (response, parsed)
+}
+
+/// Parses one response head from the front of `buf`, consuming it. `None`: incomplete. An
+/// informational (1xx) head is consumed and returned too; the caller skips it.
+pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let (response, parsed) = parse_raw(buf, &mut fields);
     let used = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(Error::HeadTooLarge),
@@ -223,12 +232,7 @@ pub fn final_head_ready(buf: &[u8]) -> bool {
     let mut rest = buf;
     loop {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-        let mut response = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            rest,
-            &mut fields,
-        );
+        let (response, parsed) = parse_raw(rest, &mut fields);
         match parsed {
             Ok(httparse::Status::Complete(n)) => {
                 if response.code.is_some_and(|c| (100..200).contains(&c)) {
