@@ -187,7 +187,8 @@ impl Pool {
 
     /// Takes back an HTTP/1.1 connection whose exchange is complete. The oldest idle one makes
     /// room when the endpoint already has as many as are kept.
-    pub fn checkin_h1(&self, key: PoolKey, conn: Conn) {
+    pub fn checkin_h1(&self, key: PoolKey, mut conn: Conn) {
+        conn.shrink_for_idle();
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_ENDPOINT {

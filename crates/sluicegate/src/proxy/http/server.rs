@@ -232,8 +232,6 @@ pub async fn handle(
     // Kept for gateway answers (cloning a header value shares its bytes).
     let answer_id = request_id.clone();
 
-    // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
-    // it would make every request's future larger.
     let host = request_host(&parts.uri, &parts.headers);
     let line = worker.access.enabled().then(|| {
         worker.access.begin(&LineStart {
@@ -245,6 +243,8 @@ pub async fn handle(
             path: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
         })
     });
+    // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
+    // it would make every request's future larger.
     let mut exchange = Box::new(Exchange {
         worker: Rc::clone(&worker),
         snapshot: Rc::clone(&snapshot),

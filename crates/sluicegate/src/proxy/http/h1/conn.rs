@@ -122,6 +122,16 @@ impl Conn {
         Poll::Ready(Ok(n))
     }
 
+    /// Gives back a large read buffer before the connection idles: after a big body it may have
+    /// grown to [`READ_MAX`], and a pool of idle connections each holding that much would be
+    /// memory spent on nothing.
+    pub(crate) fn shrink_for_idle(&mut self) {
+        self.read_size = READ_MIN;
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 2 * READ_MIN {
+            self.read_buf = BytesMut::new();
+        }
+    }
+
     /// Whether the connection can carry a new exchange: nothing arrived while it was idle —
     /// neither the upstream's close nor stray bytes. Costs no system call unless the reactor saw
     /// the socket become readable.
@@ -131,5 +141,30 @@ impl Conn {
         }
         let mut cx = Context::from_waker(Waker::noop());
         matches!(self.poll_fill(&mut cx), Poll::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_connections_give_back_large_buffers_and_keep_small_ones() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut conn = Conn::new(Io::Tcp(stream));
+        conn.read_buf.reserve(READ_MIN);
+        conn.shrink_for_idle();
+        assert!(
+            conn.read_buf.capacity() >= READ_MIN,
+            "a small buffer is kept for reuse"
+        );
+        conn.read_buf.reserve(READ_MAX);
+        conn.read_size = READ_MAX;
+        conn.shrink_for_idle();
+        assert_eq!(conn.read_buf.capacity(), 0);
+        assert_eq!(conn.read_size, READ_MIN);
     }
 }
