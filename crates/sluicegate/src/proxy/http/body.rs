@@ -161,7 +161,6 @@ enum Source {
         /// Armed only when the body first has to wait: most small responses arrive with their
         /// head, and a timer per request would cost an allocation and a timer-wheel entry.
         sleep: Option<Pin<Box<Sleep>>>,
-        failed: bool,
     },
 }
 
@@ -186,14 +185,13 @@ impl ResponseBody {
                 body,
                 deadline,
                 sleep: None,
-                failed: false,
             },
             stats,
             finish: None,
         }
     }
 
-    /// Sets what runs when the body is dropped (access log, pool return, in-flight count).
+    /// Sets what runs when the body is dropped (access log, metrics, in-flight count).
     pub fn on_finish(&mut self, finish: Box<dyn Finish>) {
         self.finish = Some(finish);
     }
@@ -214,17 +212,12 @@ impl Body for ResponseBody {
                 body,
                 deadline,
                 sleep,
-                failed,
             } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => {
-                    *failed = true;
-                    Poll::Ready(Some(Err(e)))
-                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => {
                     // A body that is always ready (a fast large download) never waits on the
                     // timer, so the deadline is also checked here.
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        *failed = true;
                         return Poll::Ready(Some(Err(BodyError::Deadline)));
                     }
                     Poll::Ready(Some(Ok(frame)))
@@ -235,7 +228,6 @@ impl Body for ResponseBody {
                         let timer =
                             sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                         if timer.as_mut().poll(cx).is_ready() {
-                            *failed = true;
                             return Poll::Ready(Some(Err(BodyError::Deadline)));
                         }
                     }
