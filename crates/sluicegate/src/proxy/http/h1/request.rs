@@ -49,7 +49,7 @@ pub async fn send(
     let has_body = !body.is_end_stream();
     let upload = if parts.headers.contains_key(header::CONTENT_LENGTH) {
         Upload::Length
-    } else if body.is_end_stream() {
+    } else if !has_body {
         Upload::None
     } else {
         Upload::Chunked
@@ -84,13 +84,11 @@ pub async fn send(
             return Err(fail(e.into(), body, has_body, !conn.read_buf.is_empty()));
         }
     }
-    let head = match read_head(&mut conn, &parts.method).await {
-        Ok(head) => head,
-        Err((_, false)) if write_error.is_some() => {
-            let e = write_error.unwrap_or_else(|| std::io::ErrorKind::BrokenPipe.into());
-            return Err(fail(e.into(), body, has_body, false));
-        }
-        Err((e, received)) => return Err(fail(e, body, has_body, received)),
+    let head = match (read_head(&mut conn, &parts.method).await, write_error) {
+        (Ok(head), _) => head,
+        // Nothing came back: the failed write is what went wrong.
+        (Err((_, false)), Some(e)) => return Err(fail(e.into(), body, has_body, false)),
+        (Err((e, received)), _) => return Err(fail(e, body, has_body, received)),
     };
     // A body the upstream did not wait for leaves the connection mid-request: not reusable.
     let keep_alive = head.keep_alive && upload_complete;
