@@ -183,6 +183,13 @@ fn run_worker(
     index: usize,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
+        // A worker with nothing left to run yields its CPU before sleeping in epoll: the threads
+        // that were waiting for it (clients, upstreams, the other worker) usually produce its
+        // next events meanwhile, so it finds them without sleeping. Sleeping and being woken
+        // cost the waker a wakeup per event and often preempted it, which showed as the load
+        // generator stalling for a scheduler tick (p99 4.5 ms against 2.3 ms with the yield, at
+        // 64 connections). With nothing else runnable the yield returns at once.
+        .on_thread_park(std::thread::yield_now)
         .enable_all()
         .build()
     {
