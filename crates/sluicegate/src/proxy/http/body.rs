@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::downstream::{ClientBodyError, ClientH1Body};
 use super::h1;
 
 /// What a body failed with, besides the transport's own errors.
@@ -26,6 +27,44 @@ pub enum BodyError {
     /// From the gateway's own HTTP/1.1 client (boxed: its error can hold a `BodyError`).
     #[error(transparent)]
     Upstream(Box<h1::Error>),
+    /// Reading an HTTP/1.1 client's request body.
+    #[error(transparent)]
+    Client(#[from] ClientBodyError),
+}
+
+/// A client's request body: from the gateway's HTTP/1.1 server, or hyper's HTTP/2 one.
+pub enum ClientBody {
+    H1(ClientH1Body),
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Client),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Transport),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// An upstream response body: from the gateway's HTTP/1.1 client, or from hyper (HTTP/2,
@@ -86,14 +125,14 @@ pub struct ExchangeStats {
 
 /// The client's request body on its way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     /// 0 = unlimited.
     limit: u64,
     stats: Rc<ExchangeStats>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, stats: Rc<ExchangeStats>) -> RequestBody {
+    pub fn new(inner: ClientBody, limit: u64, stats: Rc<ExchangeStats>) -> RequestBody {
         RequestBody {
             inner,
             limit,
@@ -125,7 +164,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.stats.client_body_failed.set(true);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod coalesce;
+pub mod downstream;
 pub mod grpc;
 pub mod h1;
 pub mod headers;

@@ -4,18 +4,18 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use super::body::ClientBody;
+use super::downstream::{self, Handoff};
 use super::server::{handle, ConnInfo, Worker};
 use super::LocalExec;
-
-/// How long a client may take to send a request head: a bound against slow-header attacks, and
-/// the idle time after which a keep-alive HTTP/1.1 connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent streams one HTTP/2 client may open (nginx and Envoy use 128 and 100; a gateway in
 /// front of many clients keeps each one modest).
 const MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -45,12 +45,42 @@ impl Mode {
 }
 
 /// Serves requests on `io` until the client closes, or until `stop` turns true (then the
-/// request in progress finishes and the connection closes politely).
+/// request in progress finishes and the connection closes politely). HTTP/1.1 is served by the
+/// gateway's own server side (`downstream`), HTTP/2 by hyper's.
 pub async fn serve<I>(
     worker: Rc<Worker>,
     info: Rc<ConnInfo>,
     io: I,
     mode: Mode,
+    header_limit: usize,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match mode {
+        Mode::Http2 => serve_h2(worker, info, io, header_limit, stop).await,
+        Mode::Http1 | Mode::Detect => {
+            let detect = mode == Mode::Detect;
+            let handoff = downstream::serve(
+                Rc::clone(&worker),
+                Rc::clone(&info),
+                io,
+                detect,
+                header_limit,
+                stop.clone(),
+            )
+            .await;
+            if let Some(Handoff::Http2(io)) = handoff {
+                serve_h2(worker, info, io, header_limit, stop).await;
+            }
+        }
+    }
+}
+
+async fn serve_h2<I>(
+    worker: Rc<Worker>,
+    info: Rc<ConnInfo>,
+    io: I,
     header_limit: usize,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -59,32 +89,24 @@ pub async fn serve<I>(
     let service = {
         let worker = Rc::clone(&worker);
         let info = Rc::clone(&info);
-        service_fn(move |req| handle(Rc::clone(&worker), Rc::clone(&info), req))
+        service_fn(move |req: Request<Incoming>| {
+            handle(
+                Rc::clone(&worker),
+                Rc::clone(&info),
+                req.map(ClientBody::H2),
+                None,
+            )
+        })
     };
-    let mut builder = auto::Builder::new(LocalExec);
-    builder = match mode {
-        Mode::Detect => builder,
-        Mode::Http1 => builder.http1_only(),
-        Mode::Http2 => builder.http2_only(),
-    };
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        // The pipeline answers heads over the limit with a JSON 431; hyper's own limit (twice as
-        // large, it answers with an empty 431) is the hard bound on memory.
-        .max_buf_size((header_limit * 2).max(16 * 1024));
-    builder
-        .http2()
+    let connection = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(u32::try_from(header_limit * 2).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        .keep_alive_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

@@ -28,9 +28,9 @@ use std::time::{Instant, SystemTime};
 use http::header::{self, Entry, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
-use super::body::{ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
+use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
+use super::downstream::ClientUpgrade;
 use super::headers::{
     add_forwarded, head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop,
     valid_request_id, X_REQUEST_ID,
@@ -207,16 +207,16 @@ impl Drop for Exchange {
     }
 }
 
-/// Serves one request. Never fails: every problem becomes a response.
+/// Serves one request. Never fails: every problem becomes a response. `upgrade` is the client
+/// connection's side of a WebSocket upgrade, when the request asks for one (HTTP/1.1 only).
 pub async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    mut req: Request<Incoming>,
+    req: Request<ClientBody>,
+    upgrade: Option<ClientUpgrade>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snapshot = worker.snapshot();
-    let upgrade = (req.version() == Version::HTTP_11 && websocket::is_upgrade(req.headers()))
-        .then(|| hyper::upgrade::on(&mut req));
     let upgrade_protocol = upgrade
         .as_ref()
         .and_then(|_| req.headers().get(header::UPGRADE).cloned());
@@ -687,7 +687,7 @@ async fn tunnel(
     index: usize,
     now: tokio::time::Instant,
     request: Request<RequestBody>,
-    client_upgrade: hyper::upgrade::OnUpgrade,
+    client_upgrade: ClientUpgrade,
     request_id: HeaderValue,
     idle: std::time::Duration,
     answer: impl Fn(Box<Exchange>, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,

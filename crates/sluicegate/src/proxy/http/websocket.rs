@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, CONNECTION, UPGRADE};
 use hyper::upgrade::OnUpgrade;
+
+use super::downstream::{ClientUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -89,14 +91,18 @@ pub enum TunnelEnd {
 }
 
 /// Waits for both upgrades, then relays bytes until close or `idle` without traffic.
-pub async fn relay(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) -> TunnelEnd {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+pub async fn relay(client: ClientUpgrade, upstream: OnUpgrade, idle: Duration) -> TunnelEnd {
+    let (client, upstream) = tokio::join!(client.ready(), upstream);
+    let Some(Upgraded(client)) = client else {
+        return TunnelEnd::Failed("the client connection was not handed over".to_string());
+    };
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
         Err(e) => return TunnelEnd::Failed(e.to_string()),
     };
     let last = Rc::new(Cell::new(Instant::now()));
     let mut a = Watched {
-        inner: TokioIo::new(client),
+        inner: client,
         last: Rc::clone(&last),
     };
     let mut b = Watched {

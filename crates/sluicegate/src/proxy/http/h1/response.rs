@@ -151,19 +151,8 @@ impl FramingFields {
     ) -> Result<bool, Error> {
         let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
         if is("content-length") {
-            // `Content-Length: 5, 5` and repeated equal fields are accepted; differing ones not.
-            let text = std::str::from_utf8(value).map_err(|_| Error::InvalidLength)?;
-            for part in text.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Error::InvalidLength);
-                }
-                let n: u64 = part.parse().map_err(|_| Error::InvalidLength)?;
-                if self.content_length.is_some_and(|l| l != n) {
-                    return Err(Error::InvalidLength);
-                }
-                self.content_length = Some(n);
-            }
+            self.content_length =
+                Some(content_length(value, self.content_length).ok_or(Error::InvalidLength)?);
             return Ok(false);
         }
         if is("transfer-encoding") {
@@ -198,6 +187,24 @@ impl FramingFields {
     fn persists(&self, version: Version) -> bool {
         !self.close && (version == Version::HTTP_11 || self.keep_alive)
     }
+}
+
+/// A `Content-Length` field's value, given the one of an earlier field if any; `None` when it is
+/// malformed or disagrees. `5, 5` and repeated equal fields are accepted (RFC 9110 8.6).
+pub fn content_length(value: &[u8], previous: Option<u64>) -> Option<u64> {
+    let mut length = previous;
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
 }
 
 /// The body's framing, and whether that framing lets the connection be reused.

@@ -1,0 +1,326 @@
+//! A client connection's state as the serve loop and the request body share it.
+//!
+//! The request body is read by whoever forwards it (the request's own task for HTTP/1.1
+//! upstreams, hyper's connection task for HTTP/2 ones), while the serve loop writes the
+//! response: both reach the connection through [`Shared`], borrowed only inside a poll and
+//! never across an await. A body that outlives its request (an upstream stopped reading it) is
+//! recognised by its sequence number and reads nothing of the next request.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::head::BodyFraming;
+use crate::proxy::http::h1::chunked::{ChunkError, ChunkedDecoder, Decoded};
+
+/// The interim answer to `Expect: 100-continue`, sent when the body is first read (as hyper and
+/// nginx do): a client that waits for it sends its body only once an upstream wants it.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Read sizes: small for heads, larger while a body streams.
+const READ_HEAD: usize = 8 * 1024;
+const READ_BODY: usize = 64 * 1024;
+
+/// Why a client's request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("client I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("client closed the connection in the middle of the request body")]
+    Incomplete,
+    #[error("malformed chunked request body: {0}")]
+    Chunked(#[from] ChunkError),
+    #[error("request body read after its exchange ended")]
+    Stale,
+}
+
+/// Where the current request's body stands.
+enum BodyState {
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// The connection and its read buffer.
+pub struct State<I> {
+    /// `None` once handed to a tunnel.
+    pub io: Option<I>,
+    pub buf: BytesMut,
+    body: BodyState,
+    /// Which request the body being read belongs to.
+    seq: u64,
+    /// Bytes of `100 Continue` still to send (`0` once sent, or when none is expected).
+    continue_left: usize,
+}
+
+pub struct Shared<I> {
+    pub state: RefCell<State<I>>,
+    /// The current request's sequence number, readable without a borrow.
+    current: Cell<u64>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
+    pub fn new(io: I, buf: BytesMut) -> Rc<Shared<I>> {
+        Rc::new(Shared {
+            state: RefCell::new(State {
+                io: Some(io),
+                buf,
+                body: BodyState::Done,
+                seq: 0,
+                continue_left: 0,
+            }),
+            current: Cell::new(0),
+        })
+    }
+
+    /// Starts a new request whose body is framed as `framing`; returns its sequence number.
+    pub fn begin(&self, framing: BodyFraming, expects_continue: bool) -> u64 {
+        let mut state = self.state.borrow_mut();
+        state.seq += 1;
+        state.body = match framing {
+            BodyFraming::None => BodyState::Done,
+            BodyFraming::Length(n) => BodyState::Length(n),
+            BodyFraming::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+        };
+        state.continue_left = if expects_continue && !matches!(state.body, BodyState::Done) {
+            CONTINUE.len()
+        } else {
+            0
+        };
+        self.current.set(state.seq);
+        state.seq
+    }
+
+    /// Whether the current request's body has been read to its end.
+    pub fn body_done(&self) -> bool {
+        matches!(self.state.borrow().body, BodyState::Done)
+    }
+
+    /// Consumes what of an unread body is already buffered; `true` when that finished it, so
+    /// the connection can carry the next request. (A client that sent `Expect: 100-continue`
+    /// and got no `100` sends no body; the connection then closes.)
+    pub fn discard_buffered_body(&self) -> bool {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        loop {
+            match &mut state.body {
+                BodyState::Done => return true,
+                BodyState::Length(left) => {
+                    let n = (*left).min(state.buf.len() as u64);
+                    state.buf.advance(n as usize);
+                    *left -= n;
+                    if *left == 0 {
+                        state.body = BodyState::Done;
+                    } else {
+                        return false;
+                    }
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(&mut state.buf) {
+                    Ok(Decoded::End) => state.body = BodyState::Done,
+                    Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
+                    Ok(Decoded::NeedMore) | Err(_) => return false,
+                },
+            }
+        }
+    }
+
+    /// Reads more from the client into the buffer; `Ok(0)` at end of stream.
+    pub fn poll_fill(&self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<usize>> {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let Some(io) = state.io.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if state.buf.capacity() - state.buf.len() < size / 2 {
+            state.buf.reserve(size);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut state.buf)
+    }
+
+    pub async fn fill(&self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx, READ_HEAD)).await
+    }
+
+    pub fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.state.borrow_mut().io.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, data),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    pub fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        parts: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.state.borrow_mut().io.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, parts),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    pub async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| match self.state.borrow_mut().io.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        })
+        .await
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = poll_fn(|cx| match self.state.borrow_mut().io.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        })
+        .await;
+    }
+
+    /// Sends what is left of `100 Continue`; ready once it is all written.
+    fn poll_continue(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let left = self.state.borrow().continue_left;
+            if left == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let n = std::task::ready!(self.poll_write(cx, &CONTINUE[CONTINUE.len() - left..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.state.borrow_mut().continue_left = left - n;
+            if left == n {
+                if let Some(io) = self.state.borrow_mut().io.as_mut() {
+                    // Best effort: a TLS stream may hold the bytes until flushed.
+                    let _ = Pin::new(io).poll_flush(cx);
+                }
+            }
+        }
+    }
+
+    /// The next piece of request `seq`'s body.
+    fn poll_body(
+        &self,
+        cx: &mut Context<'_>,
+        seq: u64,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if self.current.get() != seq {
+            return Poll::Ready(Some(Err(ClientBodyError::Stale)));
+        }
+        if let Err(e) = std::task::ready!(self.poll_continue(cx)) {
+            return Poll::Ready(Some(Err(e.into())));
+        }
+        loop {
+            {
+                let mut state = self.state.borrow_mut();
+                let state = &mut *state;
+                match &mut state.body {
+                    BodyState::Done => return Poll::Ready(None),
+                    BodyState::Length(left) => {
+                        if !state.buf.is_empty() {
+                            let n = (*left).min(state.buf.len() as u64) as usize;
+                            let data = state.buf.split_to(n).freeze();
+                            *left -= n as u64;
+                            if *left == 0 {
+                                state.body = BodyState::Done;
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                    }
+                    BodyState::Chunked(decoder) => match decoder.decode(&mut state.buf) {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Decoded::Trailers(trailers)) => {
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                        }
+                        Ok(Decoded::End) => {
+                            state.body = BodyState::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::NeedMore) => {}
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    },
+                }
+            }
+            match std::task::ready!(self.poll_fill(cx, READ_BODY)) {
+                Ok(0) => return Poll::Ready(Some(Err(ClientBodyError::Incomplete))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    fn body_hint(&self, seq: u64) -> (bool, SizeHint) {
+        if self.current.get() != seq {
+            return (true, SizeHint::with_exact(0));
+        }
+        match &self.state.borrow().body {
+            BodyState::Done => (true, SizeHint::with_exact(0)),
+            BodyState::Length(n) => (false, SizeHint::with_exact(*n)),
+            BodyState::Chunked(_) => (false, SizeHint::default()),
+        }
+    }
+}
+
+/// The body reader, as the request pipeline sees it: not generic over the connection type.
+trait BodySource {
+    fn poll_body(
+        &self,
+        cx: &mut Context<'_>,
+        seq: u64,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>>;
+    fn hint(&self, seq: u64) -> (bool, SizeHint);
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> BodySource for Shared<I> {
+    fn poll_body(
+        &self,
+        cx: &mut Context<'_>,
+        seq: u64,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        Shared::poll_body(self, cx, seq)
+    }
+
+    fn hint(&self, seq: u64) -> (bool, SizeHint) {
+        self.body_hint(seq)
+    }
+}
+
+/// An HTTP/1.1 client's request body, streamed from its connection.
+pub struct ClientH1Body {
+    source: Rc<dyn BodySource>,
+    seq: u64,
+}
+
+impl ClientH1Body {
+    pub fn new<I: AsyncRead + AsyncWrite + Unpin + 'static>(
+        shared: &Rc<Shared<I>>,
+        seq: u64,
+    ) -> ClientH1Body {
+        let source: Rc<dyn BodySource> = Rc::clone(shared) as Rc<dyn BodySource>;
+        ClientH1Body { source, seq }
+    }
+}
+
+impl http_body::Body for ClientH1Body {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        self.source.poll_body(cx, self.seq)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.source.hint(self.seq).0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.source.hint(self.seq).1
+    }
+}

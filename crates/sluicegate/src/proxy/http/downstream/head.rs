@@ -1,0 +1,312 @@
+//! Parsing a client's request head and reading what frames its body (RFC 9112 2–6).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri, Version};
+
+/// Header fields parsed at most in a request head (hyper's and nginx's order of magnitude).
+pub const MAX_FIELDS: usize = 100;
+
+/// Why a request head was refused; each is answered before the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed request head: {0}")]
+    Malformed(&'static str),
+    #[error("request head too large or with too many fields")]
+    TooLarge,
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head with what the connection needs to know about it.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: BodyFraming,
+    /// Whether the client expects the connection to stay open after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    pub expects_continue: bool,
+    /// `TE: trailers`: the client reads trailer fields after a chunked body. Without it they
+    /// are not sent, as hyper does: clients that never asked may take them for the next head.
+    pub accepts_trailers: bool,
+}
+
+/// Where a field's name and value sit in the head (heads are far below 4 GiB).
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: u32,
+    name_len: u32,
+    value: u32,
+    value_len: u32,
+}
+
+/// Fields of the head that frame the body or describe the connection.
+#[derive(Default)]
+struct Framing {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    trailers: bool,
+}
+
+/// Parses one request head from the front of `buf`, consuming it. `Ok(None)`: incomplete.
+/// `max` bounds how much may be buffered without a complete head.
+pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, HeadError> {
+    // A few empty lines before a request are tolerated (RFC 9112 2.2).
+    let blank = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if blank > 0 {
+        let _ = buf.split_to(blank);
+    }
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = request.parse_with_uninit_headers(buf, &mut fields);
+    let used = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::Malformed(parse_error(e))),
+    };
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let target = request.path.unwrap_or_default();
+    let target_at = target.as_ptr() as usize - base;
+    let target_len = target.len();
+    let mut spans = [Span::default(); MAX_FIELDS];
+    let mut framing = Framing::default();
+    let count = request.headers.len();
+    for (span, f) in spans.iter_mut().zip(request.headers.iter()) {
+        framing.read(f.name, f.value)?;
+        *span = Span {
+            name: (f.name.as_ptr() as usize - base) as u32,
+            name_len: f.name.len() as u32,
+            value: (f.value.as_ptr() as usize - base) as u32,
+            value_len: f.value.len() as u32,
+        };
+    }
+    // The head's bytes are frozen once; the target and every value are slices of them.
+    let head: Bytes = buf.split_to(used).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for span in &spans[..count] {
+        let (name, value) = (span.name as usize, span.value as usize);
+        let name = HeaderName::from_bytes(&head[name..name + span.name_len as usize])
+            .map_err(|_| HeadError::Malformed("invalid header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value..value + span.value_len as usize))
+                .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let body = framing.body(version)?;
+    let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive,
+        expects_continue: framing.expect_continue && version == Version::HTTP_11,
+        accepts_trailers: framing.trailers,
+    }))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status | httparse::Error::Token => "invalid request line",
+        httparse::Error::Version => "unsupported HTTP version",
+        httparse::Error::TooManyHeaders => "too many header fields",
+    }
+}
+
+impl Framing {
+    fn read(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
+        let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
+        if is("content-length") {
+            self.content_length = Some(
+                super::super::h1::response::content_length(value, self.content_length).ok_or(
+                    HeadError::Malformed("invalid or conflicting Content-Length"),
+                )?,
+            );
+        } else if is("transfer-encoding") {
+            self.transfer_encoding = true;
+            self.chunked = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if is("connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                }
+            }
+        } else if is("te") {
+            self.trailers |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        } else if is("expect") {
+            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        Ok(())
+    }
+
+    /// The body's framing. Both `Transfer-Encoding` and `Content-Length`, or a final coding
+    /// other than chunked, are refused: a proxy that guesses there invites request smuggling
+    /// (RFC 9112 6.1, 6.3).
+    fn body(&self, version: Version) -> Result<BodyFraming, HeadError> {
+        if self.transfer_encoding {
+            if self.content_length.is_some() {
+                return Err(HeadError::Malformed(
+                    "both Transfer-Encoding and Content-Length",
+                ));
+            }
+            if !self.chunked || version == Version::HTTP_10 {
+                return Err(HeadError::Malformed("unsupported Transfer-Encoding"));
+            }
+            return Ok(BodyFraming::Chunked);
+        }
+        Ok(match self.content_length {
+            None | Some(0) => BodyFraming::None,
+            Some(n) => BodyFraming::Length(n),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(wire: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut buf = BytesMut::from(wire);
+        parse(&mut buf, 64 * 1024)
+    }
+
+    #[test]
+    fn simple_get_keeps_its_fields_and_leaves_the_rest() {
+        let mut buf =
+            BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET");
+        let h = parse(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(h.uri.path_and_query().unwrap().as_str(), "/a?b=1");
+        assert_eq!(h.version, Version::HTTP_11);
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(h.body, BodyFraming::None);
+        assert!(h.keep_alive);
+        assert_eq!(&buf[..], b"GET");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_fail() {
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2000)).as_str());
+        assert_eq!(parse(&mut buf, 1024).unwrap_err(), HeadError::TooLarge);
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
+            HeadError::TooLarge
+        );
+    }
+
+    #[test]
+    fn body_framing() {
+        let h = head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.body, BodyFraming::Length(5));
+        let h = head("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.body, BodyFraming::Length(5));
+        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.body, BodyFraming::Chunked);
+        for bad in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(head(bad), Err(HeadError::Malformed(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connection_persistence_and_expect() {
+        assert!(
+            !head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        let h = head("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(h.unwrap().unwrap().expects_continue);
+        assert!(
+            !head("GET / HTTP/1.1\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .accepts_trailers
+        );
+        assert!(
+            head("GET / HTTP/1.1\r\nTE: gzip, Trailers\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .accepts_trailers
+        );
+    }
+
+    #[test]
+    fn malformed_request_lines_are_refused() {
+        for bad in [
+            "GET / HTTP/2.0\r\n\r\n",
+            "G@T / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(matches!(head(bad), Err(HeadError::Malformed(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn leading_blank_lines_are_skipped() {
+        let h = head("\r\n\r\nGET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.method, Method::GET);
+    }
+}

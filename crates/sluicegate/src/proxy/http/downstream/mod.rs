@@ -1,0 +1,363 @@
+//! The gateway's own HTTP/1.1 server side: reading client requests and writing responses.
+//!
+//! Why not hyper's server: its connection state machine, request parsing into a fresh header
+//! map and response encoding cost about 5,000 instructions per request, and it flushed every
+//! response through a vectored write of its own buffers (docs/performance.md). Here a request
+//! head is parsed with `httparse` straight from the connection's buffer (values are slices of
+//! it), the response head is encoded once and a small body joins it in the same `send`, and
+//! pipelined requests are taken from the buffer without another read.
+//!
+//! Behaviour kept from hyper and nginx: keep-alive by HTTP/1.1 and HTTP/1.0 rules, `100
+//! Continue` sent when the body is first read, chunked request and response bodies with
+//! trailers, a 30 s bound on idle keep-alive and on receiving a head, graceful shutdown between
+//! requests, WebSocket upgrades handed to a tunnel with any bytes already read, and a client
+//! that closes mid-request cancelling the exchange (logged as 499). Malformed heads get the
+//! gateway's JSON 400 (431 for oversized ones) and the connection closes. HTTP/2 cleartext by
+//! prior knowledge is recognised by its preface and handed to hyper's HTTP/2 server.
+
+mod conn;
+mod head;
+mod respond;
+mod rewind;
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+pub use conn::{ClientBodyError, ClientH1Body};
+pub use head::HeadError;
+pub use rewind::Rewind;
+
+use conn::Shared;
+use head::RequestHead;
+
+use super::body::ClientBody;
+use super::headers::new_request_id;
+use super::server::{handle, ConnInfo, Worker};
+use super::websocket;
+use crate::proxy::answer::GatewayError;
+
+/// How long a client may take to send a request head: a bound against slow-header attacks, and
+/// the idle time after which a keep-alive connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// After answering a request it will not read further, the gateway still reads (and drops)
+/// what the client sends for this long, up to this much, so closing does not reset the
+/// connection before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A connection an upgrade handed over, with anything the client sent after its request head.
+pub struct Upgraded(pub Rewind<Box<dyn TunnelIo>>);
+
+/// What a tunnel needs of a client connection.
+pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> TunnelIo for T {}
+
+/// The client side of an upgrade: resolves once the `101` has been written.
+pub struct ClientUpgrade(oneshot::Receiver<Upgraded>);
+
+impl ClientUpgrade {
+    pub async fn ready(self) -> Option<Upgraded> {
+        self.0.await.ok()
+    }
+}
+
+/// How a connection ended, when HTTP/1.1 was not what it spoke.
+pub enum Handoff<I> {
+    /// The client opened with the HTTP/2 preface: the connection, preface included.
+    Http2(Rewind<I>),
+}
+
+/// Serves HTTP/1.1 requests on `io` until the client closes, a request says close, or `stop`
+/// turns true. With `detect_h2`, a connection opening with the HTTP/2 preface is handed back.
+pub async fn serve<I>(
+    worker: Rc<Worker>,
+    info: Rc<ConnInfo>,
+    io: I,
+    detect_h2: bool,
+    header_limit: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Handoff<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    // hyper's bound too: the pipeline answers heads over the limit with a JSON 431 of its own;
+    // twice the limit is what the connection buffers at most while a head is incomplete.
+    let max_head = (header_limit * 2).max(16 * 1024);
+    let shared = Shared::new(io, BytesMut::new());
+    let mut out = Vec::new();
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut sniff = detect_h2;
+    loop {
+        let head = match next_head(&shared, max_head, &mut stop, &mut timer, &mut sniff).await {
+            Next::Head(head) => head,
+            Next::Closed => return None,
+            Next::Http2 => {
+                let mut state = shared.state.borrow_mut();
+                let prefix = state.buf.split().freeze();
+                return state
+                    .io
+                    .take()
+                    .map(|io| Handoff::Http2(Rewind::new(prefix, io)));
+            }
+            Next::Refused(error) => {
+                refuse(&shared, &mut out, error).await;
+                linger(&shared).await;
+                return None;
+            }
+        };
+        let asked = respond::Asked {
+            head: head.method == Method::HEAD,
+            version: head.version,
+            keep_alive: head.keep_alive,
+            trailers: head.accepts_trailers,
+        };
+        let (upgrade_to, upgrade) =
+            if head.version == Version::HTTP_11 && websocket::is_upgrade(&head.headers) {
+                let (to, from) = oneshot::channel();
+                (Some(to), Some(ClientUpgrade(from)))
+            } else {
+                (None, None)
+            };
+        let request = request(&shared, head);
+        let response = {
+            let handling = pin!(handle(
+                Rc::clone(&worker),
+                Rc::clone(&info),
+                request,
+                upgrade
+            ));
+            match until_client_leaves(&shared, handling).await {
+                Some(Ok(response)) => response,
+                Some(Err(never)) => match never {},
+                // Dropping the exchange logs it as 499 and frees its upstream connection.
+                None => return None,
+            }
+        };
+        let status = response.status();
+        let keep_alive = match respond::write(&shared, &mut out, response, &asked).await {
+            Ok(keep_alive) => keep_alive,
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, "writing to the client failed");
+                return None;
+            }
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(to) = upgrade_to {
+                hand_over(&shared, to);
+                return None;
+            }
+        }
+        if !keep_alive || *stop.borrow() {
+            break;
+        }
+        if !shared.discard_buffered_body() {
+            // The request body was not read to its end (an early answer): the next bytes are
+            // not a request head.
+            linger(&shared).await;
+            return None;
+        }
+        if out.capacity() > 64 * 1024 {
+            out = Vec::new();
+        }
+    }
+    shared.shutdown().await;
+    None
+}
+
+/// The request the pipeline sees.
+fn request<I: AsyncRead + AsyncWrite + Unpin + 'static>(
+    shared: &Rc<Shared<I>>,
+    head: RequestHead,
+) -> Request<ClientBody> {
+    let seq = shared.begin(head.body, head.expects_continue);
+    let mut request = Request::new(ClientBody::H1(ClientH1Body::new(shared, seq)));
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    request
+}
+
+// A head is the common case and is moved once; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Head(RequestHead),
+    Closed,
+    Refused(HeadError),
+    Http2,
+}
+
+/// Waits for the next complete request head, within the header timeout and until `stop`.
+async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<I>,
+    max: usize,
+    stop: &mut watch::Receiver<bool>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    sniff: &mut bool,
+) -> Next {
+    let mut deadline = None;
+    // Buffer length at the last incomplete parse: a head is parsed again only once bytes that
+    // can end it have arrived, so a client dripping a large head byte by byte does not make
+    // the gateway re-parse it from the start for every byte.
+    let mut incomplete_at: Option<usize> = None;
+    loop {
+        let unfinished = incomplete_at.is_some_and(|at| {
+            let state = shared.state.borrow();
+            let new = &state.buf[at.saturating_sub(3)..];
+            let ended =
+                new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+            !ended && state.buf.len() <= max
+        });
+        if !unfinished {
+            let mut state = shared.state.borrow_mut();
+            if *sniff && !state.buf.is_empty() {
+                let n = state.buf.len().min(H2_PREFACE.len());
+                if state.buf[..n] == H2_PREFACE[..n] {
+                    if n == H2_PREFACE.len() {
+                        return Next::Http2;
+                    }
+                } else {
+                    *sniff = false;
+                }
+            }
+            if !*sniff && !state.buf.is_empty() {
+                match head::parse(&mut state.buf, max) {
+                    Ok(Some(head)) => return Next::Head(head),
+                    Ok(None) => incomplete_at = Some(state.buf.len()),
+                    Err(e) => return Next::Refused(e),
+                }
+            }
+        }
+        if !wait_for_bytes(shared, stop, timer, &mut deadline).await {
+            return Next::Closed;
+        }
+    }
+}
+
+/// Reads more of a head; `false` at end of stream, on a read error, at the header timeout, or
+/// at shutdown.
+async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<I>,
+    stop: &mut watch::Receiver<bool>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: &mut Option<Instant>,
+) -> bool {
+    // The timer is armed once per connection and only moved when it fires: resetting it for
+    // every request would cost a timer-wheel update per request.
+    let at = *deadline.get_or_insert_with(|| Instant::now() + HEADER_READ_TIMEOUT);
+    let mut stopping = pin!(stop.wait_for(|s| *s));
+    let filled = poll_fn(|cx| {
+        if let Poll::Ready(r) = shared.poll_fill(cx, 8 * 1024) {
+            return Poll::Ready(Some(r));
+        }
+        if stopping.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= at {
+                return Poll::Ready(None);
+            }
+            sleep.as_mut().reset(at);
+        }
+        Poll::Pending
+    })
+    .await;
+    matches!(filled, Some(Ok(n)) if n > 0)
+}
+
+/// Runs the exchange, but gives up when the client closes its connection meanwhile. Reading is
+/// attempted only once the request body is in: bytes that arrive then are the next pipelined
+/// request and stay buffered.
+async fn until_client_leaves<I, F>(
+    shared: &Shared<I>,
+    mut exchange: Pin<&mut F>,
+) -> Option<F::Output>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: Future,
+{
+    let mut watching = true;
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if watching && shared.body_done() {
+            match shared.poll_fill(cx, 8 * 1024) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Answers a head the gateway cannot serve, then closes.
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<I>,
+    out: &mut Vec<u8>,
+    error: HeadError,
+) {
+    tracing::debug!(%error, "refused a request head");
+    let answer = match error {
+        HeadError::TooLarge => GatewayError::HeadersTooLarge,
+        HeadError::Malformed(_) => GatewayError::BadRequest,
+    };
+    let id = new_request_id();
+    let response = answer
+        .response(id.to_str().unwrap_or_default(), true)
+        .map(|body| {
+            super::body::ResponseBody::full(body, Rc::new(super::body::ExchangeStats::default()))
+        });
+    let asked = respond::Asked {
+        head: false,
+        version: Version::HTTP_11,
+        keep_alive: false,
+        trailers: false,
+    };
+    let _ = respond::write(shared, out, response, &asked).await;
+}
+
+/// Closes the sending side, then reads and drops what the client still sends for a moment: a
+/// close with unread data makes the kernel reset the connection, which can destroy the answer
+/// before the client has read it.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<I>) {
+    shared.shutdown().await;
+    let drained = async {
+        let mut total = 0;
+        loop {
+            shared.state.borrow_mut().buf.clear();
+            match shared.fill().await {
+                Ok(n) if n > 0 && total < LINGER_BYTES => total += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drained).await;
+}
+
+/// Gives the connection, and what the client sent after its head, to the tunnel.
+fn hand_over<I: AsyncRead + AsyncWrite + Unpin + 'static>(
+    shared: &Shared<I>,
+    to: oneshot::Sender<Upgraded>,
+) {
+    let mut state = shared.state.borrow_mut();
+    let rest: Bytes = state.buf.split().freeze();
+    if let Some(io) = state.io.take() {
+        let io: Box<dyn TunnelIo> = Box::new(io);
+        let _ = to.send(Upgraded(Rewind::new(rest, io)));
+    }
+}

@@ -1,0 +1,182 @@
+//! The gateway's own HTTP/1.1 server side, through the real binary: pipelining, HTTP/1.0
+//! persistence, `100 Continue`, clients that leave mid-request, and the answers to broken heads.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{raw_exchange, Backend, Gateway, Toml};
+
+fn gateway(b: &Backend) -> Gateway {
+    Gateway::start(&Toml::proxy_to(&[b.addr]).build())
+}
+
+fn connect(gw: &Gateway) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+/// Reads one response with a Content-Length body: (status line, head, body).
+fn read_one(r: &mut BufReader<TcpStream>) -> (String, String, String) {
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status line");
+    let mut head = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("header");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).expect("body");
+    (
+        status.trim_end().to_string(),
+        head,
+        String::from_utf8(body).unwrap(),
+    )
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let (mut s, mut r) = connect(&gw);
+    s.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+          GET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert!(read_one(&mut r).0.starts_with("HTTP/1.1 201"));
+    let (status, _, body) = read_one(&mut r);
+    assert!(status.starts_with("HTTP/1.1 200"));
+    assert_eq!(body, "3");
+    let (status, head, _) = read_one(&mut r);
+    assert!(status.starts_with("HTTP/1.1 202"));
+    assert!(head.contains("date: "), "responses carry a Date: {head}");
+    assert_eq!(b.hits(), 3);
+}
+
+#[test]
+fn http10_clients_close_unless_they_ask_to_keep_alive() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let text = raw_exchange(gw.addr(), b"GET / HTTP/1.0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with('b'),
+        "the connection closed after the body: {text}"
+    );
+
+    let (mut s, mut r) = connect(&gw);
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let (status, head, body) = read_one(&mut r);
+        assert!(status.starts_with("HTTP/1.1 200"));
+        assert!(head.contains("connection: keep-alive"), "{head}");
+        assert_eq!(body, "b");
+    }
+}
+
+#[test]
+fn expect_100_continue_is_answered_when_the_body_is_wanted() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let (mut s, mut r) = connect(&gw);
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut interim = String::new();
+    r.read_line(&mut interim).unwrap();
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n");
+    let mut blank = String::new();
+    r.read_line(&mut blank).unwrap();
+    assert_eq!(blank, "\r\n");
+    s.write_all(b"hello").unwrap();
+    let (status, _, body) = read_one(&mut r);
+    assert!(status.starts_with("HTTP/1.1 200"));
+    assert_eq!(body, "5");
+    // The upstream never saw the Expect: the gateway answered it.
+    assert!(b.last_seen().headers.get("expect").is_none());
+}
+
+#[test]
+fn a_client_leaving_mid_request_is_logged_as_499() {
+    let b = Backend::start("b");
+    let dir = support::TempDir::new("leave");
+    let log = dir.0.join("access.log");
+    let gw = Gateway::start(
+        &Toml::proxy_to(&[b.addr])
+            .access_log(&log.display().to_string())
+            .build(),
+    );
+    let (mut s, r) = connect(&gw);
+    s.write_all(b"GET /sleep/2000 HTTP/1.1\r\nHost: x\r\nX-Request-Id: leaver\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("leaver")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 499);
+    // Logged when the client left, not when the upstream would have answered.
+    assert!(v["duration_ms"].as_f64().unwrap() < 1500.0, "{line}");
+}
+
+#[test]
+fn broken_heads_get_json_errors_and_the_connection_closes() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let text = raw_exchange(gw.addr(), b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(v["error"], "bad_request");
+    // Request smuggling shapes are refused, not guessed at.
+    let text = raw_exchange(
+        gw.addr(),
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(b.hits(), 0);
+}
+
+#[test]
+fn a_head_arriving_in_pieces_is_served() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let (mut s, mut r) = connect(&gw);
+    s.set_nodelay(true).unwrap();
+    for piece in [
+        &b"GET /status/2"[..],
+        b"03 HTTP/1.1\r\nHo",
+        b"st: x\r\n",
+        b"\r",
+        b"\n",
+    ] {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(read_one(&mut r).0.starts_with("HTTP/1.1 203"));
+}
