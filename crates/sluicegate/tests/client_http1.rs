@@ -180,3 +180,49 @@ fn a_head_arriving_in_pieces_is_served() {
     }
     assert!(read_one(&mut r).0.starts_with("HTTP/1.1 203"));
 }
+
+#[test]
+fn a_refused_upload_still_gets_its_answer_before_the_close() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(
+        &Toml::new()
+            .listener("public", "max_request_body_bytes = \"1KiB\"")
+            .service("app", &[b.addr], "")
+            .route("all", "app", "match = { path_prefix = \"/\" }")
+            .build(),
+    );
+    let (mut s, mut r) = connect(&gw);
+    // 4 MiB declared and sent: the gateway answers 413 without reading it, and must not reset
+    // the connection (unread data at close) before the client has read that answer.
+    let sender = std::thread::spawn(move || {
+        let _ = s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n");
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..64 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let (status, head, _) = read_one(&mut r);
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert!(head.contains("connection: close"), "{head}");
+    sender.join().unwrap();
+    assert_eq!(b.hits(), 0);
+}
+
+#[test]
+fn a_request_with_a_pipelined_successor_is_not_taken_for_a_leaving_client() {
+    // The client half-closes after pipelining two requests. The first is answered: bytes of
+    // the next request wait in the buffer, so the end of stream is not looked for yet. The
+    // last one then counts as abandoned, as nginx counts it (499), since the client can no
+    // longer be told apart from one that went away.
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let (mut s, mut r) = connect(&gw);
+    s.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(read_one(&mut r).0.starts_with("HTTP/1.1 201"));
+}

@@ -11,34 +11,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderMap, CONNECTION, UPGRADE};
 use hyper::upgrade::OnUpgrade;
 
 use super::downstream::{ClientUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-
-/// Whether a request asks to switch to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
-/// Other upgrades (notably `h2c`, which curl offers on cleartext) are hop-by-hop and dropped: the
-/// gateway speaks HTTP/2 to clients by prior knowledge or ALPN instead.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.get_all(UPGRADE).iter().any(|v| {
-        v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
-            })
-            .unwrap_or(false)
-    }) && headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-            .unwrap_or(false)
-    })
-}
 
 /// Counts bytes and remembers the last time any moved, for the idle timeout.
 struct Watched<T> {
@@ -124,23 +102,5 @@ pub async fn relay(client: ClientUpgrade, upstream: OnUpgrade, idle: Duration) -
             Err(e) => TunnelEnd::Failed(e.to_string()),
         },
         () = watchdog => TunnelEnd::Idle,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn upgrade_detection() {
-        let mut h = HeaderMap::new();
-        assert!(!is_upgrade(&h));
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(!is_upgrade(&h), "Upgrade without Connection: upgrade");
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        assert!(is_upgrade(&h));
-        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
-        assert!(!is_upgrade(&h), "h2c upgrades are not tunnelled");
     }
 }

@@ -11,9 +11,9 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -57,6 +57,9 @@ pub struct State<I> {
     seq: u64,
     /// Bytes of `100 Continue` still to send (`0` once sent, or when none is expected).
     continue_left: usize,
+    /// The task last waiting for body bytes, woken when the request is retired: the socket
+    /// keeps one read waker, and whoever reads next would otherwise take its place.
+    body_waker: Option<Waker>,
 }
 
 pub struct Shared<I> {
@@ -74,6 +77,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
                 body: BodyState::Done,
                 seq: 0,
                 continue_left: 0,
+                body_waker: None,
             }),
             current: Cell::new(0),
         })
@@ -86,7 +90,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
         state.body = match framing {
             BodyFraming::None => BodyState::Done,
             BodyFraming::Length(n) => BodyState::Length(n),
-            BodyFraming::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            BodyFraming::Chunked => BodyState::Chunked(ChunkedDecoder::strict()),
         };
         state.continue_left = if expects_continue && !matches!(state.body, BodyState::Done) {
             CONTINUE.len()
@@ -102,32 +106,33 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
         matches!(self.state.borrow().body, BodyState::Done)
     }
 
-    /// Consumes what of an unread body is already buffered; `true` when that finished it, so
-    /// the connection can carry the next request. (A client that sent `Expect: 100-continue`
-    /// and got no `100` sends no body; the connection then closes.)
-    pub fn discard_buffered_body(&self) -> bool {
+    /// The response to the current request is being written: no `100 Continue` may follow.
+    pub fn response_started(&self) {
+        self.state.borrow_mut().continue_left = 0;
+    }
+
+    /// Ends the current request for good: a body reader still holding it (an HTTP/2 upstream's
+    /// task) reads nothing more and is woken to find that out.
+    pub fn retire(&self) {
+        self.current.set(0);
         let mut state = self.state.borrow_mut();
-        let state = &mut *state;
-        loop {
-            match &mut state.body {
-                BodyState::Done => return true,
-                BodyState::Length(left) => {
-                    let n = (*left).min(state.buf.len() as u64);
-                    state.buf.advance(n as usize);
-                    *left -= n;
-                    if *left == 0 {
-                        state.body = BodyState::Done;
-                    } else {
-                        return false;
-                    }
-                }
-                BodyState::Chunked(decoder) => match decoder.decode(&mut state.buf) {
-                    Ok(Decoded::End) => state.body = BodyState::Done,
-                    Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
-                    Ok(Decoded::NeedMore) | Err(_) => return false,
-                },
+        state.continue_left = 0;
+        if let Some(waker) = state.body_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the client closed its connection (or it failed), checked only while nothing of
+    /// the request is left to read and no pipelined bytes wait: bytes that arrive are the next
+    /// request's and stay buffered.
+    pub fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
+        {
+            let state = self.state.borrow();
+            if !matches!(state.body, BodyState::Done) || !state.buf.is_empty() {
+                return false;
             }
         }
+        matches!(self.poll_fill(cx, READ_HEAD), Poll::Ready(Ok(0) | Err(_)))
     }
 
     /// Reads more from the client into the buffer; `Ok(0)` at end of stream.
@@ -245,10 +250,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
                     },
                 }
             }
-            match std::task::ready!(self.poll_fill(cx, READ_BODY)) {
-                Ok(0) => return Poll::Ready(Some(Err(ClientBodyError::Incomplete))),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            let filled = self.poll_fill(cx, READ_BODY);
+            if filled.is_pending() {
+                let mut state = self.state.borrow_mut();
+                if !state
+                    .body_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.body_waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            match filled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(ClientBodyError::Incomplete))),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
     }

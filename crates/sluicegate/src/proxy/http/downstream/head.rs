@@ -41,6 +41,10 @@ pub struct RequestHead {
     /// `TE: trailers`: the client reads trailer fields after a chunked body. Without it they
     /// are not sent, as hyper does: clients that never asked may take them for the next head.
     pub accepts_trailers: bool,
+    /// An HTTP/1.1 request to switch to WebSocket (`Connection: upgrade`, `Upgrade:
+    /// websocket`). Other upgrades (notably `h2c`, which curl offers on cleartext) are
+    /// hop-by-hop and dropped: the gateway speaks HTTP/2 by prior knowledge or ALPN instead.
+    pub websocket: bool,
 }
 
 /// Where a field's name and value sit in the head (heads are far below 4 GiB).
@@ -62,6 +66,8 @@ struct Framing {
     keep_alive: bool,
     expect_continue: bool,
     trailers: bool,
+    connection_upgrade: bool,
+    upgrade_websocket: bool,
 }
 
 /// Parses one request head from the front of `buf`, consuming it. `Ok(None)`: incomplete.
@@ -111,7 +117,9 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
     let head: Bytes = buf.split_to(used).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the pipeline adds (X-Forwarded-*, X-Request-Id, TE): growing the
+    // map rehashes it, which cost more than parsing the head.
+    let mut headers = HeaderMap::with_capacity(count + 6);
     for span in &spans[..count] {
         let (name, value) = (span.name as usize, span.value as usize);
         let name = HeaderName::from_bytes(&head[name..name + span.name_len as usize])
@@ -132,6 +140,9 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
         keep_alive,
         expects_continue: framing.expect_continue && version == Version::HTTP_11,
         accepts_trailers: framing.trailers,
+        websocket: framing.connection_upgrade
+            && framing.upgrade_websocket
+            && version == Version::HTTP_11,
     }))
 }
 
@@ -168,8 +179,14 @@ impl Framing {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    self.connection_upgrade = true;
                 }
             }
+        } else if is("upgrade") {
+            self.upgrade_websocket |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
         } else if is("te") {
             self.trailers |= value
                 .split(|&b| b == b',')
@@ -291,6 +308,24 @@ mod tests {
                 .unwrap()
                 .accepts_trailers
         );
+    }
+
+    #[test]
+    fn websocket_upgrades_are_recognised() {
+        let ws = |wire: &str| head(wire).unwrap().unwrap().websocket;
+        assert!(ws(
+            "GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(
+            !ws("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            "no Connection: upgrade"
+        );
+        assert!(!ws(
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        ));
+        assert!(!ws(
+            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
     }
 
     #[test]

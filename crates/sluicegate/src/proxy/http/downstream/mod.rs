@@ -42,7 +42,6 @@ use head::RequestHead;
 use super::body::ClientBody;
 use super::headers::new_request_id;
 use super::server::{handle, ConnInfo, Worker};
-use super::websocket;
 use crate::proxy::answer::GatewayError;
 
 /// How long a client may take to send a request head: a bound against slow-header attacks, and
@@ -86,7 +85,7 @@ pub async fn serve<I>(
     io: I,
     detect_h2: bool,
     header_limit: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Option<Handoff<I>>
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -98,10 +97,26 @@ where
     let mut out = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut sniff = detect_h2;
+    // One shutdown watch for the connection's life: once registered, polling it again between
+    // requests costs next to nothing, where a fresh `wait_for` per request cost a lock and a
+    // waiter-list insertion and removal. It is not polled after it completes: the connection
+    // closes then.
+    let mut stop_signal = stop.clone();
+    let stopping = pin!(async move {
+        let _ = stop_signal.wait_for(|s| *s).await;
+    });
+    let mut stopping = stopping;
     loop {
-        let head = match next_head(&shared, max_head, &mut stop, &mut timer, &mut sniff).await {
+        let wait = Wait {
+            stopping: stopping.as_mut(),
+            timer: &mut timer,
+        };
+        let head = match next_head(&shared, max_head, wait, &mut sniff).await {
             Next::Head(head) => head,
-            Next::Closed => return None,
+            Next::Closed => {
+                close(&shared).await;
+                return None;
+            }
             Next::Http2 => {
                 let mut state = shared.state.borrow_mut();
                 let prefix = state.buf.split().freeze();
@@ -116,19 +131,18 @@ where
                 return None;
             }
         };
-        let asked = respond::Asked {
+        let mut asked = respond::Asked {
             head: head.method == Method::HEAD,
             version: head.version,
             keep_alive: head.keep_alive,
             trailers: head.accepts_trailers,
         };
-        let (upgrade_to, upgrade) =
-            if head.version == Version::HTTP_11 && websocket::is_upgrade(&head.headers) {
-                let (to, from) = oneshot::channel();
-                (Some(to), Some(ClientUpgrade(from)))
-            } else {
-                (None, None)
-            };
+        let (upgrade_to, upgrade) = if head.websocket {
+            let (to, from) = oneshot::channel();
+            (Some(to), Some(ClientUpgrade(from)))
+        } else {
+            (None, None)
+        };
         let request = request(&shared, head);
         let response = {
             let handling = pin!(handle(
@@ -141,14 +155,24 @@ where
                 Some(Ok(response)) => response,
                 Some(Err(never)) => match never {},
                 // Dropping the exchange logs it as 499 and frees its upstream connection.
-                None => return None,
+                None => {
+                    shared.retire();
+                    return None;
+                }
             }
         };
+        // A body left unread, or shutdown, ends the connection after this response; the
+        // response says so.
+        shared.response_started();
+        if !shared.body_done() || *stop.borrow() {
+            asked.keep_alive = false;
+        }
         let status = response.status();
         let keep_alive = match respond::write(&shared, &mut out, response, &asked).await {
             Ok(keep_alive) => keep_alive,
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, "writing to the client failed");
+                shared.retire();
                 return None;
             }
         };
@@ -158,21 +182,26 @@ where
                 return None;
             }
         }
-        if !keep_alive || *stop.borrow() {
+        if !keep_alive {
             break;
-        }
-        if !shared.discard_buffered_body() {
-            // The request body was not read to its end (an early answer): the next bytes are
-            // not a request head.
-            linger(&shared).await;
-            return None;
         }
         if out.capacity() > 64 * 1024 {
             out = Vec::new();
         }
     }
-    shared.shutdown().await;
+    shared.retire();
+    if shared.body_done() {
+        close(&shared).await;
+    } else {
+        // The client may still be sending the body nobody read.
+        linger(&shared).await;
+    }
     None
+}
+
+/// Closes the sending side politely (a TLS close_notify), bounded in time.
+async fn close<I: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<I>) {
+    let _ = tokio::time::timeout(LINGER, shared.shutdown()).await;
 }
 
 /// The request the pipeline sees.
@@ -198,12 +227,19 @@ enum Next {
     Http2,
 }
 
-/// Waits for the next complete request head, within the header timeout and until `stop`.
-async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
+/// What ends a wait for a head besides bytes: shutdown and the header timeout.
+struct Wait<'a, S> {
+    stopping: Pin<&'a mut S>,
+    /// Armed once per connection and moved only when it fires: resetting it for every request
+    /// would cost a timer-wheel update per request.
+    timer: &'a mut Option<Pin<Box<Sleep>>>,
+}
+
+/// Waits for the next complete request head, within the header timeout and until shutdown.
+async fn next_head<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
     shared: &Shared<I>,
     max: usize,
-    stop: &mut watch::Receiver<bool>,
-    timer: &mut Option<Pin<Box<Sleep>>>,
+    mut wait: Wait<'_, S>,
     sniff: &mut bool,
 ) -> Next {
     let mut deadline = None;
@@ -239,7 +275,7 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !wait_for_bytes(shared, stop, timer, &mut deadline).await {
+        if !wait_for_bytes(shared, &mut wait, &mut deadline).await {
             return Next::Closed;
         }
     }
@@ -247,39 +283,43 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
 
 /// Reads more of a head; `false` at end of stream, on a read error, at the header timeout, or
 /// at shutdown.
-async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin>(
+async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
     shared: &Shared<I>,
-    stop: &mut watch::Receiver<bool>,
-    timer: &mut Option<Pin<Box<Sleep>>>,
+    wait: &mut Wait<'_, S>,
     deadline: &mut Option<Instant>,
 ) -> bool {
-    // The timer is armed once per connection and only moved when it fires: resetting it for
-    // every request would cost a timer-wheel update per request.
-    let at = *deadline.get_or_insert_with(|| Instant::now() + HEADER_READ_TIMEOUT);
-    let mut stopping = pin!(stop.wait_for(|s| *s));
+    let now = Instant::now();
+    let at = *deadline.get_or_insert(now + HEADER_READ_TIMEOUT);
+    // The timer keeps the waker it was last polled with, and the connection's task never
+    // changes: it needs polling only when new, when due, or when the task was woken meanwhile.
+    let mut woken = false;
     let filled = poll_fn(|cx| {
         if let Poll::Ready(r) = shared.poll_fill(cx, 8 * 1024) {
             return Poll::Ready(Some(r));
         }
-        if stopping.as_mut().poll(cx).is_ready() {
+        if wait.stopping.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        while sleep.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= at {
-                return Poll::Ready(None);
+        let due = wait.timer.as_ref().is_none_or(|t| now >= t.deadline());
+        if woken || due {
+            let sleep = wait
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            while sleep.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= at {
+                    return Poll::Ready(None);
+                }
+                sleep.as_mut().reset(at);
             }
-            sleep.as_mut().reset(at);
         }
+        woken = true;
         Poll::Pending
     })
     .await;
     matches!(filled, Some(Ok(n)) if n > 0)
 }
 
-/// Runs the exchange, but gives up when the client closes its connection meanwhile. Reading is
-/// attempted only once the request body is in: bytes that arrive then are the next pipelined
-/// request and stay buffered.
+/// Runs the exchange, but gives up when the client closes its connection meanwhile.
 async fn until_client_leaves<I, F>(
     shared: &Shared<I>,
     mut exchange: Pin<&mut F>,
@@ -288,17 +328,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     F: Future,
 {
-    let mut watching = true;
     poll_fn(|cx| {
         if let Poll::Ready(output) = exchange.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        if watching && shared.body_done() {
-            match shared.poll_fill(cx, 8 * 1024) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                Poll::Ready(Ok(_)) => watching = false,
-                Poll::Pending => {}
-            }
+        if shared.poll_client_gone(cx) {
+            return Poll::Ready(None);
         }
         Poll::Pending
     })
@@ -335,7 +370,7 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
 /// close with unread data makes the kernel reset the connection, which can destroy the answer
 /// before the client has read it.
 async fn linger<I: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<I>) {
-    shared.shutdown().await;
+    close(shared).await;
     let drained = async {
         let mut total = 0;
         loop {

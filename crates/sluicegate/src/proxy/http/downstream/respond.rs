@@ -72,7 +72,11 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
     };
 
     out.clear();
-    encode_head(out, status, &parts.headers, bodiless);
+    // A length the response states is kept where it describes the entity (HEAD, 304); one
+    // that could not be parsed is not written beside a framing of the writer's own.
+    let drop_length = (bodiless && status != StatusCode::NOT_MODIFIED)
+        || (declared.is_none() && !asked.head && status != StatusCode::NOT_MODIFIED);
+    encode_head(out, status, &parts.headers, drop_length);
     if !bodiless && declared.is_none() {
         match framing {
             Framing::Length(n) => {
@@ -99,6 +103,9 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         if status != StatusCode::SWITCHING_PROTOCOLS {
             while let Some(Ok(_)) = next(&mut body).await {}
         }
+        // Dropping the body records the exchange (metrics, access log): before the client can
+        // have the whole answer, so whoever it tells reads the counts it caused.
+        drop(body);
         write_all(shared, out).await?;
         out.clear();
         shared.flush().await?;
@@ -118,7 +125,22 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
                     out.clear();
                 }
                 shared.flush().await?;
-                next(&mut body).await
+                // A client that leaves while the body waits (a quiet stream) ends the exchange
+                // now rather than at a write that may never come.
+                let frame = poll_fn(|cx| {
+                    if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                        return Poll::Ready(Some(frame));
+                    }
+                    if shared.poll_client_gone(cx) {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match frame {
+                    Some(frame) => frame,
+                    None => return Err(io::ErrorKind::ConnectionAborted.into()),
+                }
             }
         };
         let frame = match frame {
@@ -178,12 +200,12 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         Framing::Length(n) if sent < n => complete = false,
         _ => {}
     }
+    drop(body);
     if !out.is_empty() {
         write_all(shared, out).await?;
         out.clear();
     }
     shared.flush().await?;
-    drop(body);
     Ok(keep_alive && complete && framing != Framing::Close)
 }
 
@@ -202,7 +224,7 @@ fn says_close(headers: &HeaderMap) -> bool {
 
 /// Status line and fields. Framing and connection fields are the writer's to set; `Date` is
 /// added when the response has none (RFC 9110 6.6.1).
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, bodiless: bool) {
+fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, drop_length: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -212,7 +234,7 @@ fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, bodil
     for (name, value) in headers {
         let skip = (name == header::CONNECTION && !upgrade)
             || name == header::TRANSFER_ENCODING
-            || (bodiless && name == header::CONTENT_LENGTH && status != StatusCode::NOT_MODIFIED);
+            || (drop_length && name == header::CONTENT_LENGTH);
         if skip {
             continue;
         }

@@ -71,7 +71,15 @@ enum State {
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: State,
+    /// Client request bodies: line endings must be CRLF, extensions free of control bytes and
+    /// at most `MAX_EXTENSIONS` in all. A gateway that reads a chunked body more leniently
+    /// than a server behind another proxy invites request smuggling through such differences.
+    strict: bool,
+    extension_bytes: usize,
 }
+
+/// Chunk-extension bytes a strict decoder accepts over a whole body (hyper's bound).
+const MAX_EXTENSIONS: usize = 16 * 1024;
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
@@ -80,11 +88,21 @@ impl Default for ChunkedDecoder {
                 value: 0,
                 digits: 0,
             },
+            strict: false,
+            extension_bytes: 0,
         }
     }
 }
 
 impl ChunkedDecoder {
+    /// A decoder for request bodies (see `strict`).
+    pub fn strict() -> ChunkedDecoder {
+        ChunkedDecoder {
+            strict: true,
+            ..ChunkedDecoder::default()
+        }
+    }
+
     /// Whether the whole body, trailers included, has been decoded.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -133,6 +151,28 @@ impl ChunkedDecoder {
                         return Err(ChunkError::LineTooLong);
                     }
                     buf.advance(1);
+                    if self.strict {
+                        if in_ext {
+                            self.extension_bytes += 1;
+                            if self.extension_bytes > MAX_EXTENSIONS {
+                                return Err(ChunkError::LineTooLong);
+                            }
+                        }
+                        let bare_lf = b == b'\n' && !cr;
+                        let control = b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n');
+                        if bare_lf || control || (cr && b != b'\n') {
+                            return Err(ChunkError::InvalidSize);
+                        }
+                        if in_ext && b == b'\r' {
+                            self.state = State::SizeRest {
+                                value,
+                                seen: seen + 1,
+                                in_ext,
+                                cr: true,
+                            };
+                            continue;
+                        }
+                    }
                     let (in_ext, cr) = match b {
                         b'\n' => {
                             self.state = if value == 0 {
@@ -179,8 +219,8 @@ impl ChunkedDecoder {
                             buf.advance(1);
                             self.state = State::DataEnd { cr_seen: true };
                         }
-                        // A bare LF is tolerated (RFC 9112 2.2 allows it).
-                        (_, b'\n') => {
+                        // A bare LF is tolerated from upstreams (RFC 9112 2.2 allows it).
+                        (cr_seen, b'\n') if cr_seen || !self.strict => {
                             buf.advance(1);
                             self.state = State::Size {
                                 value: 0,
@@ -197,6 +237,9 @@ impl ChunkedDecoder {
 
     /// The trailer section after the last chunk: empty (`CRLF`) or fields ending in a blank line.
     fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        if self.strict && buf.starts_with(b"\n") {
+            return Err(ChunkError::InvalidTrailers);
+        }
         if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
             buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
             self.state = State::Done;
@@ -340,5 +383,36 @@ mod tests {
             // Only whole steps are fed, so the rest is a prefix of what followed the body.
             prop_assert!(b"GET".starts_with(&rest));
         }
+    }
+
+    #[test]
+    fn strict_decoding_refuses_what_servers_disagree_on() {
+        let decode_all = |wire: &str| {
+            let mut d = ChunkedDecoder::strict();
+            let mut buf = BytesMut::from(wire);
+            loop {
+                match d.decode(&mut buf)? {
+                    Decoded::End => return Ok(()),
+                    Decoded::NeedMore => return Err(ChunkError::MissingCrlf),
+                    _ => {}
+                }
+            }
+        };
+        assert_eq!(decode_all("3\r\nabc\r\n0\r\n\r\n"), Ok(()));
+        assert_eq!(decode_all("3;name=v\r\nabc\r\n0\r\n\r\n"), Ok(()));
+        for bad in [
+            "3\nabc\r\n0\r\n\r\n",
+            "3\r\nabc\n0\r\n\r\n",
+            "3;a\nb\r\nabc\r\n0\r\n\r\n",
+            "3;a\rb\r\nabc\r\n0\r\n\r\n",
+            "3;a\x01\r\nabc\r\n0\r\n\r\n",
+            "3\r\nabc\r\n0\r\n\n",
+        ] {
+            assert!(decode_all(bad).is_err(), "{bad:?}");
+        }
+        let long_extensions: String = (0..200)
+            .map(|_| format!("1;{}\r\na\r\n", "x".repeat(100)))
+            .collect();
+        assert!(decode_all(&format!("{long_extensions}0\r\n\r\n")).is_err());
     }
 }

@@ -102,7 +102,8 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
         kept += 1;
     }
     let head_bytes: Bytes = buf.split_to(used).freeze();
-    let mut headers = HeaderMap::with_capacity(kept);
+    // Room for what the pipeline adds (X-Request-Id, a sticky cookie) without a rehash.
+    let mut headers = HeaderMap::with_capacity(kept + 2);
     for span in &spans[..kept] {
         let name = span.name as usize;
         let value = span.value as usize;
@@ -164,13 +165,13 @@ impl FramingFields {
             return Ok(true);
         }
         if is("connection") {
-            for token in String::from_utf8_lossy(value).split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
-                } else if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                } else if let Ok(n) = HeaderName::from_bytes(token) {
                     named.push(n);
                 }
             }
