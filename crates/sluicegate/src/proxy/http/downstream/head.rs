@@ -6,6 +6,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 
+use crate::proxy::http::h1::response::Span;
+
 /// Header fields parsed at most in a request head (hyper's and nginx's order of magnitude).
 pub const MAX_FIELDS: usize = 100;
 
@@ -45,15 +47,6 @@ pub struct RequestHead {
     /// websocket`). Other upgrades (notably `h2c`, which curl offers on cleartext) are
     /// hop-by-hop and dropped: the gateway speaks HTTP/2 by prior knowledge or ALPN instead.
     pub websocket: bool,
-}
-
-/// Where a field's name and value sit in the head (heads are far below 4 GiB).
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: u32,
-    name_len: u32,
-    value: u32,
-    value_len: u32,
 }
 
 /// Fields of the head that frame the body or describe the connection.

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::Shared;
 use crate::proxy::http::body::{BodyError, ResponseBody};
+use crate::proxy::http::h1::request::put_fields;
 
 /// Body bytes gathered with the head (or the previous frames) before a write: above this a
 /// frame is sent as it is, without a copy.
@@ -246,15 +247,6 @@ fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, drop_
     if !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         DATE.with(|d| out.extend_from_slice(d.borrow_mut().now()));
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 }

@@ -12,7 +12,7 @@
 pub mod body;
 pub mod chunked;
 pub mod conn;
-mod request;
+pub(crate) mod request;
 pub mod response;
 
 pub use body::{H1Body, PoolReturn};

@@ -129,7 +129,8 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, upload: Upload, endpoint: Socke
     out.extend_from_slice(b"\r\n");
 }
 
-fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+/// Header fields as `name: value` lines (trailers too, on the client side).
+pub(crate) fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

@@ -24,13 +24,14 @@ pub enum Framing {
     Close,
 }
 
-/// Where a field's name and value sit in the head (heads are far below 4 GiB).
+/// Where a field's name and value sit in a head (heads are far below 4 GiB); request heads are
+/// sliced the same way.
 #[derive(Clone, Copy, Default)]
-struct Span {
-    name: u32,
-    name_len: u32,
-    value: u32,
-    value_len: u32,
+pub(crate) struct Span {
+    pub name: u32,
+    pub name_len: u32,
+    pub value: u32,
+    pub value_len: u32,
 }
 
 /// A parsed final response head.
