@@ -95,6 +95,7 @@ async fn serve_h2<I>(
                 Rc::clone(&info),
                 req.map(ClientBody::H2),
                 None,
+                None,
             )
         })
     };

@@ -209,11 +209,16 @@ impl Drop for Exchange {
 
 /// Serves one request. Never fails: every problem becomes a response. `upgrade` is the client
 /// connection's side of a WebSocket upgrade, when the request asks for one (HTTP/1.1 only).
+///
+/// `timer` is the connection's reusable deadline timer, when it has one (HTTP/1.1): moving a
+/// registered timer to a later deadline is a single atomic update, where a fresh timer per
+/// request cost a timer-wheel insertion and removal.
 pub async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
     req: Request<ClientBody>,
     upgrade: Option<ClientUpgrade>,
+    timer: Option<&mut DeadlineTimer>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snapshot = worker.snapshot();
@@ -414,7 +419,7 @@ pub async fn handle(
 
     let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
     let sending = pin!(send(&worker.pool, address, service, parts, upstream_body));
-    let exchange_result = before(deadline, sending)
+    let exchange_result = before(deadline, sending, timer)
         .await
         .unwrap_or(Err(SendError::Timeout));
     let outcome = match &exchange_result {
@@ -474,17 +479,30 @@ pub async fn handle(
     Ok(Response::from_parts(head, body))
 }
 
+/// A deadline timer a connection keeps across its requests.
+pub type DeadlineTimer = Option<Pin<Box<tokio::time::Sleep>>>;
+
 /// Runs `future` until `deadline` (`None`: no deadline); `None` when the deadline came first.
 /// The future is taken pinned where it lies: wrapping it by value, as `tokio::time::timeout_at`
-/// does, copied the whole upstream exchange's state a few more times per request.
+/// does, copied the whole upstream exchange's state a few more times per request. `reuse` is a
+/// timer to move to `deadline` rather than registering a new one.
 async fn before<F: Future>(
     deadline: Option<tokio::time::Instant>,
     mut future: Pin<&mut F>,
+    reuse: Option<&mut DeadlineTimer>,
 ) -> Option<F::Output> {
     let Some(at) = deadline else {
         return Some(future.await);
     };
-    let mut sleep = pin!(tokio::time::sleep_until(at));
+    let mut own = None;
+    let slot = reuse.unwrap_or(&mut own);
+    let sleep = match slot {
+        Some(sleep) => {
+            sleep.as_mut().reset(at);
+            sleep
+        }
+        None => slot.insert(Box::pin(tokio::time::sleep_until(at))),
+    };
     poll_fn(|cx| {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(output));

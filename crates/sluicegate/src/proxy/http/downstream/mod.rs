@@ -41,7 +41,7 @@ use head::RequestHead;
 
 use super::body::ClientBody;
 use super::headers::new_request_id;
-use super::server::{handle, ConnInfo, Worker};
+use super::server::{handle, ConnInfo, DeadlineTimer, Worker};
 use crate::proxy::answer::GatewayError;
 
 /// How long a client may take to send a request head: a bound against slow-header attacks, and
@@ -96,6 +96,7 @@ where
     let shared = Shared::new(io, BytesMut::new());
     let mut out = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut deadline_timer: DeadlineTimer = None;
     let mut sniff = detect_h2;
     // One shutdown watch for the connection's life: once registered, polling it again between
     // requests costs next to nothing, where a fresh `wait_for` per request cost a lock and a
@@ -149,7 +150,8 @@ where
                 Rc::clone(&worker),
                 Rc::clone(&info),
                 request,
-                upgrade
+                upgrade,
+                Some(&mut deadline_timer),
             ));
             match until_client_leaves(&shared, handling).await {
                 Some(Ok(response)) => response,
