@@ -226,3 +226,48 @@ fn a_request_with_a_pipelined_successor_is_not_taken_for_a_leaving_client() {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(read_one(&mut r).0.starts_with("HTTP/1.1 201"));
 }
+
+#[test]
+fn workers_appending_to_one_log_file_never_split_a_line() {
+    let b = Backend::start("b");
+    let dir = support::TempDir::new("lines");
+    let log = dir.0.join("access.log");
+    let toml = format!(
+        "[runtime]\nworker_threads = 2\n{}",
+        Toml::proxy_to(&[b.addr])
+            .access_log(&log.display().to_string())
+            .build()
+    );
+    let gw = Gateway::start(&toml);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = gw.client();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    assert_eq!(
+                        c.get(&format!("/lines/{i}?pad={}", "p".repeat(i))).status,
+                        200
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 1200 {
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {line}"));
+                assert_eq!(v["status"], 200);
+            }
+            assert!(text.ends_with('\n'));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} lines", text.lines().count());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
