@@ -103,10 +103,9 @@ where
     // waiter-list insertion and removal. It is not polled after it completes: the connection
     // closes then.
     let mut stop_signal = stop.clone();
-    let stopping = pin!(async move {
+    let mut stopping = pin!(async move {
         let _ = stop_signal.wait_for(|s| *s).await;
     });
-    let mut stopping = stopping;
     loop {
         let wait = Wait {
             stopping: stopping.as_mut(),
