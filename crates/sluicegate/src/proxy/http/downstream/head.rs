@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 
-use crate::proxy::http::h1::response::Span;
+use crate::proxy::http::h1::response::{ends_chunked, tokens, Span};
 
 /// Header fields parsed at most in a request head (hyper's and nginx's order of magnitude).
 pub const MAX_FIELDS: usize = 100;
@@ -155,19 +155,16 @@ impl Framing {
         let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
         if is("content-length") {
             self.content_length = Some(
-                super::super::h1::response::content_length(value, self.content_length).ok_or(
-                    HeadError::Malformed("invalid or conflicting Content-Length"),
-                )?,
+                crate::proxy::http::h1::response::content_length(value, self.content_length)
+                    .ok_or(HeadError::Malformed(
+                        "invalid or conflicting Content-Length",
+                    ))?,
             );
         } else if is("transfer-encoding") {
             self.transfer_encoding = true;
-            self.chunked = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            self.chunked = ends_chunked(value);
         } else if is("connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -177,13 +174,9 @@ impl Framing {
                 }
             }
         } else if is("upgrade") {
-            self.upgrade_websocket |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+            self.upgrade_websocket |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"websocket"));
         } else if is("te") {
-            self.trailers |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            self.trailers |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         } else if is("expect") {
             self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }

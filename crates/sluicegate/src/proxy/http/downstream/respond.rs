@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::conn::Shared;
 use crate::proxy::http::body::{BodyError, ResponseBody};
 use crate::proxy::http::h1::request::put_fields;
+use crate::proxy::http::h1::response::tokens;
 
 /// Body bytes gathered with the head (or the previous frames) before a write: above this a
 /// frame is sent as it is, without a copy.
@@ -216,11 +217,10 @@ async fn next(body: &mut ResponseBody) -> Option<Result<Frame<Bytes>, BodyError>
 
 /// Whether the response itself asks to close (the gateway's own answers to broken requests).
 fn says_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
 }
 
 /// Status line and fields. Framing and connection fields are the writer's to set; `Date` is

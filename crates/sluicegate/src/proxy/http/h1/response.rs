@@ -159,15 +159,11 @@ impl FramingFields {
         }
         if is("transfer-encoding") {
             self.transfer_encoding = true;
-            self.chunked = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            self.chunked = ends_chunked(value);
             return Ok(true);
         }
         if is("connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -191,12 +187,24 @@ impl FramingFields {
     }
 }
 
+/// The comma-separated elements of a field value, trimmed (RFC 9110 5.6.1).
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether a `Transfer-Encoding` value's final coding is chunked: only then is the body's end
+/// known from the body itself (RFC 9112 6.3).
+pub(crate) fn ends_chunked(value: &[u8]) -> bool {
+    tokens(value)
+        .last()
+        .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// A `Content-Length` field's value, given the one of an earlier field if any; `None` when it is
 /// malformed or disagrees. `5, 5` and repeated equal fields are accepted (RFC 9110 8.6).
 pub fn content_length(value: &[u8], previous: Option<u64>) -> Option<u64> {
     let mut length = previous;
-    for part in value.split(|&b| b == b',') {
-        let part = part.trim_ascii();
+    for part in tokens(value) {
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
