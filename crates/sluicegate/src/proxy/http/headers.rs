@@ -106,6 +106,71 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, extra: Option<HeaderName>) {
 ///
 /// `client` is the client's address as a header value, made once per connection
 /// ([`client_value`]), so the common case — no earlier proxy — costs no allocation.
+/// What the gateway adds to a forwarded request: the client's address to `X-Forwarded-For`,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `Host`) unless the client set them.
+#[derive(Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's address as an `X-Forwarded-For` element.
+    pub client: &'a HeaderValue,
+    pub proto: &'static str,
+}
+
+impl Forwarding<'_> {
+    /// Adds the fields to a header map (HTTP/2 upstreams, tunnels).
+    pub fn add_to(&self, headers: &mut HeaderMap) {
+        add_forwarded(headers, self.client, self.proto);
+    }
+
+    /// Writes `headers` as HTTP/1.1 field lines with the fields added, as `add_to` would have
+    /// added them: the client appended to the first `X-Forwarded-For` (any further ones fold
+    /// into it), the others only when absent.
+    pub fn put_fields(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
+        let mut for_done = false;
+        let (mut has_proto, mut has_host) = (false, false);
+        let mut host = None;
+        for (name, value) in headers {
+            if name == X_FORWARDED_FOR {
+                if !for_done {
+                    for_done = true;
+                    out.extend_from_slice(b"x-forwarded-for: ");
+                    if !value.is_empty() {
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b", ");
+                    }
+                    out.extend_from_slice(self.client.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                continue;
+            }
+            if name == header::HOST {
+                host = host.or(Some(value));
+            } else if name == X_FORWARDED_PROTO {
+                has_proto = true;
+            } else if name == X_FORWARDED_HOST {
+                has_host = true;
+            }
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !for_done {
+            put_field(out, b"x-forwarded-for", self.client.as_bytes());
+        }
+        if !has_proto {
+            put_field(out, b"x-forwarded-proto", self.proto.as_bytes());
+        }
+        if let (false, Some(host)) = (has_host, host) {
+            put_field(out, b"x-forwarded-host", host.as_bytes());
+        }
+    }
+}
+
+/// One `name: value` line.
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     // Entries: one hash per header rather than a lookup and then an insert.
     match headers.entry(X_FORWARDED_FOR) {
@@ -266,5 +331,46 @@ mod tests {
         assert!(valid_request_id(&HeaderValue::from_static(
             "123e4567-e89b-12d3-a456-426614174000"
         )));
+    }
+
+    /// Written straight into a head or added to the map, the forwarded fields come out the same.
+    #[test]
+    fn forwarding_written_equals_forwarding_added() {
+        let client = client_value("10.1.2.3".parse().unwrap());
+        let forwarding = Forwarding {
+            client: &client,
+            proto: "https",
+        };
+        for pairs in [
+            &[("host", "a.example")][..],
+            &[],
+            &[("x-forwarded-for", "1.1.1.1"), ("host", "h"), ("x-a", "1")],
+            &[("x-forwarded-for", ""), ("x-forwarded-proto", "http")],
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+            ],
+            &[
+                ("host", "first"),
+                ("x-forwarded-host", "kept"),
+                ("host", "second"),
+            ],
+        ] {
+            let mut added = map(pairs);
+            forwarding.add_to(&mut added);
+            let mut expected = Vec::new();
+            crate::proxy::http::h1::request::put_fields(&mut expected, &added);
+            let mut written = Vec::new();
+            forwarding.put_fields(&mut written, &map(pairs));
+            let lines = |b: &[u8]| {
+                let mut l: Vec<String> = String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                l.sort();
+                l
+            };
+            assert_eq!(lines(&written), lines(&expected), "{pairs:?}");
+        }
     }
 }

@@ -32,8 +32,8 @@ use http::{Request, Response, Uri, Version};
 use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
 use super::downstream::ClientUpgrade;
 use super::headers::{
-    add_forwarded, head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop,
-    valid_request_id, X_REQUEST_ID,
+    head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop, valid_request_id,
+    Forwarding, X_REQUEST_ID,
 };
 use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
@@ -363,19 +363,22 @@ pub async fn handle(
         }
     }
     parts.uri = origin_form(&parts.uri);
-    // hyper answers `100 Continue` to the client itself when the body is first read, so the
-    // upstream must not wait for a continue of its own: `Expect` goes with the hop-by-hop ones.
+    // The client's server side (ours for HTTP/1.1, hyper's for HTTP/2) answers `100 Continue`
+    // itself when the body is first read, so the upstream must not wait for a continue of its
+    // own: `Expect` goes with the hop-by-hop ones.
     if remove_request_hop_by_hop(&mut parts.headers).trailers {
         // `TE: trailers` is the one TE value that crosses a proxy: gRPC servers require it.
         parts
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    add_forwarded(
-        &mut parts.headers,
-        &conn.forwarded_for,
-        if conn.tls { "https" } else { "http" },
-    );
+    // X-Forwarded-* are written straight into an HTTP/1.1 upstream's request head, and added
+    // to the header map only for HTTP/2 and tunnels: three map insertions of custom names cost
+    // about 5 % of a request's instructions.
+    let forwarding = Forwarding {
+        client: &conn.forwarded_for,
+        proto: if conn.tls { "https" } else { "http" },
+    };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 
     let mut deadline = route
@@ -393,6 +396,7 @@ pub async fn handle(
     }
 
     if let Some(client_upgrade) = upgrade {
+        forwarding.add_to(&mut parts.headers);
         // Keep the handshake headers the hop-by-hop removal took.
         parts
             .headers
@@ -418,7 +422,14 @@ pub async fn handle(
     }
 
     let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
-    let sending = pin!(send(&worker.pool, address, service, parts, upstream_body));
+    let sending = pin!(send(
+        &worker.pool,
+        address,
+        service,
+        parts,
+        upstream_body,
+        forwarding
+    ));
     let exchange_result = before(deadline, sending, timer)
         .await
         .unwrap_or(Err(SendError::Timeout));
@@ -609,10 +620,24 @@ async fn send(
     service: &ServiceRuntime,
     parts: http::request::Parts,
     body: RequestBody,
+    forwarding: Forwarding<'_>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let transport = &service.transport;
+    // Whether the X-Forwarded-* fields are in the map already (an HTTP/2 try put them there).
+    let mut forwarded = false;
     let (parts, body) = match pool.checkout(address, transport) {
-        Some(sender) => match attempt(pool, sender, address, transport, parts, body).await? {
+        Some(sender) => match attempt(
+            pool,
+            sender,
+            address,
+            transport,
+            parts,
+            body,
+            forwarding,
+            &mut forwarded,
+        )
+        .await?
+        {
             Attempt::Done(response) => return Ok(response),
             Attempt::Again(parts, body, error) => {
                 tracing::debug!(upstream = %address, %error, "pooled connection was closed; sending on a new one");
@@ -626,19 +651,33 @@ async fn send(
     let sender = Box::pin(pool.connect(address, transport, service.connect_timeout))
         .await
         .map_err(SendError::Connect)?;
-    match attempt(pool, sender, address, transport, parts, body).await? {
+    match attempt(
+        pool,
+        sender,
+        address,
+        transport,
+        parts,
+        body,
+        forwarding,
+        &mut forwarded,
+    )
+    .await?
+    {
         Attempt::Done(response) => Ok(response),
         Attempt::Again(_, _, error) => Err(SendError::Exchange(error)),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     pool: &Rc<Pool>,
     sender: Sender,
     address: SocketAddr,
     transport: &Transport,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: RequestBody,
+    forwarding: Forwarding<'_>,
+    forwarded: &mut bool,
 ) -> Result<Attempt, SendError> {
     match sender {
         Sender::H1(conn) => {
@@ -646,7 +685,8 @@ async fn attempt(
                 pool: Rc::clone(pool),
                 key: Pool::key(address, transport),
             };
-            match h1::send(conn, &parts, body, address, ret).await {
+            let forwarding = (!*forwarded).then_some(forwarding);
+            match h1::send(conn, &parts, body, address, ret, forwarding).await {
                 Ok(response) => Ok(Attempt::Done(response.map(UpstreamBody::H1))),
                 Err(h1::Failed {
                     error,
@@ -656,6 +696,10 @@ async fn attempt(
             }
         }
         Sender::H2(mut sender) => {
+            if !*forwarded {
+                forwarding.add_to(&mut parts.headers);
+                *forwarded = true;
+            }
             let mut request = Request::from_parts(parts, body);
             fit_h2(&mut request, transport, address);
             match pool::send_h2(&mut sender, request).await {

@@ -19,6 +19,7 @@ use super::conn::Conn;
 use super::response::{self, Head, MAX_HEAD};
 use super::Error;
 use crate::proxy::http::body::RequestBody;
+use crate::proxy::http::headers::{put_field, Forwarding};
 
 /// A failed exchange. When nothing shows the upstream saw the request — a reused connection
 /// that closed before any response byte, the body not yet read — the body is handed back so
@@ -45,6 +46,7 @@ pub async fn send(
     mut body: RequestBody,
     endpoint: SocketAddr,
     ret: PoolReturn,
+    forwarding: Option<Forwarding<'_>>,
 ) -> Result<Response<H1Body>, Failed> {
     let has_body = !body.is_end_stream();
     let upload = if parts.headers.contains_key(header::CONTENT_LENGTH) {
@@ -54,7 +56,7 @@ pub async fn send(
     } else {
         Upload::Chunked
     };
-    encode_head(&mut conn.write_buf, parts, upload, endpoint);
+    encode_head(&mut conn.write_buf, parts, upload, endpoint, forwarding);
     let reused = conn.reused;
     let idempotent = is_idempotent(&parts.method);
     let fail = |error: Error, body: RequestBody, body_touched: bool, received: bool| Failed {
@@ -100,7 +102,13 @@ pub async fn send(
 
 /// Writes the request line and header fields. Header names are already lower case and values
 /// free of CR and LF (`http` checks both), so they are copied as they are.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, upload: Upload, endpoint: SocketAddr) {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    upload: Upload,
+    endpoint: SocketAddr,
+    forwarding: Option<Forwarding<'_>>,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -111,7 +119,10 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, upload: Upload, endpoint: Socke
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    put_fields(out, &parts.headers);
+    match forwarding {
+        Some(forwarding) => forwarding.put_fields(out, &parts.headers),
+        None => put_fields(out, &parts.headers),
+    }
     if !parts.headers.contains_key(header::HOST) {
         // An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
         out.extend_from_slice(b"host: ");
@@ -132,10 +143,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, upload: Upload, endpoint: Socke
 /// Header fields as `name: value` lines (trailers too, on the client side).
 pub(crate) fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
 }
 
@@ -275,7 +283,13 @@ mod tests {
 
     fn head_text(parts: &Parts, upload: Upload) -> String {
         let mut out = Vec::new();
-        encode_head(&mut out, parts, upload, "10.0.0.1:8080".parse().unwrap());
+        encode_head(
+            &mut out,
+            parts,
+            upload,
+            "10.0.0.1:8080".parse().unwrap(),
+            None,
+        );
         String::from_utf8(out).unwrap()
     }
 
