@@ -163,6 +163,35 @@ impl Forwarding<'_> {
     }
 }
 
+/// A request's forwarded fields across its tries: written into each HTTP/1.1 head, or added to
+/// the map once (an HTTP/2 try), after which the map carries them and a retry must not add
+/// them again.
+pub struct ForwardingOnce<'a> {
+    fields: Forwarding<'a>,
+    in_map: bool,
+}
+
+impl<'a> ForwardingOnce<'a> {
+    pub fn new(fields: Forwarding<'a>) -> ForwardingOnce<'a> {
+        ForwardingOnce {
+            fields,
+            in_map: false,
+        }
+    }
+
+    /// What an HTTP/1.1 head still has to add.
+    pub fn for_head(&self) -> Option<Forwarding<'a>> {
+        (!self.in_map).then_some(self.fields)
+    }
+
+    pub fn into_map(&mut self, headers: &mut HeaderMap) {
+        if !self.in_map {
+            self.fields.add_to(headers);
+            self.in_map = true;
+        }
+    }
+}
+
 /// One `name: value` line.
 pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

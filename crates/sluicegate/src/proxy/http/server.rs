@@ -33,7 +33,7 @@ use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, 
 use super::downstream::ClientUpgrade;
 use super::headers::{
     head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop, valid_request_id,
-    Forwarding, X_REQUEST_ID,
+    Forwarding, ForwardingOnce, X_REQUEST_ID,
 };
 use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
@@ -623,8 +623,7 @@ async fn send(
     forwarding: Forwarding<'_>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let transport = &service.transport;
-    // Whether the X-Forwarded-* fields are in the map already (an HTTP/2 try put them there).
-    let mut forwarded = false;
+    let mut forwarding = ForwardingOnce::new(forwarding);
     let (parts, body) = match pool.checkout(address, transport) {
         Some(sender) => match attempt(
             pool,
@@ -633,8 +632,7 @@ async fn send(
             transport,
             parts,
             body,
-            forwarding,
-            &mut forwarded,
+            &mut forwarding,
         )
         .await?
         {
@@ -658,8 +656,7 @@ async fn send(
         transport,
         parts,
         body,
-        forwarding,
-        &mut forwarded,
+        &mut forwarding,
     )
     .await?
     {
@@ -668,7 +665,6 @@ async fn send(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
     pool: &Rc<Pool>,
     sender: Sender,
@@ -676,8 +672,7 @@ async fn attempt(
     transport: &Transport,
     mut parts: http::request::Parts,
     body: RequestBody,
-    forwarding: Forwarding<'_>,
-    forwarded: &mut bool,
+    forwarding: &mut ForwardingOnce<'_>,
 ) -> Result<Attempt, SendError> {
     match sender {
         Sender::H1(conn) => {
@@ -685,8 +680,7 @@ async fn attempt(
                 pool: Rc::clone(pool),
                 key: Pool::key(address, transport),
             };
-            let forwarding = (!*forwarded).then_some(forwarding);
-            match h1::send(conn, &parts, body, address, ret, forwarding).await {
+            match h1::send(conn, &parts, body, address, ret, forwarding.for_head()).await {
                 Ok(response) => Ok(Attempt::Done(response.map(UpstreamBody::H1))),
                 Err(h1::Failed {
                     error,
@@ -696,10 +690,7 @@ async fn attempt(
             }
         }
         Sender::H2(mut sender) => {
-            if !*forwarded {
-                forwarding.add_to(&mut parts.headers);
-                *forwarded = true;
-            }
+            forwarding.into_map(&mut parts.headers);
             let mut request = Request::from_parts(parts, body);
             fit_h2(&mut request, transport, address);
             match pool::send_h2(&mut sender, request).await {
