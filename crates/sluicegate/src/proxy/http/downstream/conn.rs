@@ -24,7 +24,7 @@ use crate::proxy::http::h1::chunked::{ChunkError, ChunkedDecoder, Decoded};
 /// nginx do): a client that waits for it sends its body only once an upstream wants it.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Read sizes: small for heads, larger while a body streams.
-const READ_HEAD: usize = 8 * 1024;
+pub(super) const READ_HEAD: usize = 8 * 1024;
 const READ_BODY: usize = 64 * 1024;
 
 /// Why a client's request body could not be read.

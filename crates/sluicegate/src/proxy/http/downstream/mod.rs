@@ -33,11 +33,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 pub use conn::{ClientBodyError, ClientH1Body};
-pub use head::HeadError;
 pub use rewind::Rewind;
 
 use conn::Shared;
-use head::RequestHead;
+use head::{HeadError, RequestHead};
 
 use super::body::ClientBody;
 use super::headers::new_request_id;
@@ -46,7 +45,7 @@ use crate::proxy::answer::GatewayError;
 
 /// How long a client may take to send a request head: a bound against slow-header attacks, and
 /// the idle time after which a keep-alive connection is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// After answering a request it will not read further, the gateway still reads (and drops)
@@ -295,7 +294,7 @@ async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()
     // changes: it needs polling only when new, when due, or when the task was woken meanwhile.
     let mut woken = false;
     let filled = poll_fn(|cx| {
-        if let Poll::Ready(r) = shared.poll_fill(cx, 8 * 1024) {
+        if let Poll::Ready(r) = shared.poll_fill(cx, conn::READ_HEAD) {
             return Poll::Ready(Some(r));
         }
         if wait.stopping.as_mut().poll(cx).is_ready() {
