@@ -275,3 +275,21 @@ fn an_early_answer_stops_the_upload() {
     let mut c = Client::connect(gw.addr());
     assert_eq!(c.request("POST", "/", &[], b"small").status, 413);
 }
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
+    // Each connection answers one request as if it stayed open, then closes. Once the close
+    // has reached the gateway, the pooled connection must be set aside before a request is
+    // written on it: a POST, which is never retried, still gets its answer.
+    let up = Scripted::start(true, |seen| Reply::Close(ok(&format!("conn{}", seen.conn))));
+    let gw = gateway(&up);
+    let mut c = gw.client();
+    assert_eq!(c.get("/").text(), "conn0");
+    std::thread::sleep(Duration::from_millis(200));
+    let r = c.request("POST", "/", &[], b"payload");
+    assert_eq!((r.status, r.text().as_str()), (200, "conn1"));
+    std::thread::sleep(Duration::from_millis(200));
+    let r = c.request("POST", "/", &[], b"payload");
+    assert_eq!((r.status, r.text().as_str()), (200, "conn2"));
+    assert_eq!(up.connections(), 3);
+}

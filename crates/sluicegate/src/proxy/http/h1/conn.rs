@@ -140,6 +140,13 @@ impl Conn {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
+        // The reactor's readiness answers for plain TCP without touching the read buffer: not
+        // readable means nothing (no bytes, no close) arrived. TLS may hold decrypted bytes.
+        if let Io::Tcp(stream) = &self.io {
+            if stream.poll_read_ready(&mut cx).is_pending() {
+                return true;
+            }
+        }
         matches!(self.poll_fill(&mut cx), Poll::Pending)
     }
 }
