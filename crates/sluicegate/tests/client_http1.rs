@@ -271,3 +271,29 @@ fn workers_appending_to_one_log_file_never_split_a_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn connections_held_open_at_once_over_two_workers_are_all_served() {
+    // 48 connections opened together land unevenly on the two workers' sockets; the busier
+    // worker hands some to the other before registering them. Each must be served, twice.
+    let b = Backend::start("b");
+    let toml = format!(
+        "[runtime]\nworker_threads = 2\n{}",
+        Toml::proxy_to(&[b.addr]).build()
+    );
+    let gw = Gateway::start(&toml);
+    let mut conns: Vec<_> = (0..48).map(|_| connect(&gw)).collect();
+    for round in 0..2 {
+        for (s, _) in &mut conns {
+            s.write_all(b"GET /spread HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+        }
+        for (i, (_, r)) in conns.iter_mut().enumerate() {
+            let (status, _, _) = read_one(r);
+            assert!(
+                status.starts_with("HTTP/1.1 200"),
+                "connection {i}, round {round}: {status}"
+            );
+        }
+    }
+}

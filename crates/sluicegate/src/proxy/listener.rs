@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::http::coalesce::Coalesce;
@@ -95,8 +97,9 @@ enum Command {
     Stop(Arc<str>),
     /// Stop every listener, drain, and end the thread.
     Shutdown,
-    /// Serve a connection another worker accepted (see `spread.rs`); already counted here.
-    Adopt(Arc<str>, std::net::TcpStream, SocketAddr),
+    /// Serve a connection another worker accepted (see `spread.rs`); already counted here. The
+    /// socket is not registered with any reactor yet.
+    Adopt(Accepted),
 }
 
 /// Running worker threads, each reachable through its command channel.
@@ -237,43 +240,38 @@ fn run_worker(
                 }
             };
             match command {
-                Some(Command::Listen(name, socket)) => {
-                    match tokio::net::TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            let (stop, stop_rx) = watch::channel(false);
-                            if let Some(old) = listeners.insert(Arc::clone(&name), stop) {
-                                let _ = old.send(true);
-                            }
-                            tokio::task::spawn_local(accept_loop(
-                                Rc::clone(&worker),
-                                name,
-                                listener,
-                                stop_rx,
-                                Rc::clone(&open),
-                            ));
+                Some(Command::Listen(name, socket)) => match Acceptor::new(socket) {
+                    Ok(listener) => {
+                        let (stop, stop_rx) = watch::channel(false);
+                        if let Some(old) = listeners.insert(Arc::clone(&name), stop) {
+                            let _ = old.send(true);
                         }
-                        Err(e) => {
-                            tracing::error!(listener = %name, error = %e, "cannot register listener")
-                        }
+                        tokio::task::spawn_local(accept_loop(
+                            Rc::clone(&worker),
+                            name,
+                            listener,
+                            stop_rx,
+                            Rc::clone(&open),
+                        ));
                     }
-                }
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot register listener")
+                    }
+                },
                 Some(Command::Stop(name)) => {
                     if let Some(stop) = listeners.remove(&name) {
                         let _ = stop.send(true);
                     }
                 }
-                Some(Command::Adopt(name, stream, peer)) => {
+                Some(Command::Adopt(accepted)) => {
                     // Counted here by the worker that handed it over.
                     let counted = OpenGuard::counted(Rc::clone(&open));
+                    let name = Arc::clone(&accepted.listener);
                     let Some(stop) = listeners.get(&name).map(watch::Sender::subscribe) else {
                         continue; // The listener stopped meanwhile: the connection closes.
                     };
-                    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                        continue;
-                    };
                     let active = listener_gauge(&worker, &name);
-                    let local = stream.local_addr().ok();
-                    start_connection(&worker, &name, stream, peer, local, stop, counted, active);
+                    start_connection(&worker, accepted, stop, counted, active);
                 }
                 Some(Command::Shutdown) | None => {
                     for stop in listeners.values() {
@@ -379,19 +377,18 @@ fn listener_gauge(worker: &Worker, name: &str) -> Gauge {
 async fn accept_loop(
     worker: Rc<Worker>,
     name: Arc<str>,
-    listener: tokio::net::TcpListener,
+    listener: Acceptor,
     mut stop: watch::Receiver<bool>,
     open: Rc<OpenConnections>,
 ) {
     let active = listener_gauge(&worker, &name);
-    let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept(&name) => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -404,68 +401,96 @@ async fn accept_loop(
             .listener(&name)
             .map_or(0, |plan| plan.config.max_connections);
         if limit != 0 && active.get() >= limit as i64 {
+            let peer = accepted.peer;
             tracing::debug!(listener = %name, %peer, limit, "connection limit reached: closing");
             continue;
         }
-        let stream = match open.peers.less_loaded(open.index) {
-            None => stream,
-            Some(target) => match hand_over(&open, target, &name, stream, peer) {
-                Some(stream) => stream,
-                None => continue,
+        let accepted = match open.peers.less_loaded(open.index) {
+            None => accepted,
+            Some(target) => match open.peers.hand_over(target, Command::Adopt(accepted)) {
+                Ok(()) => continue,
+                // That worker is gone (shutting down): serve it here.
+                Err(Command::Adopt(accepted)) => accepted,
+                Err(_) => continue,
             },
         };
         let guard = OpenGuard::new(Rc::clone(&open), None);
-        start_connection(
-            &worker,
-            &name,
-            stream,
-            peer,
-            local,
-            stop.clone(),
-            guard,
-            active.clone(),
-        );
+        start_connection(&worker, accepted, stop.clone(), guard, active.clone());
     }
 }
 
-/// Hands an accepted connection to worker `target`. Gives the stream back when that worker is
-/// gone (shutting down), to be served here; `None` when it went (or could not be detached).
-fn hand_over(
-    open: &OpenConnections,
-    target: usize,
-    name: &Arc<str>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-) -> Option<tokio::net::TcpStream> {
-    let std_stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot hand a connection over");
-            return None;
-        }
-    };
-    match open
-        .peers
-        .hand_over(target, Command::Adopt(Arc::clone(name), std_stream, peer))
-    {
-        Ok(()) => None,
-        Err(Command::Adopt(_, std_stream, _)) => tokio::net::TcpStream::from_std(std_stream).ok(),
-        Err(_) => None,
+/// A listening socket that accepts without registering the new connection with this worker's
+/// reactor: a connection handed to another worker is registered once, there, rather than
+/// registered here, deregistered and registered again (two `epoll_ctl` calls saved per hand-over).
+struct Acceptor {
+    socket: AsyncFd<mio::net::TcpListener>,
+    /// The bound address when it names one interface: every connection's local address then,
+    /// known without a `getsockname` per connection. `None` for wildcard binds.
+    local: Option<SocketAddr>,
+}
+
+impl Acceptor {
+    fn new(socket: std::net::TcpListener) -> io::Result<Acceptor> {
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let socket = mio::net::TcpListener::from_std(socket);
+        // SAFETY: the AsyncFd owns the listener, and with it the descriptor, for its whole life:
+        // the descriptor stays open and the same until the AsyncFd is dropped.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? };
+        Ok(Acceptor {
+            socket,
+            local: (!local.ip().is_unspecified()).then_some(local),
+        })
     }
+
+    /// The next connection, non-blocking and close-on-exec (mio's `accept4` flags).
+    async fn accept(&self, listener: &Arc<str>) -> io::Result<Accepted> {
+        loop {
+            let mut ready = self.socket.readable().await?;
+            if let Ok(result) = ready.try_io(|socket| socket.get_ref().accept()) {
+                let (stream, peer) = result?;
+                return Ok(Accepted {
+                    listener: Arc::clone(listener),
+                    stream: stream.into(),
+                    peer,
+                    local: self.local,
+                });
+            }
+        }
+    }
+}
+
+/// A connection as accepted: not yet registered with a reactor, so it can move to any worker.
+struct Accepted {
+    listener: Arc<str>,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The local address when the listener's bound address gives it.
+    local: Option<SocketAddr>,
 }
 
 /// Serves an accepted connection on this worker, as its listener's current plan says.
-#[allow(clippy::too_many_arguments)]
 fn start_connection(
     worker: &Rc<Worker>,
-    name: &Arc<str>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    listener_local: Option<SocketAddr>,
+    accepted: Accepted,
     stop: watch::Receiver<bool>,
     guard: OpenGuard,
     active: Gauge,
 ) {
+    let Accepted {
+        listener: name,
+        stream,
+        peer,
+        local,
+    } = accepted;
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot register a connection");
+            return;
+        }
+    };
+    let name = &name;
     // The listener's current settings: a reload may have changed them.
     let snapshot = worker.snapshot();
     let Some(plan) = snapshot.listener(name) else {
@@ -477,7 +502,7 @@ fn start_connection(
     let info = Rc::new(ConnInfo {
         listener: Arc::clone(name),
         peer,
-        local: stream.local_addr().ok().or(listener_local),
+        local: local.or_else(|| stream.local_addr().ok()),
         tls: matches!(plan.kind, ListenerKind::Https(_)),
         forwarded_for: client_value(peer.ip()),
     });
