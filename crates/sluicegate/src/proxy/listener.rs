@@ -266,11 +266,13 @@ fn run_worker(
                 Some(Command::Adopt(accepted)) => {
                     // Counted here by the worker that handed it over.
                     let counted = OpenGuard::counted(Rc::clone(&open));
-                    let name = Arc::clone(&accepted.listener);
-                    let Some(stop) = listeners.get(&name).map(watch::Sender::subscribe) else {
+                    let Some(stop) = listeners
+                        .get(&accepted.listener)
+                        .map(watch::Sender::subscribe)
+                    else {
                         continue; // The listener stopped meanwhile: the connection closes.
                     };
-                    let active = listener_gauge(&worker, &name);
+                    let active = listener_gauge(&worker, &accepted.listener);
                     start_connection(&worker, accepted, stop, counted, active);
                 }
                 Some(Command::Shutdown) | None => {
@@ -490,17 +492,16 @@ fn start_connection(
             return;
         }
     };
-    let name = &name;
     // The listener's current settings: a reload may have changed them.
     let snapshot = worker.snapshot();
-    let Some(plan) = snapshot.listener(name) else {
+    let Some(plan) = snapshot.listener(&name) else {
         return;
     };
     let _ = stream.set_nodelay(true);
     active.inc();
     let guard = guard.with_gauge(Some(active));
     let info = Rc::new(ConnInfo {
-        listener: Arc::clone(name),
+        listener: name,
         peer,
         local: local.or_else(|| stream.local_addr().ok()),
         tls: matches!(plan.kind, ListenerKind::Https(_)),
