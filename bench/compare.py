@@ -13,7 +13,13 @@ Scenarios (--scenarios, comma-separated; default all):
   tcp    layer-4 throughput with iperf3 through each proxy's TCP mode (nginx only when its
          stream module is installed)
 
+The three proxies do the same work on every request: like Sluicegate (which always does it),
+nginx and HAProxy add X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and an X-Request-Id
+to the upstream request, and return the X-Request-Id to the client. `--bare-competitors` runs
+nginx and HAProxy without those headers (less work than Sluicegate does).
+
 Usage: bench/compare.py [--duration 10] [--rounds 5] [--connections 64,256] [--scenarios ...]
+                        [--bare-competitors]
 Installs nginx, haproxy, wrk, h2load and iperf3 with apt when missing; builds Sluicegate in
 release mode.
 """
@@ -128,18 +134,38 @@ def start_iperf(work):
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
-def start_nginx(work, backend, iperf):
+# What Sluicegate adds to every proxied request and response, in each competitor's terms: the
+# client's address appended to X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host, and a
+# request id (the client's own when it sent one, else a random one) sent upstream and returned.
+NGINX_FORWARDING = """
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $rid;
+            add_header X-Request-Id $rid always;"""
+NGINX_REQUEST_ID = """
+    map $http_x_request_id $rid { "" $request_id; default $http_x_request_id; }"""
+HAPROXY_FORWARDING = """
+    http-request set-header X-Request-Id %[uuid()] unless { req.hdr(x-request-id) -m found }
+    http-request set-var(txn.request_id) req.hdr(x-request-id)
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-response set-header X-Request-Id %[var(txn.request_id)]"""
+
+
+def start_nginx(work, backend, iperf, equal_headers):
     port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "nginx-proxy.conf")
-    location = """
-        location / {
+    location = f"""
+        location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }"""
+            proxy_set_header Connection "";{NGINX_FORWARDING if equal_headers else ""}
+        }}"""
     with open(conf, "w") as f:
         f.write(nginx_conf(work, port, f"""
-    upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; }}
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; }}{NGINX_REQUEST_ID if equal_headers else ""}
     server {{ listen 127.0.0.1:{port} reuseport; {location} }}
     server {{ listen 127.0.0.1:{h2} http2; {location} }}""", 2))
     stream = os.path.exists(NGINX_STREAM)
@@ -156,9 +182,11 @@ stream {{ server {{ listen 127.0.0.1:{tcp}; proxy_pass 127.0.0.1:{iperf}; }} }}
     return proc, {"http": port, "h2": h2, "tcp": tcp if stream else None}
 
 
-def start_haproxy(work, backend, iperf):
+def start_haproxy(work, backend, iperf, equal_headers):
     port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "haproxy.cfg")
+    forwarding = HAPROXY_FORWARDING if equal_headers else ""
+    forwardfor = "\n    option forwardfor" if equal_headers else ""  # in HTTP sections only
     with open(conf, "w") as f:
         f.write(f"""
 global
@@ -172,12 +200,12 @@ defaults
     http-reuse always
     option http-keep-alive
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{forwarding}
     default_backend be
 frontend fe2
-    bind 127.0.0.1:{h2} proto h2
+    bind 127.0.0.1:{h2} proto h2{forwarding}
     default_backend be
-backend be
+backend be{forwardfor}
     server b1 127.0.0.1:{backend}
 listen l4
     mode tcp
@@ -381,7 +409,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connections", default="64,256")
     ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp")
+    ap.add_argument("--bare-competitors", action="store_true",
+                    help="nginx and HAProxy without the forwarding and request-id headers "
+                         "Sluicegate adds (they then do less work per request than it does)")
     args = ap.parse_args()
+    equal = not args.bare_competitors
+    print("nginx and HAProxy " + ("add the same X-Forwarded-* and X-Request-Id headers as Sluicegate"
+                                  if equal else "run bare: no X-Forwarded-* or X-Request-Id headers"),
+          flush=True)
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "sluicegate")
@@ -394,8 +429,8 @@ def main():
         iperf, iport = start_iperf(work)
         procs.append(iperf)
         proxies = {}
-        for name, start in [("nginx", lambda: start_nginx(work, bport, iport)),
-                            ("haproxy", lambda: start_haproxy(work, bport, iport)),
+        for name, start in [("nginx", lambda: start_nginx(work, bport, iport, equal)),
+                            ("haproxy", lambda: start_haproxy(work, bport, iport, equal)),
                             ("sluicegate", lambda: start_sluicegate(work, bport, iport, binary))]:
             proc, ports = start()
             procs.append(proc)

@@ -142,6 +142,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
         let Some(io) = state.io.as_mut() else {
             return Poll::Ready(Ok(0));
         };
+        if state.buf.is_empty() {
+            // Read at the start of the buffer again once the previous request let go of it:
+            // the next head then lands on the lines the last one warmed, where advancing
+            // through the buffer wrote every request into cold memory (with many connections,
+            // a cache miss per line in the kernel's copy). Costs nothing while a request still
+            // holds the buffer: nothing is allocated.
+            let room = state.buf.capacity();
+            let _ = state.buf.try_reclaim(room + 1);
+        }
         if state.buf.capacity() - state.buf.len() < size / 2 {
             state.buf.reserve(size);
         }
@@ -340,5 +349,38 @@ impl http_body::Body for ClientH1Body {
 
     fn size_hint(&self) -> SizeHint {
         self.source.hint(self.seq).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn reads_start_over_at_the_buffer_start_once_the_last_request_let_go_of_it() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let shared = Shared::new(server, BytesMut::new());
+
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        let n = shared.fill().await.unwrap();
+        let start = shared.state.borrow().buf.as_ptr();
+        let head = shared.state.borrow_mut().buf.split_to(n).freeze();
+
+        // While the request holds its head, the next bytes go after it and the head is intact.
+        client.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap();
+        let m = shared.fill().await.unwrap();
+        assert_ne!(shared.state.borrow().buf.as_ptr(), start);
+        assert_eq!(&head[..], b"GET /a HTTP/1.1\r\n\r\n");
+        let second = shared.state.borrow_mut().buf.split_to(m).freeze();
+        assert_eq!(&second[..], b"GET /b HTTP/1.1\r\n\r\n");
+
+        // Both requests done: the next head is read at the start of the same allocation.
+        drop((head, second));
+        client.write_all(b"GET /c HTTP/1.1\r\n\r\n").await.unwrap();
+        shared.fill().await.unwrap();
+        let state = shared.state.borrow();
+        assert_eq!(state.buf.as_ptr(), start);
+        assert_eq!(&state.buf[..], b"GET /c HTTP/1.1\r\n\r\n");
     }
 }
