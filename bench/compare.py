@@ -137,6 +137,8 @@ NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
 # What Sluicegate adds to every proxied request and response, in each competitor's terms: the
 # client's address appended to X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host, and a
 # request id (the client's own when it sent one, else a random one) sent upstream and returned.
+# nginx also passes the client's Host on, as Sluicegate and HAProxy do (its default is the
+# upstream block's name).
 NGINX_FORWARDING = """
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
