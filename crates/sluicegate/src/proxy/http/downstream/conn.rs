@@ -146,8 +146,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
             // Read at the start of the buffer again once the previous request let go of it:
             // the next head then lands on the lines the last one warmed, where advancing
             // through the buffer wrote every request into cold memory (with many connections,
-            // a cache miss per line in the kernel's copy). Costs nothing while a request still
-            // holds the buffer: nothing is allocated.
+            // a cache miss per line in the kernel's copy). Asking for one byte more than the
+            // room left is what makes `try_reclaim` move back to the start; while a request
+            // still holds part of the buffer it does nothing, and it never allocates.
             let room = state.buf.capacity();
             let _ = state.buf.try_reclaim(room + 1);
         }
