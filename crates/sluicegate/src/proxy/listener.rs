@@ -21,6 +21,7 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::http::coalesce::Coalesce;
+use super::http::first_read::FirstReadNow;
 use super::http::headers::client_value;
 use super::http::serve::{serve, Mode};
 use super::http::server::{ConnInfo, Worker};
@@ -514,7 +515,7 @@ fn start_connection(
         ListenerKind::Http => {
             tokio::task::spawn_local(async move {
                 let _guard = guard;
-                let stream = Coalesce(stream);
+                let stream = Coalesce(FirstReadNow::new(stream));
                 serve(worker, info, stream, Mode::Detect, header_limit, stop).await;
             });
         }
@@ -522,7 +523,8 @@ fn start_connection(
             let acceptor = acceptor.clone();
             tokio::task::spawn_local(async move {
                 let _guard = guard;
-                match tls::accept(&acceptor, stream, TLS_HANDSHAKE_TIMEOUT).await {
+                match tls::accept(&acceptor, FirstReadNow::new(stream), TLS_HANDSHAKE_TIMEOUT).await
+                {
                     Ok((tls_stream, alpn)) => {
                         let mode = Mode::from_alpn(alpn.as_deref());
                         serve(worker, info, tls_stream, mode, header_limit, stop).await;
