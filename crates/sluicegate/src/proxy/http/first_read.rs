@@ -52,7 +52,12 @@ impl AsyncRead for FirstReadNow {
         let this = self.get_mut();
         if std::mem::take(&mut this.fresh) && buf.remaining() > 0 {
             match this.read_now(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Nothing there yet (or a signal came first): wait for readiness as usual.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 done => return Poll::Ready(done),
             }
         }
