@@ -115,6 +115,33 @@ fn route_match_1000(bencher: Bencher, case: &str) {
     });
 }
 
+/// Matching against 1,000 virtual hosts that each route every path (`path_prefix = "/"`), the
+/// shape of a multi-tenant gateway: the request names the last host.
+#[divan::bench]
+fn route_match_1000_hosts(bencher: Bencher) {
+    let routes = (0..1000)
+        .map(|i| {
+            let m = RouteMatch {
+                host: Some(format!("tenant{i}.example.com")),
+                path_prefix: Some("/".to_string()),
+                ..Default::default()
+            };
+            (Matcher::new(m), i)
+        })
+        .collect();
+    let table = RouteTable::new(routes);
+    let headers = HeaderMap::new();
+    bencher.bench_local(|| {
+        let view = RequestView {
+            method: &Method::GET,
+            host: Some(black_box("Tenant999.example.com")),
+            path: black_box("/orders/7"),
+            headers: &headers,
+        };
+        black_box(table.find(&view).map(|(_, r)| *r))
+    });
+}
+
 /// The request-side header work of the pipeline: hop-by-hop removal, X-Forwarded-*, request id.
 #[divan::bench]
 fn rewrite_request_headers(bencher: Bencher) {

@@ -112,6 +112,123 @@ endpoints = [{{ address = "{}" }}]
     assert_eq!(r.text(), "users", "method condition not met");
 }
 
+/// A table large enough to be searched through its index (virtual hosts, many prefixes) picks
+/// the same routes as the precedence rules say: exact path, longest prefix at a segment
+/// boundary, then conditions, hosts compared without case.
+#[test]
+fn large_route_table_follows_precedence() {
+    let names = ["tenants", "orders", "api", "health", "wild", "root"];
+    let backends: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
+    let mut toml = String::from(
+        "[access_log]\npath = \"off\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    let mut route = |name: String, matcher: String, service: &str| {
+        toml += &format!(
+            "\n[[routes]]\nname = \"{name}\"\nmatch = {{ {matcher} }}\nservice = \"{service}\"\n"
+        );
+    };
+    route("root".into(), r#"path_prefix = "/""#.into(), "root");
+    for i in 0..30 {
+        route(
+            format!("tenant{i}"),
+            format!(r#"host = "tenant{i}.example.com", path_prefix = "/""#),
+            "tenants",
+        );
+    }
+    route(
+        "tenant7-orders".into(),
+        r#"host = "tenant7.example.com", path_prefix = "/orders""#.into(),
+        "orders",
+    );
+    for v in 1..10 {
+        route(
+            format!("api-v{v}"),
+            format!(r#"path_prefix = "/api/v{v}""#),
+            "api",
+        );
+    }
+    route(
+        "health".into(),
+        r#"path = "/api/v1/health""#.into(),
+        "health",
+    );
+    route(
+        "wild".into(),
+        r#"host = "*.example.com", path_prefix = "/wild/""#.into(),
+        "wild",
+    );
+    for (name, backend) in names.iter().zip(&backends) {
+        toml += &format!(
+            "\n[[services]]\nname = \"{name}\"\nendpoints = [{{ address = \"{}\" }}]\n",
+            backend.addr
+        );
+    }
+    let gw = Gateway::start(&toml);
+    let mut c = gw.client();
+    // (Host, path, the service that must answer, why)
+    let cases = [
+        (
+            "tenant7.example.com",
+            "/orders/1",
+            "orders",
+            "host and prefix",
+        ),
+        (
+            "TENANT7.example.com:8080",
+            "/orders",
+            "orders",
+            "host without case or port",
+        ),
+        (
+            "tenant7.example.com",
+            "/ordersx",
+            "tenants",
+            "prefixes match whole segments",
+        ),
+        (
+            "tenant29.example.com",
+            "/x",
+            "tenants",
+            "the last virtual host",
+        ),
+        ("tenant30.example.com", "/x", "root", "an unknown host"),
+        (
+            "tenant3.example.com",
+            "/api/v2/x",
+            "api",
+            "a longer prefix wins over a host",
+        ),
+        (
+            "tenant3.example.com",
+            "/api/v1/health",
+            "health",
+            "an exact path first",
+        ),
+        (
+            "other.example.com",
+            "/api/v10",
+            "root",
+            "/api/v1 is not a segment of it",
+        ),
+        (
+            "other.example.com",
+            "/wild/a",
+            "wild",
+            "a wildcard host, prefix ending in /",
+        ),
+        (
+            "example.com",
+            "/wild/a",
+            "root",
+            "the wildcard needs a subdomain",
+        ),
+    ];
+    for (host, path, service, why) in cases {
+        let r = c.request("GET", path, &[("Host", host)], b"");
+        assert_eq!(r.text(), service, "{host} {path}: {why}");
+    }
+}
+
 #[test]
 fn no_route_is_404_json_with_request_id() {
     let b = Backend::start("b");

@@ -10,6 +10,7 @@ pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod route;
+mod route_index;
 pub mod serve;
 pub mod server;
 pub mod websocket;

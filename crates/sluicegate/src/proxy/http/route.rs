@@ -9,6 +9,7 @@ use std::cmp::Reverse;
 
 use http::{HeaderMap, Method};
 
+use super::route_index::RouteIndex;
 use crate::config::RouteMatch;
 
 /// A route's conditions, prepared for matching.
@@ -120,10 +121,16 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'
     Some(without_port)
 }
 
+/// From this many routes on, a table is searched through a [`RouteIndex`]: below it, testing
+/// each route costs less than the index's hash lookups (a few nanoseconds a route against
+/// ≈ 20 ns a lookup).
+const INDEX_FROM: usize = 16;
+
 /// Routes of one listener in precedence order.
 #[derive(Debug)]
 pub struct RouteTable<R> {
     entries: Vec<(Matcher, R)>,
+    index: Option<RouteIndex>,
 }
 
 impl<R> RouteTable<R> {
@@ -131,17 +138,26 @@ impl<R> RouteTable<R> {
     pub fn new(routes: Vec<(Matcher, R)>) -> RouteTable<R> {
         let mut indexed: Vec<(usize, (Matcher, R))> = routes.into_iter().enumerate().collect();
         indexed.sort_by_key(|(i, (m, _))| m.precedence(*i));
-        RouteTable {
-            entries: indexed.into_iter().map(|(_, e)| e).collect(),
-        }
+        let entries: Vec<(Matcher, R)> = indexed.into_iter().map(|(_, e)| e).collect();
+        let index = (entries.len() >= INDEX_FROM)
+            .then(|| RouteIndex::new(entries.iter().map(|(m, _)| &m.inner)));
+        RouteTable { entries, index }
     }
 
     pub fn find(&self, req: &RequestView<'_>) -> Option<&(Matcher, R)> {
-        self.entries.iter().find(|(m, _)| m.matches(req))
+        self.find_index(req).map(|i| &self.entries[i])
     }
 
     /// The position of the route `req` matches, for [`RouteTable::get`].
     pub fn find_index(&self, req: &RequestView<'_>) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.find(req.host, req.path, |i| self.entries[i].0.matches(req)),
+            None => self.scan(req),
+        }
+    }
+
+    /// The first matching route by testing each in turn: what the index must agree with.
+    fn scan(&self, req: &RequestView<'_>) -> Option<usize> {
         self.entries.iter().position(|(m, _)| m.matches(req))
     }
 
@@ -270,5 +286,76 @@ mod tests {
         assert_eq!(strip_prefix("/users", "/users"), "/");
         assert_eq!(strip_prefix("/users/", "/users/7"), "/7");
         assert_eq!(strip_prefix("/", "/a"), "/a");
+    }
+
+    /// The index finds what testing every route in order finds, for any table and request:
+    /// small alphabets of hosts and paths so that routes overlap, shadow and nest.
+    mod index_agrees_with_scan {
+        use super::*;
+        use crate::proxy::http::route_index::RouteIndex;
+        use proptest::prelude::*;
+
+        const HOSTS: &[&str] = &["a.x", "B.x", "*.x", "*.a.x", "b.x"];
+        const PATHS: &[&str] = &["/", "/a", "/a/", "/a/b", "/ab", "/a/b/", "/é", "", "/a//"];
+        const REQUEST_HOSTS: &[&str] = &["a.x", "A.X", "c.a.x", "b.X", "x", "é.x"];
+        const REQUEST_PATHS: &[&str] = &[
+            "/", "/a", "/a/", "/a/b", "/a/bc", "/ab", "/abc/d", "", "/é/x", "/a//b", "/é", "/a/b/c",
+        ];
+
+        fn route() -> impl Strategy<Value = RouteMatch> {
+            (
+                prop::option::of(prop::sample::select(HOSTS)),
+                0..3u8,
+                prop::sample::select(PATHS),
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(host, kind, path, post_only, header)| {
+                    let mut m = RouteMatch {
+                        host: host.map(str::to_string),
+                        ..Default::default()
+                    };
+                    match kind {
+                        0 => m.path = Some(path.to_string()),
+                        1 => m.path_prefix = Some(path.to_string()),
+                        _ => {}
+                    }
+                    if post_only {
+                        m.methods.push(Method::POST);
+                    }
+                    if header {
+                        m.headers.push((
+                            HeaderName::from_static("x-canary"),
+                            HeaderValue::from_static("1"),
+                        ));
+                    }
+                    m
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn same_route(
+                routes in prop::collection::vec(route(), 0..48),
+                host in prop::option::of(prop::sample::select(REQUEST_HOSTS)),
+                path in prop::sample::select(REQUEST_PATHS),
+                post in any::<bool>(),
+                canary in any::<bool>(),
+            ) {
+                let table = RouteTable::new(
+                    routes.into_iter().map(|m| (Matcher::new(m), ())).collect(),
+                );
+                let index = RouteIndex::new(table.entries.iter().map(|(m, _)| &m.inner));
+                let mut headers = HeaderMap::new();
+                if canary {
+                    headers.insert("x-canary", HeaderValue::from_static("1"));
+                }
+                let method = if post { Method::POST } else { Method::GET };
+                let req = RequestView { method: &method, host, path, headers: &headers };
+                let indexed = index.find(host, path, |i| table.entries[i].0.matches(&req));
+                prop_assert_eq!(indexed, table.scan(&req));
+                prop_assert_eq!(table.find_index(&req), table.scan(&req));
+            }
+        }
     }
 }
