@@ -40,6 +40,8 @@ pub struct RingHash {
     /// lookup's binary search touches, so they are kept dense).
     points: Box<[u64]>,
     owners: Box<[u32]>,
+    /// Where the search for a key starts and ends, by the key's top bits (see [`RingIndex`]).
+    index: RingIndex,
     n: usize,
     /// For requests without a key.
     fallback: RoundRobin,
@@ -77,9 +79,11 @@ impl RingHash {
                 addr(a).cmp(&addr(b)).then(a.1.cmp(&b.1))
             })
         });
+        let points: Box<[u64]> = ring.iter().map(|p| p.0).collect();
         RingHash {
-            points: ring.iter().map(|p| p.0).collect(),
+            index: RingIndex::new(&points),
             owners: ring.iter().map(|p| p.1).collect(),
+            points,
             n: endpoints.len(),
             fallback: RoundRobin::new(endpoints.len()),
         }
@@ -89,6 +93,58 @@ impl RingHash {
     pub(super) fn ring_size(&self) -> usize {
         self.points.len()
     }
+}
+
+/// Average ring points per [`RingIndex`] bucket: 16 hashes are two cache lines, searched in four
+/// steps, where a binary search over the whole ring (up to 2^18 points, 2 MiB of hashes) took 18
+/// steps, most of them cache misses: about 1 µs a pick with 100 endpoints.
+const POINTS_PER_BUCKET: usize = 16;
+
+/// The ring cut into 2^`bits` buckets by the top bits of a hash: bucket `b` holds the points
+/// whose hash starts with `b`, which sit side by side in the sorted ring, so a key's point is
+/// found by a search inside its own bucket only. Points are uniform hashes, so buckets are even.
+#[derive(Debug)]
+struct RingIndex {
+    bits: u32,
+    /// `starts[b]`: position of the first point at or after bucket `b`; one more entry than
+    /// buckets, the last being the ring's length.
+    starts: Box<[u32]>,
+}
+
+impl RingIndex {
+    fn new(points: &[u64]) -> RingIndex {
+        let buckets = (points.len() / POINTS_PER_BUCKET)
+            .max(1)
+            .next_power_of_two();
+        let bits = buckets.trailing_zeros();
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut position = 0;
+        for b in 0..buckets as u64 {
+            while position < points.len() && bucket_of(points[position], bits) < b {
+                position += 1;
+            }
+            starts.push(position as u32);
+        }
+        starts.push(points.len() as u32);
+        RingIndex {
+            bits,
+            starts: starts.into_boxed_slice(),
+        }
+    }
+
+    /// The position of the first point at or after `key` (`points.len()` when none is): what
+    /// `points.partition_point(|&p| p < key)` returns. Every point before the key's bucket is
+    /// smaller than the key and every point after it larger.
+    fn first_at_or_after(&self, points: &[u64], key: u64) -> usize {
+        let b = bucket_of(key, self.bits) as usize;
+        let (start, end) = (self.starts[b] as usize, self.starts[b + 1] as usize);
+        start + points[start..end].partition_point(|&p| p < key)
+    }
+}
+
+/// The top `bits` bits of `hash` (0 with no bits: one bucket).
+fn bucket_of(hash: u64, bits: u32) -> u64 {
+    hash.checked_shr(64 - bits).unwrap_or(0)
 }
 
 /// `POINTS_PER_WEIGHT` halved until `total` weight units fit `MAX_RING_SIZE`; `None` when even
@@ -113,7 +169,7 @@ impl Balancer for RingHash {
         if len == 0 {
             return None;
         }
-        let first = self.points.partition_point(|&p| p < key) % len;
+        let first = self.index.first_at_or_after(&self.points, key) % len;
         super::walk_table(&self.owners, first, self.n, accept)
     }
 }
@@ -193,6 +249,32 @@ mod tests {
         let r = RingHash::new(&endpoints(&[3, 1, 1]));
         let picks: Vec<_> = (0..6).map(|_| r.pick(None, &|_| true).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    proptest! {
+        /// The bucket index finds the point a binary search over the whole ring finds, for
+        /// rings of any size (uneven buckets, empty ones, ties) and keys anywhere.
+        #[test]
+        fn index_agrees_with_a_full_search(
+            mut points in prop::collection::vec(
+                prop_oneof![any::<u64>(), 0u64..64, (u64::MAX - 64)..=u64::MAX],
+                0..300,
+            ),
+            keys in prop::collection::vec(any::<u64>(), 1..20),
+        ) {
+            points.sort_unstable();
+            let index = RingIndex::new(&points);
+            let probes = keys.iter().copied().chain(points.iter().flat_map(|&p| {
+                [p.wrapping_sub(1), p, p.wrapping_add(1)]
+            }));
+            for key in probes {
+                prop_assert_eq!(
+                    index.first_at_or_after(&points, key),
+                    points.partition_point(|&p| p < key),
+                    "key {:#x}", key
+                );
+            }
+        }
     }
 
     proptest! {
