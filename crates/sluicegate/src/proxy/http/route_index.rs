@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use crate::config::RouteMatch;
 
-/// Longest host a lookup lower-cases on the stack; a route naming a longer host (none passes
-/// config validation: DNS names stop at 253) is kept among the routes checked one by one.
+/// Longest host a lookup lower-cases on the stack; a route naming a longer host (longer than
+/// any DNS name, which stop at 253) is kept among the routes checked one by one.
 const MAX_INDEXED_HOST: usize = 255;
 
 /// Routes that share a path condition, by host.
