@@ -42,12 +42,13 @@ impl Bucket {
         }
     }
 
-    /// The first position, in precedence order, of a route that could match `host` (already
-    /// ASCII lower case) and for which `matches` holds.
+    /// The first position, in precedence order, of a route that could match `host` and for
+    /// which `matches` holds.
     fn find(&self, host: Option<&str>, matches: &impl Fn(usize) -> bool) -> Option<usize> {
-        let named: &[u32] = host
-            .and_then(|h| self.by_host.get(h))
-            .map_or(&[], Vec::as_slice);
+        let named: &[u32] = match host {
+            Some(h) if !self.by_host.is_empty() => lookup_host(&self.by_host, h).unwrap_or(&[]),
+            _ => &[],
+        };
         // Merge the two ascending lists, so the lower position is tried first.
         let (mut a, mut b) = (named.iter().peekable(), self.rest.iter().peekable());
         loop {
@@ -66,14 +67,18 @@ impl Bucket {
     }
 }
 
-/// `host` in ASCII lower case, written into `buf` (no allocation per request); `None` when it
-/// is longer than any indexed host.
-fn lower_case<'b>(host: &str, buf: &'b mut [u8; MAX_INDEXED_HOST]) -> Option<&'b str> {
-    let lower = buf.get_mut(..host.len())?;
+/// `map[host]` with `host` compared without ASCII case, without allocating.
+fn lookup_host<'m>(map: &'m HashMap<Box<str>, Vec<u32>>, host: &str) -> Option<&'m [u32]> {
+    if host.len() > MAX_INDEXED_HOST {
+        return None;
+    }
+    let mut buf = [0u8; MAX_INDEXED_HOST];
+    let lower = &mut buf[..host.len()];
     lower.copy_from_slice(host.as_bytes());
     lower.make_ascii_lowercase();
-    // ASCII lower-casing keeps UTF-8 valid.
-    std::str::from_utf8(lower).ok()
+    // ASCII lower-casing keeps UTF-8 valid; a host that is not cannot be a key either.
+    let lower = std::str::from_utf8(lower).ok()?;
+    map.get(lower).map(Vec::as_slice)
 }
 
 /// Where a request's candidate routes are, by exact path, by prefix and by host.
@@ -126,9 +131,6 @@ impl RouteIndex {
         path: &str,
         matches: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        // Lower-cased once for every bucket the path leads to.
-        let mut buf = [0u8; MAX_INDEXED_HOST];
-        let host = host.and_then(|h| lower_case(h, &mut buf));
         if let Some(found) = self
             .exact
             .get(path)
