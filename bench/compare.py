@@ -359,8 +359,13 @@ def measure(proxies, rounds, run):
     """Runs `run(name, ports)` for each proxy, interleaved, `rounds` times; returns the rows and
     the proxy's CPU seconds for each run appended."""
     results = {name: [] for name in proxies}
-    for _ in range(rounds):
-        for name, (proc, ports) in proxies.items():
+    names = list(proxies)
+    for round_no in range(rounds):
+        # Each round starts with the next proxy, so none always runs right after the same one
+        # (the backend and the kernel carry state from one run into the next).
+        order = names[round_no % len(names):] + names[:round_no % len(names)]
+        for name in order:
+            proc, ports = proxies[name]
             before = cpu_seconds(proc.pid)
             row = run(name, ports)
             if row is None:
@@ -392,8 +397,8 @@ def http1_scenario(proxies, args, title, conns, path="/", headers=(), mib=False)
 
 
 def round_spread(results, other):
-    """The range of Sluicegate's per-round ratios to `other` (rounds are interleaved, so round i
-    of both ran back to back): how much of a median ratio is noise."""
+    """The range of Sluicegate's per-round ratios to `other` (round i of both ran within the
+    same round, at most one other run apart): how much of a median ratio is noise."""
     pairs = list(zip(results.get("sluicegate", []), results.get(other, [])))
     if len(pairs) < 2:
         return ""
@@ -405,10 +410,13 @@ def round_spread(results, other):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
-    # Five rounds: on a shared 2-core machine one round's ratio to another proxy moves by ±10 %,
-    # and the median of three still moved by ±5 % between runs.
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=8)
+    # Seven rounds of 8 s: on a shared 2-core machine one round's ratio to another proxy moves by
+    # ±10-15 % (p99 at 64 connections by more: it sits near one 4 ms scheduler tick), the median
+    # of three still moved by ±5 % between runs, and the median of five crossed 1 now and then
+    # where the rounds' own median was 0.85. More, shorter rounds follow the machine's drift
+    # more closely for the same total time.
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--connections", default="64,256")
     ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp")
     ap.add_argument("--bare-competitors", action="store_true",
