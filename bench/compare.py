@@ -355,9 +355,10 @@ def median_rows(rows, sums=()):
                  for i in range(len(rows[0])))
 
 
-def measure(proxies, rounds, run):
+def measure(proxies, rounds, run, labels, show=False):
     """Runs `run(name, ports)` for each proxy, interleaved, `rounds` times; returns the rows and
-    the proxy's CPU seconds for each run appended."""
+    the proxy's CPU seconds for each run appended. With `show`, prints every run as it ends
+    (`labels` name the row's columns)."""
     results = {name: [] for name in proxies}
     names = list(proxies)
     for round_no in range(rounds):
@@ -370,7 +371,12 @@ def measure(proxies, rounds, run):
             row = run(name, ports)
             if row is None:
                 continue
-            results[name].append(row + (cpu_seconds(proc.pid) - before,))
+            row += (cpu_seconds(proc.pid) - before,)
+            results[name].append(row)
+            if show:
+                print(f"  round {round_no + 1} {name:<10} "
+                      + "  ".join(f"{label} {value:.4g}" for label, value in zip(labels, row)),
+                      flush=True)
     return {n: r for n, r in results.items() if r}
 
 
@@ -378,7 +384,8 @@ def http1_scenario(proxies, args, title, conns, path="/", headers=(), mib=False)
     def run(name, ports):
         requests, rps, p50, p99, errors = run_wrk(ports["http"], conns, args.duration, path, headers)
         return (rps, p50, p99, errors, requests)
-    results = measure(proxies, args.rounds, run)
+    results = measure(proxies, args.rounds, run,
+                      ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), args.show_rounds)
     summary = {}
     for name, rows in results.items():
         rows = [(r[0], r[1], r[2], r[3], r[5] * 1e6 / max(r[4], 1)) for r in rows]
@@ -419,6 +426,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--connections", default="64,256")
     ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp")
+    ap.add_argument("--show-rounds", action="store_true",
+                    help="print every round of every proxy as it ends, not only the medians")
     ap.add_argument("--bare-competitors", action="store_true",
                     help="nginx and HAProxy without the forwarding and request-id headers "
                          "Sluicegate adds (they then do less work per request than it does)")
@@ -462,7 +471,8 @@ def main():
             def run(name, ports):
                 done, rps, mean_ms, errors = run_h2load(ports["h2"], args.duration)
                 return (rps, mean_ms, errors, done)
-            results = measure(proxies, args.rounds, run)
+            results = measure(proxies, args.rounds, run,
+                              ("req/s", "mean_ms", "errors", "requests", "cpu_s"), args.show_rounds)
             summary = {n: median_rows([(r[0], r[1], r[2], r[4] * 1e6 / max(r[3], 1)) for r in rows],
                                       sums=(2,))
                        for n, rows in results.items()}
@@ -480,7 +490,8 @@ def main():
                     return None
                 nbytes, bps = run_iperf(ports["tcp"], args.duration)
                 return (bps / 1e9, nbytes)
-            results = measure(proxies, args.rounds, run)
+            results = measure(proxies, args.rounds, run, ("Gbit/s", "bytes", "cpu_s"),
+                              args.show_rounds)
             summary = {n: median_rows([(r[0], r[2] * 1e3 / (r[1] / (1 << 30))) for r in rows])
                        for n, rows in results.items()}
             sg = summary["sluicegate"]
