@@ -372,11 +372,13 @@ def steal_share(before, after):
     return spent[7] / max(sum(spent), 1)
 
 
-def measure(proxies, rounds, run, labels, show=False):
+def measure(proxies, rounds, run, labels, title, show=False):
     """Runs `run(name, ports)` for each proxy, interleaved, `rounds` times; returns the rows and
     the proxy's CPU seconds for each run appended. With `show`, prints every run as it ends
-    (`labels` name the row's columns). Runs the hypervisor stole from are printed as they end."""
+    (`labels` name the row's columns). Runs the hypervisor stole from are printed as they end.
+    Printed runs come under `title`, as the scenario's table follows them."""
     results = {name: [] for name in proxies}
+    headed = False
     names = list(proxies)
     for round_no in range(rounds):
         # Each round starts with the next proxy, so none always runs right after the same one
@@ -392,6 +394,9 @@ def measure(proxies, rounds, run, labels, show=False):
             stolen = steal_share(machine, cpu_times())
             results[name].append(row)
             if show or stolen >= STEAL_FLAG:
+                if not headed:
+                    print(f"\n{title}: rounds", flush=True)
+                    headed = True
                 print(f"  round {round_no + 1} {name:<10} "
                       + "  ".join(f"{label} {value:.4g}" for label, value in zip(labels, row))
                       + f"  steal {stolen:.1%}"
@@ -406,7 +411,8 @@ def http1_scenario(proxies, args, title, conns, path="/", headers=(), mib=False)
         requests, rps, p50, p99, errors = run_wrk(ports["http"], conns, args.duration, path, headers)
         return (rps, p50, p99, errors, requests)
     results = measure(proxies, args.rounds, run,
-                      ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), args.show_rounds)
+                      ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), title,
+                      args.show_rounds)
     summary = {}
     for name, rows in results.items():
         rows = [(r[0], r[1], r[2], r[3], r[5] * 1e6 / max(r[4], 1)) for r in rows]
@@ -493,7 +499,8 @@ def main():
                 done, rps, mean_ms, errors = run_h2load(ports["h2"], args.duration)
                 return (rps, mean_ms, errors, done)
             results = measure(proxies, args.rounds, run,
-                              ("req/s", "mean_ms", "errors", "requests", "cpu_s"), args.show_rounds)
+                              ("req/s", "mean_ms", "errors", "requests", "cpu_s"),
+                              "HTTP/2 cleartext", args.show_rounds)
             summary = {n: median_rows([(r[0], r[1], r[2], r[4] * 1e6 / max(r[3], 1)) for r in rows],
                                       sums=(2,))
                        for n, rows in results.items()}
@@ -512,7 +519,7 @@ def main():
                 nbytes, bps = run_iperf(ports["tcp"], args.duration)
                 return (bps / 1e9, nbytes)
             results = measure(proxies, args.rounds, run, ("Gbit/s", "bytes", "cpu_s"),
-                              args.show_rounds)
+                              "TCP (layer 4) throughput", args.show_rounds)
             summary = {n: median_rows([(r[0], r[2] * 1e3 / (r[1] / (1 << 30))) for r in rows])
                        for n, rows in results.items()}
             sg = summary["sluicegate"]
