@@ -356,8 +356,9 @@ def median_rows(rows, sums=()):
 
 
 # A run during which the hypervisor took this share of the machine's CPU time or more (`steal`
-# in /proc/stat) is printed, flagged, above its scenario's table. On the project's VM a round with 5 % steal had a
-# p99 six times its neighbours' (20.8 against 2.7-3.3 ms, same proxy, same minute).
+# in /proc/stat) is printed, flagged, above its scenario's table. On the project's VM a round
+# with 5 % steal had a p99 six times its neighbours' (20.8 against 2.7-3.3 ms, same proxy, same
+# minute).
 STEAL_FLAG = 0.02
 
 
