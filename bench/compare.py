@@ -3,7 +3,8 @@
 
 Everything runs on 127.0.0.1 of this machine, so the load generator, the backend and the proxy
 share the CPUs: compare CPU time per request and latency measured in the same run, not absolute
-req/s across runs. Proxies are measured in interleaved rounds and the median round is reported.
+req/s across runs. Proxies are measured in interleaved rounds and the median round is reported;
+a run during which the hypervisor took 1 % of the CPU time or more is run again (STEAL_RETRY).
 
 Scenarios (--scenarios, comma-separated; default all):
   http1  HTTP/1.1 keep-alive, wrk at each --connections count, "ok" responses
@@ -356,10 +357,15 @@ def median_rows(rows, sums=()):
 
 
 # A run during which the hypervisor took this share of the machine's CPU time or more (`steal`
-# in /proc/stat) is printed, flagged, above its scenario's table. On the project's VM a round
-# with 5 % steal had a p99 six times its neighbours' (20.8 against 2.7-3.3 ms, same proxy, same
-# minute).
-STEAL_FLAG = 0.02
+# in /proc/stat) is run again, after a pause, up to STEAL_RETRIES times; the least-stolen attempt
+# counts. A p99 is the slowest 1 % of requests, so a 1 % share stolen in a few bursts lands on it:
+# on the project's VM a round with 5 % steal had a p99 six times its neighbours' (20.8 against
+# 2.7-3.3 ms, same proxy, same minute), and an idle minute there shows 0.1-0.7 %. Which attempt
+# counts is decided by the machine's counters, never by the result, and every proxy gets the
+# same rule; each retried attempt is printed.
+STEAL_RETRY = 0.01
+STEAL_RETRIES = 3
+STEAL_PAUSE_S = 3
 
 
 def cpu_times():
@@ -376,34 +382,48 @@ def steal_share(before, after):
 def measure(proxies, rounds, run, labels, title, show=False):
     """Runs `run(name, ports)` for each proxy, interleaved, `rounds` times; returns the rows and
     the proxy's CPU seconds for each run appended. With `show`, prints every run as it ends
-    (`labels` name the row's columns). Runs the hypervisor stole from are printed as they end.
-    Printed runs come under `title`, as the scenario's table follows them."""
+    (`labels` name the row's columns). Runs the hypervisor stole from are printed and run again
+    (see STEAL_RETRY). Printed runs come under `title`, as the scenario's table follows them."""
     results = {name: [] for name in proxies}
     headed = False
     names = list(proxies)
+
+    def report(round_no, name, row, stolen, note):
+        nonlocal headed
+        if not headed:
+            print(f"\n{title}: rounds", flush=True)
+            headed = True
+        print(f"  round {round_no + 1} {name:<10} "
+              + "  ".join(f"{label} {value:.4g}" for label, value in zip(labels, row))
+              + f"  steal {stolen:.1%}" + note, flush=True)
+
     for round_no in range(rounds):
         # Each round starts with the next proxy, so none always runs right after the same one
         # (the backend and the kernel carry state from one run into the next).
         order = names[round_no % len(names):] + names[:round_no % len(names)]
         for name in order:
             proc, ports = proxies[name]
-            before, machine = cpu_seconds(proc.pid), cpu_times()
-            row = run(name, ports)
-            if row is None:
-                continue
-            row += (cpu_seconds(proc.pid) - before,)
-            stolen = steal_share(machine, cpu_times())
-            results[name].append(row)
-            if show or stolen >= STEAL_FLAG:
-                if not headed:
-                    print(f"\n{title}: rounds", flush=True)
-                    headed = True
-                print(f"  round {round_no + 1} {name:<10} "
-                      + "  ".join(f"{label} {value:.4g}" for label, value in zip(labels, row))
-                      + f"  steal {stolen:.1%}"
-                      + ("  <- the hypervisor took CPU time: a noisy round" if stolen >= STEAL_FLAG
-                         else ""),
-                      flush=True)
+            attempts = []
+            for attempt in range(1 + STEAL_RETRIES):
+                before, machine = cpu_seconds(proc.pid), cpu_times()
+                row = run(name, ports)
+                if row is None:
+                    break
+                row += (cpu_seconds(proc.pid) - before,)
+                stolen = steal_share(machine, cpu_times())
+                attempts.append((stolen, row))
+                if stolen < STEAL_RETRY:
+                    if show:
+                        report(round_no, name, row, stolen, "")
+                    break
+                last = attempt == STEAL_RETRIES
+                report(round_no, name, row, stolen,
+                       "  <- the hypervisor took CPU time: "
+                       + ("the least-stolen attempt counts" if last else "run again"))
+                if not last:
+                    time.sleep(STEAL_PAUSE_S)
+            if attempts:
+                results[name].append(min(attempts, key=lambda a: a[0])[1])
     return {n: r for n, r in results.items() if r}
 
 
