@@ -19,8 +19,8 @@ nginx and HAProxy add X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and a
 to the upstream request, and return the X-Request-Id to the client. `--bare-competitors` runs
 nginx and HAProxy without those headers (less work than Sluicegate does).
 
-Usage: bench/compare.py [--duration 10] [--rounds 5] [--connections 64,256] [--scenarios ...]
-                        [--bare-competitors]
+Usage: bench/compare.py [--duration 4] [--rounds 14] [--connections 64,256] [--scenarios ...]
+                        [--show-rounds] [--bare-competitors]
 Installs nginx, haproxy, wrk, h2load and iperf3 with apt when missing; builds Sluicegate in
 release mode.
 """
@@ -465,13 +465,15 @@ def round_spread(results, other):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=8)
-    # Seven rounds of 8 s: on a shared 2-core machine one round's ratio to another proxy moves by
-    # ±10-15 % (p99 at 64 connections by more: it sits near one 4 ms scheduler tick), the median
-    # of three still moved by ±5 % between runs, and the median of five crossed 1 now and then
-    # where the rounds' own median was 0.85. More, shorter rounds follow the machine's drift
-    # more closely, for 56 s per proxy and scenario instead of 50 (a full run: about 17 min).
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--duration", type=int, default=4)
+    # Fourteen rounds of 4 s. On the project's VM every proxy's CPU per request moves by up to
+    # ±20 % from one run to the next, steal or not (the machine's speed drifts within tens of
+    # seconds), so one round's ratio to another proxy does too. Seven rounds of 8 s left the
+    # median ratio crossing 1 in one run of four or five where the rounds centred near 0.88:
+    # twice the rounds halves the variance of the median, and shorter runs sit closer in time to
+    # the runs they are compared with. Same 56 s per proxy and scenario (a full run: about
+    # 20 min, more when runs are retried for steal).
+    ap.add_argument("--rounds", type=int, default=14)
     ap.add_argument("--connections", default="64,256")
     ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp")
     ap.add_argument("--show-rounds", action="store_true",
