@@ -469,7 +469,7 @@ def main():
     # Fourteen rounds of 4 s. On the project's VM every proxy's CPU per request moves by up to
     # ±20 % from one run to the next, steal or not (the machine's speed drifts within tens of
     # seconds), so one round's ratio to another proxy does too. Seven rounds of 8 s left the
-    # median ratio crossing 1 in one run of four or five where the rounds centred near 0.88:
+    # median ratio crossing 1 in two runs of five where the rounds centred near 0.88:
     # twice the rounds halves the variance of the median, and shorter runs sit closer in time to
     # the runs they are compared with. Same 56 s per proxy and scenario (a full run: about
     # 20 min, more when runs are retried for steal).
