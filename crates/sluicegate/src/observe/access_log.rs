@@ -185,8 +185,8 @@ const NEEDS_ESCAPE: [bool; 256] = {
 fn json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
-    // Most values need no escaping: one table scan, one copy.
-    if !bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]) {
+    // Most values need no escaping: one scan, one copy.
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -213,6 +213,25 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any byte of `bytes` needs escaping. Sixteen bytes at a time, without branching
+/// inside a block, so the compiler tests a block with a few vector instructions: a byte-wise
+/// table scan cost about 4 instructions a byte, and a line's strings are ~150 bytes.
+fn needs_escape(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        let hit = block.iter().fold(false, |hit, &b| {
+            hit | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if hit {
+            return true;
+        }
+    }
+    blocks
+        .remainder()
+        .iter()
+        .any(|&b| NEEDS_ESCAPE[usize::from(b)])
 }
 
 fn json_optional(out: &mut Vec<u8>, text: Option<&str>) {
@@ -520,6 +539,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The block-wise scan finds exactly the bytes the table names, wherever they sit
+        /// (in a block or in the remainder).
+        #[test]
+        fn block_scan_agrees_with_the_table(
+            bytes in proptest::collection::vec(proptest::prop_oneof![
+                0x20u8..0x7f, proptest::prelude::Just(b'"'), proptest::prelude::Just(b'\\'),
+                0u8..0x20, 0x80u8..=0xff,
+            ], 0..70),
+            clean in 0usize..70,
+        ) {
+            // Mostly clean inputs with at most a few bytes to escape, as real values are.
+            let bytes: Vec<u8> = bytes.iter().enumerate()
+                .map(|(i, &b)| if i < clean { b'a' + b % 26 } else { b })
+                .collect();
+            let table = bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]);
+            proptest::prop_assert_eq!(needs_escape(&bytes), table);
+        }
+
         #[test]
         fn json_lines_parse_and_keep_their_strings(
             id in ".{0,40}", host in ".{0,20}", path in ".{0,60}", micros in 0u64..10_000_000_000,

@@ -201,6 +201,9 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
+    // Parsed request maps leave room only for what every request gets (X-Request-Id and one
+    // more): HTTP/2 upstreams and tunnels grow the map here once, not field by field.
+    headers.reserve(3);
     // Entries: one hash per header rather than a lookup and then an insert.
     match headers.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut e) if !e.get().is_empty() => {

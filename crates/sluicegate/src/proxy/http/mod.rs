@@ -4,6 +4,7 @@
 pub mod body;
 pub mod coalesce;
 pub mod downstream;
+mod fields;
 pub mod first_read;
 pub mod grpc;
 pub mod h1;

@@ -3,10 +3,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, Uri, Version};
 
-use crate::proxy::http::h1::response::{ends_chunked, tokens, Span};
+use crate::proxy::http::fields::{InvalidField, Spans};
+use crate::proxy::http::h1::response::{ends_chunked, tokens};
 
 /// Header fields parsed at most in a request head (hyper's and nginx's order of magnitude).
 pub const MAX_FIELDS: usize = 100;
@@ -90,38 +91,29 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let base = buf.as_ptr() as usize;
     let target = request.path.unwrap_or_default();
-    let target_at = target.as_ptr() as usize - base;
+    let target_at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target_len = target.len();
-    let mut spans = [Span::default(); MAX_FIELDS];
+    let mut spans = Spans::<MAX_FIELDS>::new(buf);
     let mut framing = Framing::default();
-    let count = request.headers.len();
-    for (span, f) in spans.iter_mut().zip(request.headers.iter()) {
+    for f in request.headers.iter() {
         framing.read(f.name, f.value)?;
-        *span = Span {
-            name: (f.name.as_ptr() as usize - base) as u32,
-            name_len: f.name.len() as u32,
-            value: (f.value.as_ptr() as usize - base) as u32,
-            value_len: f.value.len() as u32,
-        };
+        spans.push(f.name.as_bytes(), f.value);
     }
     // The head's bytes are frozen once; the target and every value are slices of them.
     let head: Bytes = buf.split_to(used).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    // Room for the fields the pipeline adds (X-Forwarded-*, X-Request-Id, TE): growing the
-    // map rehashes it, which cost more than parsing the head.
-    let mut headers = HeaderMap::with_capacity(count + 6);
-    for span in &spans[..count] {
-        let (name, value) = (span.name as usize, span.value as usize);
-        let name = HeaderName::from_bytes(&head[name..name + span.name_len as usize])
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value..value + span.value_len as usize))
-                .map_err(|_| HeadError::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    // Room for the fields the pipeline adds to every request (X-Request-Id, and TE or Host):
+    // growing the map rehashes it. X-Forwarded-* go straight into an HTTP/1.1 upstream's
+    // head, and the rarer paths that put them in the map reserve for them there; more room
+    // than that made a one-field request's map outgrow the allocator's small blocks.
+    let headers = spans.to_map(&head, 2).map_err(|e| {
+        HeadError::Malformed(match e {
+            InvalidField::Name => "invalid header name",
+            InvalidField::Value => "invalid header value",
+        })
+    })?;
     let body = framing.body(version)?;
     let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
     Ok(Some(RequestHead {

@@ -3,10 +3,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::{Method, StatusCode, Version};
 
 use super::Error;
+use crate::proxy::http::fields::Spans;
 
 /// Header fields parsed at most in a response head (hyper's default too).
 const MAX_FIELDS: usize = 100;
@@ -22,16 +23,6 @@ pub enum Framing {
     Chunked,
     /// Until the upstream closes the connection.
     Close,
-}
-
-/// Where a field's name and value sit in a head (heads are far below 4 GiB); request heads are
-/// sliced the same way.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Span {
-    pub name: u32,
-    pub name_len: u32,
-    pub value: u32,
-    pub value_len: u32,
 }
 
 /// A parsed final response head.
@@ -83,39 +74,19 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
     // spans are noted first, while httparse still borrows the buffer. The fields that frame the
     // message or describe the connection are read here, once, and hop-by-hop ones are not kept:
     // they must not reach the client (RFC 9110 7.6.1).
-    let base = buf.as_ptr() as usize;
-    let mut spans = [Span::default(); MAX_FIELDS];
-    let mut kept = 0;
+    let mut spans = Spans::<MAX_FIELDS>::new(buf);
     let mut fields = FramingFields::default();
     let mut named: Vec<HeaderName> = Vec::new();
     for f in response.headers.iter() {
-        if fields.read(f.name, f.value, &mut named)? {
-            continue;
+        if !fields.read(f.name, f.value, &mut named)? {
+            spans.push(f.name.as_bytes(), f.value);
         }
-        let name = f.name.as_ptr() as usize - base;
-        let value = f.value.as_ptr() as usize - base;
-        spans[kept] = Span {
-            name: name as u32,
-            name_len: f.name.len() as u32,
-            value: value as u32,
-            value_len: f.value.len() as u32,
-        };
-        kept += 1;
     }
     let head_bytes: Bytes = buf.split_to(used).freeze();
     // Room for what the pipeline adds (X-Request-Id, a sticky cookie) without a rehash.
-    let mut headers = HeaderMap::with_capacity(kept + 2);
-    for span in &spans[..kept] {
-        let name = span.name as usize;
-        let value = span.value as usize;
-        let name = HeaderName::from_bytes(&head_bytes[name..name + span.name_len as usize])
-            .map_err(|_| Error::InvalidHeader)?;
-        let value = HeaderValue::from_maybe_shared(
-            head_bytes.slice(value..value + span.value_len as usize),
-        )
+    let mut headers = spans
+        .to_map(&head_bytes, 2)
         .map_err(|_| Error::InvalidHeader)?;
-        headers.append(name, value);
-    }
     // Fields the upstream named in `Connection` are hop-by-hop too (rare).
     for name in named {
         headers.remove(name);
