@@ -1,11 +1,10 @@
 //! The `sluicegate` binary: parse the command line, run, map the outcome to an exit code.
 
+mod allocator;
 mod cli;
 
-/// mimalloc: the proxy allocates and frees small objects per request on every worker thread;
-/// measured with bench/compare.py, it costs less CPU per request than glibc malloc here.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 use std::process::ExitCode;
 
