@@ -8,6 +8,13 @@ use http::{header, HeaderValue, Response, StatusCode};
 pub enum GatewayError {
     #[error("the request is malformed")]
     BadRequest,
+    /// A malformed request, with what is wrong with it.
+    #[error("the request is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    #[error("the gateway does not serve {0} requests")]
+    MethodNotAllowed(&'static str),
     #[error("no route matches this request")]
     NoRoute,
     #[error("the request body is larger than this listener allows")]
@@ -25,7 +32,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(self) -> StatusCode {
         match self {
-            GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -38,7 +47,9 @@ impl GatewayError {
     /// The stable `error` code of SPEC 5.
     pub fn code(self) -> &'static str {
         match self {
-            GatewayError::BadRequest => "bad_request",
+            GatewayError::BadRequest | GatewayError::Malformed(_) => "bad_request",
+            GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::NoRoute => "no_route",
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::HeadersTooLarge => "headers_too_large",

@@ -53,11 +53,13 @@ pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
 /// The gRPC status for an error the gateway produced.
 pub fn code_for(error: GatewayError) -> Code {
     match error {
-        GatewayError::NoRoute => Code::Unimplemented,
+        GatewayError::NoRoute
+        | GatewayError::NotImplemented(_)
+        | GatewayError::MethodNotAllowed(_) => Code::Unimplemented,
         GatewayError::NoHealthyUpstream | GatewayError::UpstreamUnavailable => Code::Unavailable,
         GatewayError::UpstreamTimeout => Code::DeadlineExceeded,
         GatewayError::PayloadTooLarge | GatewayError::HeadersTooLarge => Code::ResourceExhausted,
-        GatewayError::BadRequest => Code::Internal,
+        GatewayError::BadRequest | GatewayError::Malformed(_) => Code::Internal,
     }
 }
 

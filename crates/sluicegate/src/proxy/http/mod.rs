@@ -4,7 +4,6 @@
 pub mod body;
 pub mod coalesce;
 pub mod downstream;
-mod fields;
 pub mod first_read;
 pub mod grpc;
 pub mod h1;
@@ -15,6 +14,7 @@ mod route_index;
 pub mod serve;
 pub mod server;
 pub mod websocket;
+pub mod wire;
 
 /// Runs hyper's background futures (HTTP/2 streams, connection tasks) on the current worker's
 /// `LocalSet`: workers are single-threaded, so nothing needs to be `Send`.

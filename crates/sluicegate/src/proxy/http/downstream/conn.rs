@@ -17,8 +17,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::head::BodyFraming;
-use crate::proxy::http::h1::chunked::{ChunkError, ChunkedDecoder, Decoded};
+use crate::proxy::http::wire::chunked::{ChunkError, ChunkedDecoder, Decoded};
+use crate::proxy::http::wire::request::BodyFraming;
 
 /// The interim answer to `Expect: 100-continue`, sent when the body is first read (as hyper and
 /// nginx do): a client that waits for it sends its body only once an upstream wants it.
@@ -248,8 +248,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
                     }
                     BodyState::Chunked(decoder) => match decoder.decode(&mut state.buf) {
                         Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        // Trailers end the body: nothing of it is left to read, and the
+                        // connection may carry the next (perhaps already pipelined) request.
                         Ok(Decoded::Trailers(trailers)) => {
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                            state.body = BodyState::Done;
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                         Ok(Decoded::End) => {
                             state.body = BodyState::Done;

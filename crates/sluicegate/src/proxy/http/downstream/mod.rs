@@ -16,7 +16,6 @@
 //! prior knowledge is recognised by its preface and handed to hyper's HTTP/2 server.
 
 mod conn;
-mod head;
 mod respond;
 mod rewind;
 
@@ -35,8 +34,8 @@ use tokio::time::{Instant, Sleep};
 pub use conn::{ClientBodyError, ClientH1Body};
 pub use rewind::Rewind;
 
+use super::wire::request::{self as head, HeadError, RequestHead};
 use conn::Shared;
-use head::{HeadError, RequestHead};
 
 use super::body::ClientBody;
 use super::headers::new_request_id;
@@ -349,7 +348,8 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     tracing::debug!(%error, "refused a request head");
     let answer = match error {
         HeadError::TooLarge => GatewayError::HeadersTooLarge,
-        HeadError::Malformed(_) => GatewayError::BadRequest,
+        HeadError::Malformed(why) => GatewayError::Malformed(why),
+        HeadError::NotImplemented(what) => GatewayError::NotImplemented(what),
     };
     let id = new_request_id();
     let response = answer

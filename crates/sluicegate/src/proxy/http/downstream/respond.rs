@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::conn::Shared;
 use crate::proxy::http::body::{BodyError, ResponseBody};
 use crate::proxy::http::h1::request::put_fields;
-use crate::proxy::http::h1::response::tokens;
+use crate::proxy::http::wire::chunked::drop_forbidden_trailers;
+use crate::proxy::http::wire::{chunk_size_line, content_length, tokens};
 
 /// Body bytes gathered with the head (or the previous frames) before a write: above this a
 /// frame is sent as it is, without a copy.
@@ -59,7 +60,7 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| crate::proxy::http::h1::response::content_length(v.as_bytes(), None));
+        .and_then(|v| content_length(v.as_bytes(), None));
     let framing = if bodiless || asked.head {
         Framing::None
     } else if let Some(n) = declared {
@@ -157,7 +158,8 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         let mut data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
+                if let Ok(mut t) = frame.into_trailers() {
+                    drop_forbidden_trailers(&mut t);
                     trailers = Some(t);
                 }
                 continue;
@@ -177,7 +179,7 @@ pub async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         sent += data.len() as u64;
         let chunked = framing == Framing::Chunked;
         if chunked {
-            chunk_size(out, data.len());
+            chunk_size_line(out, data.len());
         }
         let suffix: &[u8] = if chunked { b"\r\n" } else { b"" };
         if out.len() + data.len() <= GATHER {
@@ -249,22 +251,6 @@ fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, drop_
         DATE.with(|d| out.extend_from_slice(d.borrow_mut().now()));
         out.extend_from_slice(b"\r\n");
     }
-}
-
-fn chunk_size(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
 }
 
 pub async fn write_all<I: AsyncRead + AsyncWrite + Unpin>(
@@ -339,20 +325,6 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_sizes_are_lower_hex() {
-        for (n, text) in [
-            (0, "0\r\n"),
-            (10, "a\r\n"),
-            (4096, "1000\r\n"),
-            (0x1f2e, "1f2e\r\n"),
-        ] {
-            let mut out = Vec::new();
-            chunk_size(&mut out, n);
-            assert_eq!(out, text.as_bytes());
-        }
-    }
 
     #[test]
     fn head_drops_framing_fields_and_adds_date() {

@@ -7,11 +7,11 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::chunked::{ChunkedDecoder, Decoded};
 use super::conn::Conn;
-use super::response::Framing;
 use super::Error;
 use crate::proxy::http::pool::{Pool, PoolKey};
+use crate::proxy::http::wire::chunked::{ChunkedDecoder, Decoded};
+use crate::proxy::http::wire::response::Framing;
 
 /// Where a connection goes back once its response body has been read to its end.
 pub struct PoolReturn {

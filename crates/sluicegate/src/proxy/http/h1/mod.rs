@@ -10,10 +10,8 @@
 //! Upgrades (WebSocket) and HTTP/2 still use hyper; this covers plain request/response.
 
 pub mod body;
-pub mod chunked;
 pub mod conn;
 pub(crate) mod request;
-pub mod response;
 
 pub use body::{H1Body, PoolReturn};
 pub use conn::{Conn, Io};
@@ -28,20 +26,12 @@ pub enum Error {
     ClosedBeforeResponse,
     #[error("upstream closed the connection in the middle of the response body")]
     IncompleteBody,
-    #[error("malformed response head: {0}")]
-    Parse(httparse::Error),
-    #[error("response head too large or with too many fields")]
-    HeadTooLarge,
-    #[error("invalid response status {0}")]
-    InvalidStatus(u16),
-    #[error("invalid response header field")]
-    InvalidHeader,
-    #[error("invalid or conflicting Content-Length")]
-    InvalidLength,
+    #[error(transparent)]
+    Head(#[from] super::wire::response::Error),
     #[error("unexpected 101 Switching Protocols for a request that asked no upgrade")]
     UnexpectedUpgrade,
     #[error("malformed chunked body: {0}")]
-    Chunked(#[from] chunked::ChunkError),
+    Chunked(#[from] super::wire::chunked::ChunkError),
     #[error("request body: {0}")]
     RequestBody(#[source] super::body::BodyError),
 }

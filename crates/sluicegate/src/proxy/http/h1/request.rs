@@ -16,10 +16,13 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::body::{H1Body, PoolReturn};
 use super::conn::Conn;
-use super::response::{self, Head, MAX_HEAD};
 use super::Error;
 use crate::proxy::http::body::RequestBody;
 use crate::proxy::http::headers::{put_field, Forwarding};
+use crate::proxy::http::wire::chunk_size_line;
+use crate::proxy::http::wire::chunked::drop_forbidden_trailers;
+use crate::proxy::http::wire::request::{encode_head, Upload};
+use crate::proxy::http::wire::response::{self, Head, MAX_HEAD};
 
 /// A failed exchange. When nothing shows the upstream saw the request — a reused connection
 /// that closed before any response byte, the body not yet read — the body is handed back so
@@ -27,15 +30,6 @@ use crate::proxy::http::headers::{put_field, Forwarding};
 pub struct Failed {
     pub error: Error,
     pub retry: Option<RequestBody>,
-}
-
-/// How the request body is delimited on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Upload {
-    None,
-    /// The client's `Content-Length`, passed through.
-    Length,
-    Chunked,
 }
 
 /// Sends the request on `conn` and reads the response head. The response body streams from the
@@ -48,15 +42,11 @@ pub async fn send(
     ret: PoolReturn,
     forwarding: Option<Forwarding<'_>>,
 ) -> Result<Response<H1Body>, Failed> {
-    let has_body = !body.is_end_stream();
-    let upload = if parts.headers.contains_key(header::CONTENT_LENGTH) {
-        Upload::Length
-    } else if !has_body {
-        Upload::None
-    } else {
-        Upload::Chunked
-    };
-    encode_head(&mut conn.write_buf, parts, upload, endpoint, forwarding);
+    // Framed by what the body is, not by what the client's fields said: a body that a later
+    // step replays or transforms then still matches its framing on the upstream connection.
+    let upload = upload_for(&body);
+    let has_body = upload != Upload::None;
+    encode(&mut conn.write_buf, parts, upload, endpoint, forwarding);
     let reused = conn.reused;
     let idempotent = is_idempotent(&parts.method);
     let fail = |error: Error, body: RequestBody, body_touched: bool, received: bool| Failed {
@@ -100,50 +90,48 @@ pub async fn send(
     Ok(response)
 }
 
-/// Writes the request line and header fields. Header names are already lower case and values
-/// free of CR and LF (`http` checks both), so they are copied as they are.
-fn encode_head(
+/// How `body` is delimited upstream: by its length when known in advance, else chunked.
+fn upload_for(body: &RequestBody) -> Upload {
+    if body.is_end_stream() {
+        return Upload::None;
+    }
+    match body.size_hint().exact() {
+        Some(0) => Upload::None,
+        Some(n) => Upload::Length(n),
+        None => Upload::Chunked,
+    }
+}
+
+/// Writes the request head: the request line, the fields (with the forwarded ones when they
+/// are not in the map yet), a `Host` naming the endpoint when the request had none (an
+/// HTTP/1.0 client may send none; HTTP/1.1 requires one), and the framing fields.
+fn encode(
     out: &mut Vec<u8>,
     parts: &Parts,
     upload: Upload,
     endpoint: SocketAddr,
     forwarding: Option<Forwarding<'_>>,
 ) {
-    out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    match forwarding {
-        Some(forwarding) => forwarding.put_fields(out, &parts.headers),
-        None => put_fields(out, &parts.headers),
-    }
-    if !parts.headers.contains_key(header::HOST) {
-        // An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(endpoint.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match upload {
-        Upload::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Upload::None if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
-            // These methods imply a body; say it is empty rather than leave the upstream unsure.
-            out.extend_from_slice(b"content-length: 0\r\n");
+    let implies_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    encode_head(out, &parts.method, target, upload, implies_body, |out| {
+        match forwarding {
+            Some(forwarding) => forwarding.put_fields(out, &parts.headers),
+            None => put_fields(out, &parts.headers),
         }
-        Upload::None | Upload::Length => {}
-    }
-    out.extend_from_slice(b"\r\n");
+        if !parts.headers.contains_key(header::HOST) {
+            put_field(out, b"host", endpoint.to_string().as_bytes());
+        }
+    });
 }
 
 /// Header fields as `name: value` lines (trailers too, on the client side).
+/// `Content-Length` is never copied: the framing is the encoder's to write.
 pub(crate) fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        if name != header::CONTENT_LENGTH {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
 }
 
@@ -206,7 +194,9 @@ async fn send_body(conn: &mut Conn, body: &mut RequestBody, chunked: bool) -> Re
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
                 Ok(data) if chunked => {
-                    out.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                    let mut size = Vec::with_capacity(18);
+                    chunk_size_line(&mut size, data.len());
+                    out.push_back(Bytes::from(size));
                     out.push_back(data);
                     out.push_back(Bytes::from_static(b"\r\n"));
                 }
@@ -216,7 +206,8 @@ async fn send_body(conn: &mut Conn, body: &mut RequestBody, chunked: bool) -> Re
                     finished = true;
                     if chunked {
                         let mut last = b"0\r\n".to_vec();
-                        if let Ok(trailers) = frame.into_trailers() {
+                        if let Ok(mut trailers) = frame.into_trailers() {
+                            drop_forbidden_trailers(&mut trailers);
                             put_fields(&mut last, &trailers);
                         }
                         last.extend_from_slice(b"\r\n");
@@ -257,7 +248,7 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, (Error, boo
                 Ok(Some(head)) if head.status.is_informational() => continue,
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
-                Err(e) => return Err((e, true)),
+                Err(e) => return Err((e.into(), true)),
             }
         }
         match poll_fn(|cx| conn.poll_fill(cx)).await {
@@ -283,7 +274,7 @@ mod tests {
 
     fn head_text(parts: &Parts, upload: Upload) -> String {
         let mut out = Vec::new();
-        encode_head(
+        encode(
             &mut out,
             parts,
             upload,
@@ -308,6 +299,20 @@ mod tests {
         assert_eq!(
             head_text(&p, Upload::None),
             "POST / HTTP/1.1\r\nhost: x.test\r\ncontent-length: 0\r\n\r\n"
+        );
+        let p = parts(
+            Method::PUT,
+            "/",
+            &[("host", "x.test"), ("content-length", "99")],
+        );
+        assert_eq!(
+            head_text(&p, Upload::Length(5)),
+            "PUT / HTTP/1.1\r\nhost: x.test\r\ncontent-length: 5\r\n\r\n",
+            "the body's own length frames it, not the client's field"
+        );
+        assert_eq!(
+            head_text(&p, Upload::Chunked),
+            "PUT / HTTP/1.1\r\nhost: x.test\r\ntransfer-encoding: chunked\r\n\r\n",
         );
         let p = parts(Method::GET, "*", &[]);
         assert_eq!(

@@ -103,11 +103,6 @@ impl ChunkedDecoder {
         }
     }
 
-    /// Whether the whole body, trailers included, has been decoded.
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Decodes the next piece from the front of `buf`, consuming what it used.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
         loop {
@@ -257,7 +252,9 @@ impl ChunkedDecoder {
                         .map_err(|_| ChunkError::InvalidTrailers)?;
                     let value = HeaderValue::from_bytes(field.value)
                         .map_err(|_| ChunkError::InvalidTrailers)?;
-                    map.append(name, value);
+                    if allowed_in_trailers(&name) {
+                        map.append(name, value);
+                    }
                 }
                 buf.advance(used);
                 self.state = State::Done;
@@ -270,6 +267,63 @@ impl ChunkedDecoder {
             Err(httparse::Error::TooManyHeaders) => Err(ChunkError::TrailersTooLarge),
             Err(_) => Err(ChunkError::InvalidTrailers),
         }
+    }
+}
+
+/// Whether a field may travel in a trailer section. RFC 9110 6.5.1: fields that frame the
+/// message, route it, authenticate it, modify the request or control the response "cannot be
+/// processed outside the header section", and RFC 9110 6.5.2 forbids merging a trailer into
+/// the header section unless its definition allows it. A recipient that merges them anyway (as
+/// some servers and client libraries do) could be told a second Host, length or credential
+/// after the gateway made its decisions on the first: such fields are dropped, wherever the
+/// trailers come from and wherever they go.
+pub fn allowed_in_trailers(name: &HeaderName) -> bool {
+    use http::header::*;
+    const FORBIDDEN: [HeaderName; 27] = [
+        // framing and connection
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        TE,
+        TRAILER,
+        UPGRADE,
+        // routing and request modifiers
+        HOST,
+        EXPECT,
+        MAX_FORWARDS,
+        RANGE,
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        // authentication and state
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        COOKIE,
+        SET_COOKIE,
+        WWW_AUTHENTICATE,
+        PROXY_AUTHENTICATE,
+        // response control and content format
+        CACHE_CONTROL,
+        CONTENT_ENCODING,
+        CONTENT_TYPE,
+        CONTENT_RANGE,
+    ];
+    !FORBIDDEN.contains(name)
+}
+
+/// [`allowed_in_trailers`] applied to a trailer map someone else parsed (hyper's HTTP/2).
+pub fn drop_forbidden_trailers(trailers: &mut HeaderMap) {
+    let forbidden: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| !allowed_in_trailers(n))
+        .cloned()
+        .collect();
+    for name in forbidden {
+        trailers.remove(name);
     }
 }
 

@@ -6,8 +6,25 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, StatusCode, Version};
 
-use super::Error;
-use crate::proxy::http::fields::Spans;
+use super::fields::Spans;
+use super::{content_length, tokens, Coding, TransferCodings};
+
+/// Why an upstream's response head was refused (the client then gets 502).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("malformed response head: {0}")]
+    Parse(httparse::Error),
+    #[error("response head too large or with too many fields")]
+    HeadTooLarge,
+    #[error("invalid response status {0}")]
+    InvalidStatus(u16),
+    #[error("invalid response header field")]
+    InvalidHeader,
+    #[error("invalid or conflicting Content-Length")]
+    InvalidLength,
+    #[error("response transfer coding other than chunked")]
+    UnsupportedCoding,
+}
 
 /// Header fields parsed at most in a response head (hyper's default too).
 const MAX_FIELDS: usize = 100;
@@ -91,7 +108,13 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
     for name in named {
         headers.remove(name);
     }
-    let (framing, reusable) = framing(method, status, &fields);
+    let (framing, reusable) = framing(method, status, &fields)?;
+    if fields.codings.coding() != Coding::Absent && fields.content_length.is_some() {
+        // RFC 9112 6.3: "An intermediary that chooses to forward the message MUST first remove
+        // the received Content-Length field and process the Transfer-Encoding". Left in, it
+        // would frame the client's response and cut its body short.
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     let keep_alive = reusable && fields.persists(version);
     Ok(Some(Head {
         status,
@@ -106,9 +129,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
 #[derive(Debug, Default)]
 struct FramingFields {
     content_length: Option<u64>,
-    transfer_encoding: bool,
-    /// Whether the final transfer coding (of the last Transfer-Encoding field) is chunked.
-    chunked: bool,
+    codings: TransferCodings,
     close: bool,
     keep_alive: bool,
 }
@@ -129,8 +150,7 @@ impl FramingFields {
             return Ok(false);
         }
         if is("transfer-encoding") {
-            self.transfer_encoding = true;
-            self.chunked = ends_chunked(value);
+            self.codings.add(value);
             return Ok(true);
         }
         if is("connection") {
@@ -158,60 +178,34 @@ impl FramingFields {
     }
 }
 
-/// The comma-separated elements of a field value, trimmed (RFC 9110 5.6.1).
-pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
-}
-
-/// Whether a `Transfer-Encoding` value's final coding is chunked: only then is the body's end
-/// known from the body itself (RFC 9112 6.3).
-pub(crate) fn ends_chunked(value: &[u8]) -> bool {
-    tokens(value)
-        .last()
-        .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// A `Content-Length` field's value, given the one of an earlier field if any; `None` when it is
-/// malformed or disagrees. `5, 5` and repeated equal fields are accepted (RFC 9110 8.6).
-pub fn content_length(value: &[u8], previous: Option<u64>) -> Option<u64> {
-    let mut length = previous;
-    for part in tokens(value) {
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
-}
-
 /// The body's framing, and whether that framing lets the connection be reused.
-fn framing(method: &Method, status: StatusCode, fields: &FramingFields) -> (Framing, bool) {
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    fields: &FramingFields,
+) -> Result<(Framing, bool), Error> {
+    // Both framing fields on one message: a sign of smuggling or response splitting (RFC 9112
+    // 6.3); the message is read by its Transfer-Encoding and the connection not reused.
+    let reusable = !(fields.codings.coding() != Coding::Absent && fields.content_length.is_some());
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return (Framing::Empty, true);
+        return Ok((Framing::Empty, reusable));
     }
-    if fields.transfer_encoding {
-        // The final coding must be chunked for the length to be known; otherwise the body runs
-        // to the close. A Content-Length beside it is ignored, and the connection not reused
-        // (RFC 9112 6.3: a sign of request smuggling).
-        return if fields.chunked {
-            (Framing::Chunked, fields.content_length.is_none())
-        } else {
-            (Framing::Close, false)
-        };
-    }
-    match fields.content_length {
-        Some(0) => (Framing::Empty, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Close, false),
-    }
+    Ok(match fields.codings.coding() {
+        Coding::Chunked => (Framing::Chunked, reusable),
+        // RFC 9112 6.3 lets a response whose final coding is not chunked run to the close, but
+        // the gateway would then forward coded bytes labelled as plain ones (the coding is
+        // hop-by-hop): refused as a bad gateway, as nginx does.
+        Coding::Unsupported | Coding::Invalid => return Err(Error::UnsupportedCoding),
+        Coding::Absent => match fields.content_length {
+            Some(0) => (Framing::Empty, true),
+            Some(n) => (Framing::Length(n), true),
+            None => (Framing::Close, false),
+        },
+    })
 }
 
 /// Whether `buf` starts with a complete final (non-1xx) response head, after any complete
@@ -247,7 +241,7 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let cases: [(&str, Method, Framing, bool); 9] = [
+        let cases: [(&str, Method, Framing, bool); 8] = [
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
                 Method::GET,
@@ -279,7 +273,7 @@ mod tests {
                 true,
             ),
             (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
                 Method::GET,
                 Framing::Chunked,
                 true,
@@ -288,12 +282,6 @@ mod tests {
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
                 Method::GET,
                 Framing::Chunked,
-                false,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
-                Method::GET,
-                Framing::Close,
                 false,
             ),
             (
@@ -307,6 +295,32 @@ mod tests {
             let h = head(wire, method).unwrap().unwrap();
             assert_eq!((h.framing, h.keep_alive), (framing, keep_alive), "{wire}");
         }
+    }
+
+    #[test]
+    fn content_length_beside_transfer_encoding_is_not_forwarded() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 62\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n",
+        ] {
+            let h = head(wire, Method::GET).unwrap().unwrap();
+            assert!(h.headers.is_empty(), "{:?}", h.headers);
+            assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        }
+    }
+
+    #[test]
+    fn codings_other_than_chunked_are_refused() {
+        for te in ["gzip", "gzip, chunked", "chunked, gzip", "chunked, chunked"] {
+            let wire = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n");
+            assert!(
+                matches!(head(&wire, Method::GET), Err(Error::UnsupportedCoding)),
+                "{te}"
+            );
+        }
+        // No body to decode: the coding does not matter.
+        let wire = "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n";
+        assert!(head(wire, Method::HEAD).unwrap().is_some());
     }
 
     #[test]

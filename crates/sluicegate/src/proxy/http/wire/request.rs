@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::HeaderMap;
 use http::{Method, Uri, Version};
 
-use crate::proxy::http::fields::{InvalidField, Spans};
-use crate::proxy::http::h1::response::{ends_chunked, tokens};
+use super::fields::{InvalidField, Spans};
+use super::{content_length, tokens, Coding, TransferCodings};
 
 /// Header fields parsed at most in a request head (hyper's and nginx's order of magnitude).
 pub const MAX_FIELDS: usize = 100;
@@ -19,6 +19,9 @@ pub enum HeadError {
     Malformed(&'static str),
     #[error("request head too large or with too many fields")]
     TooLarge,
+    /// Well-formed, but asks for something the gateway does not implement (501).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
 }
 
 /// How the request body is delimited.
@@ -54,8 +57,7 @@ pub struct RequestHead {
 #[derive(Default)]
 struct Framing {
     content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked: bool,
+    codings: TransferCodings,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
@@ -146,15 +148,11 @@ impl Framing {
     fn read(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
         let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
         if is("content-length") {
-            self.content_length = Some(
-                crate::proxy::http::h1::response::content_length(value, self.content_length)
-                    .ok_or(HeadError::Malformed(
-                        "invalid or conflicting Content-Length",
-                    ))?,
-            );
+            self.content_length = Some(content_length(value, self.content_length).ok_or(
+                HeadError::Malformed("invalid or conflicting Content-Length"),
+            )?);
         } else if is("transfer-encoding") {
-            self.transfer_encoding = true;
-            self.chunked = ends_chunked(value);
+            self.codings.add(value);
         } else if is("connection") {
             for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -175,26 +173,85 @@ impl Framing {
         Ok(())
     }
 
-    /// The body's framing. Both `Transfer-Encoding` and `Content-Length`, or a final coding
-    /// other than chunked, are refused: a proxy that guesses there invites request smuggling
-    /// (RFC 9112 6.1, 6.3).
+    /// The body's framing (RFC 9112 6.3). Where the RFC lets a recipient guess, this refuses:
+    /// a proxy that frames a request differently from the server behind it is a request
+    /// smuggling bug.
     fn body(&self, version: Version) -> Result<BodyFraming, HeadError> {
-        if self.transfer_encoding {
-            if self.content_length.is_some() {
-                return Err(HeadError::Malformed(
-                    "both Transfer-Encoding and Content-Length",
-                ));
-            }
-            if !self.chunked || version == Version::HTTP_10 {
-                return Err(HeadError::Malformed("unsupported Transfer-Encoding"));
-            }
-            return Ok(BodyFraming::Chunked);
+        let coding = self.codings.coding();
+        if coding == Coding::Absent {
+            return Ok(match self.content_length {
+                None | Some(0) => BodyFraming::None,
+                Some(n) => BodyFraming::Length(n),
+            });
         }
-        Ok(match self.content_length {
-            None | Some(0) => BodyFraming::None,
-            Some(n) => BodyFraming::Length(n),
-        })
+        // RFC 9112 6.3: "If a message is received with both a Transfer-Encoding and a
+        // Content-Length header field, the Transfer-Encoding overrides the Content-Length.
+        // Such a message might indicate an attempt to perform request smuggling ... and ought
+        // to be handled as an error."
+        if self.content_length.is_some() {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        // RFC 9112 6.1: "A server or client that receives an HTTP/1.0 message containing a
+        // Transfer-Encoding header field MUST treat the message as if the framing is faulty".
+        if version == Version::HTTP_10 {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        match coding {
+            Coding::Chunked | Coding::Absent => Ok(BodyFraming::Chunked),
+            Coding::Unsupported => Err(HeadError::NotImplemented(
+                "transfer codings other than chunked",
+            )),
+            Coding::Invalid => Err(HeadError::Malformed(
+                "chunked is not the single final transfer coding",
+            )),
+        }
     }
+}
+
+/// How a request body is delimited on the wire, as the gateway sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes a request head: request line, the fields `put_fields` writes (which must not include
+/// framing fields), then the framing fields for `upload`. `implies_body`: the method is one a
+/// server expects a body with (POST, PUT, PATCH), which is then told an empty one is empty.
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    upload: Upload,
+    implies_body: bool,
+    put_fields: impl FnOnce(&mut Vec<u8>),
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    put_fields(out);
+    match upload {
+        Upload::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Upload::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Upload::None if implies_body => out.extend_from_slice(b"content-length: 0\r\n"),
+        Upload::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -242,15 +299,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.body, BodyFraming::Length(5));
-        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(h.body, BodyFraming::Chunked);
+        for unsupported in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(unsupported), Err(HeadError::NotImplemented(_))),
+                "{unsupported:?}"
+            );
+        }
         for bad in [
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(head(bad), Err(HeadError::Malformed(_))), "{bad:?}");
