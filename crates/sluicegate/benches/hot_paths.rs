@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sluicegate::balance::{self, Algorithm, BuildOptions, Endpoint, HashOn};
 use sluicegate::config::RouteMatch;
 use sluicegate::proxy::http::headers::{
-    add_forwarded, client_value, new_request_id, remove_hop_by_hop,
+    client_value, new_request_id, remove_hop_by_hop, Forwarding,
 };
 use sluicegate::proxy::http::route::{Matcher, RequestView, RouteTable};
 
@@ -162,7 +162,13 @@ fn rewrite_request_headers(bencher: Bencher) {
         .with_inputs(|| base.clone())
         .bench_local_values(|mut headers| {
             remove_hop_by_hop(&mut headers);
-            add_forwarded(&mut headers, &client, "http");
+            Forwarding {
+                client: &client,
+                proto: "http",
+                trusted: false,
+                host: None,
+            }
+            .add_to(&mut headers);
             headers.insert("x-request-id", new_request_id());
             headers
         });

@@ -504,7 +504,13 @@ fn tcp_upstream_receives_the_proxy_protocol_header_and_limits_hold() {
 fn http1_clients_reach_http2_upstreams() {
     let b = Backend::start("deep");
     // The h2c upstream is a second gateway: its http listener speaks HTTP/2 by prior knowledge.
-    let h2_upstream = Gateway::start(&Toml::proxy_to(&[b.addr]).build());
+    let h2_upstream = Gateway::start(
+        &Toml::new()
+            .listener("public", "trusted_proxies = [\"127.0.0.1\"]")
+            .route("all", "app", "")
+            .service("app", &[b.addr], "")
+            .build(),
+    );
     let front = Gateway::start(
         &Toml::new()
             .listener("public", "")
@@ -519,7 +525,7 @@ fn http1_clients_reach_http2_upstreams() {
     }
     let seen = b.last_seen();
     assert_eq!(seen.uri, "/upload?i=4");
-    // Two hops appended their client addresses.
+    // Two hops appended their client addresses (the inner one trusts the outer one).
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1, 127.0.0.1");
 }
 

@@ -155,6 +155,9 @@ fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
             "max_connections",
             "max_request_header_bytes",
             "max_request_body_bytes",
+            "request_header_timeout",
+            "merge_slashes",
+            "trusted_proxies",
         ],
         &["database"],
     );
@@ -249,6 +252,22 @@ fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
     let max_connections = r
         .integer(t, "max_connections", 0, 10_000_000)
         .map_or(0, |(n, _)| n as usize);
+    let request_header_timeout =
+        positive_duration(r, t, "request_header_timeout").unwrap_or(DEFAULT_REQUEST_HEADER_TIMEOUT);
+    let merge_slashes = r.bool(t, "merge_slashes").unwrap_or(true);
+    let mut trusted_proxies = Vec::new();
+    for (text, span) in r.strings(t, "trusted_proxies").unwrap_or_default() {
+        match Cidr::parse(text) {
+            Some(cidr) => trusted_proxies.push(cidr),
+            None => r.report(
+                span,
+                format!(
+                    "{}: \"{text}\" is not an address block; expected CIDR notation such as \"10.0.0.0/8\" or \"fd00::/8\", or a single address",
+                    t.key_path("trusted_proxies")
+                ),
+            ),
+        }
+    }
     Some(ListenerConfig {
         name: name?.0.to_string(),
         bind: bind?,
@@ -259,6 +278,9 @@ fn listener(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerConfig> {
             .map(|n| n as usize)
             .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_BYTES),
         max_request_body_bytes: body_limit,
+        request_header_timeout,
+        merge_slashes,
+        trusted_proxies,
     })
 }
 
@@ -313,6 +335,8 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "service",
             "strip_prefix",
             "timeout",
+            "preserve_host",
+            "host_rewrite",
         ],
         &[
             "priority",
@@ -352,6 +376,7 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
         Some(d) => Some(d),
         None => Some(DEFAULT_ROUTE_TIMEOUT),
     };
+    let upstream_host = upstream_host(r, t);
     let (name, name_span) = name?;
     let (service, service_span) = service?;
     Some(RawRoute {
@@ -362,12 +387,78 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             service: service.to_string(),
             strip_prefix,
             timeout,
+            upstream_host,
         },
         name_span,
         service_span,
         listener_spans: listeners.into_iter().map(|(_, s)| s).collect(),
         path: t.path.clone(),
     })
+}
+
+/// A route's `preserve_host` and `host_rewrite`.
+fn upstream_host(r: &mut Reader<'_>, t: &Table<'_, '_>) -> UpstreamHost {
+    let preserve = r.bool(t, "preserve_host");
+    let Some((name, span)) = r.string(t, "host_rewrite") else {
+        return match preserve {
+            Some(false) => UpstreamHost::Endpoint,
+            _ => UpstreamHost::Preserve,
+        };
+    };
+    if preserve == Some(true) {
+        r.report(
+            span.clone(),
+            format!(
+                "{}: a route cannot both preserve the client's Host and rewrite it; remove one of preserve_host and host_rewrite",
+                t.key_path("host_rewrite")
+            ),
+        );
+    }
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
+    match HeaderValue::from_str(name) {
+        Ok(value) if valid => UpstreamHost::Fixed(value),
+        _ => {
+            r.report(
+                span,
+                format!(
+                    "{}: invalid host \"{name}\"; expected a name such as \"api.internal\" or \"api.internal:8443\"",
+                    t.key_path("host_rewrite")
+                ),
+            );
+            UpstreamHost::Preserve
+        }
+    }
+}
+
+/// Whether a configured path is in the form request paths are normalised to before they are
+/// matched (see `proxy/http/wire/target.rs`): no `.` or `..` segments, no empty segment, and
+/// percent-encodings only of reserved characters, in upper case. A route written otherwise
+/// could never match.
+fn normal_route_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let segments_ok = segments
+        .iter()
+        .enumerate()
+        .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last));
+    let upper_hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+    let b = path.as_bytes();
+    let encodings_ok = b.iter().enumerate().all(|(i, &c)| {
+        if c != b'%' {
+            return true;
+        }
+        match (b.get(i + 1), b.get(i + 2)) {
+            (Some(&hi), Some(&lo)) if upper_hex(hi) && upper_hex(lo) => {
+                let v = u8::from_str_radix(&path[i + 1..i + 3], 16).unwrap_or(0);
+                !(v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~'))
+            }
+            _ => false,
+        }
+    });
+    segments_ok && encodings_ok
 }
 
 fn route_match(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteMatch {
@@ -397,7 +488,15 @@ fn route_match(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteMatch {
     }
     for key in ["path", "path_prefix"] {
         if let Some((path, span)) = r.string(t, key) {
-            if path.starts_with('/') && !path.contains(['?', '#', ' ']) {
+            if !normal_route_path(path) && path.starts_with('/') {
+                r.report(
+                    span,
+                    format!(
+                        "{}: \"{path}\" is not a normalised path (no \".\", \"..\" or empty segments; percent-encode only reserved characters, in upper case); request paths are normalised before they are matched, so it could never match",
+                        t.key_path(key)
+                    ),
+                );
+            } else if path.starts_with('/') && !path.contains(['?', '#', ' ']) {
                 let value = Some(path.to_string());
                 if key == "path" {
                     m.path = value;
@@ -688,12 +787,14 @@ fn upstream_tls(
         }
     }
     let place = t.unwrap_or(service);
-    match crate::proxy::tls_config::client_config_for(ca.as_deref(), insecure) {
+    match crate::proxy::tls_config::client_config_for(ca.as_deref(), insecure, server_name.as_ref())
+    {
         Ok(client) => Some(UpstreamTls {
             ca,
             server_name,
             insecure_skip_verify: insecure,
-            client: Loaded(client),
+            client: Loaded(client.config),
+            identity: client.identity,
         }),
         Err(e) => {
             r.report(place.span.clone(), format!("{}: {e}", place.path));

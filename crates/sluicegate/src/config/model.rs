@@ -82,7 +82,66 @@ pub struct ListenerConfig {
     pub max_request_header_bytes: usize,
     /// Request bodies larger than this get 413; 0 = unlimited.
     pub max_request_body_bytes: u64,
+    /// How long a client may take to send a request head, and how long an idle keep-alive
+    /// connection waits for the next one (a bound against slow-header attacks).
+    pub request_header_timeout: Duration,
+    /// Collapse runs of `/` in request paths before routing and forwarding.
+    pub merge_slashes: bool,
+    /// Clients whose `X-Forwarded-*` and `Forwarded` fields are kept and appended to; from
+    /// any other client they are replaced.
+    pub trusted_proxies: Vec<Cidr>,
 }
+
+/// An address block such as `10.0.0.0/8` or `fd00::/8` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/PREFIX` or `ADDR`; `None` when malformed or the prefix is too long.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block; IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Default listener `request_header_timeout`: 10 s (nginx's `client_header_timeout` is 60 s,
+/// HAProxy's recommended `timeout http-request` 10 s).
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a listener speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +201,21 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Whole-exchange deadline (until the response body ends); `None` = no deadline.
     pub timeout: Option<Duration>,
+    /// The `Host` the upstream is sent.
+    pub upstream_host: UpstreamHost,
+}
+
+/// Which `Host` (HTTP/2 `:authority`) a route sends upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UpstreamHost {
+    /// The client's (`preserve_host = true`, the default, as HAProxy and Traefik do).
+    #[default]
+    Preserve,
+    /// The endpoint's address (`preserve_host = false`), for upstreams that check Host
+    /// against their own address.
+    Endpoint,
+    /// A fixed name (`host_rewrite = "name"`).
+    Fixed(HeaderValue),
 }
 
 /// Default route `timeout`: 15 s, as Envoy's.
@@ -198,6 +272,9 @@ pub struct UpstreamTls {
     pub insecure_skip_verify: bool,
     /// The client settings, loaded (roots read) during validation.
     pub client: Loaded<rustls::ClientConfig>,
+    /// What a connection made with these settings is, for keying connection pools: equal for
+    /// equal settings (roots by content, verification, server name), different otherwise.
+    pub identity: u64,
 }
 
 /// `[services.sticky_sessions]`.

@@ -507,6 +507,12 @@ fn start_connection(
         local: local.or_else(|| stream.local_addr().ok()),
         tls: matches!(plan.kind, ListenerKind::Https(_)),
         forwarded_for: client_value(peer.ip()),
+        trusted: plan
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(peer.ip())),
+        header_timeout: plan.config.request_header_timeout,
     });
     let worker = Rc::clone(worker);
     let header_limit = plan.config.max_request_header_bytes;

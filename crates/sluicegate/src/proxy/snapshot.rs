@@ -96,6 +96,8 @@ pub struct RouteRuntime {
     /// The matched prefix to remove from the path before forwarding (`strip_prefix = true`).
     pub strip_prefix: Option<Arc<str>>,
     pub timeout: Option<Duration>,
+    /// The `Host` sent upstream (`preserve_host`, `host_rewrite`).
+    pub upstream_host: crate::config::UpstreamHost,
     pub requests: StatusCounters,
     pub duration: Histogram,
 }
@@ -272,6 +274,7 @@ impl Snapshot {
                                 .then(|| r.matcher.path_prefix.as_deref().map(Arc::from))
                                 .flatten(),
                             timeout: r.timeout,
+                            upstream_host: r.upstream_host.clone(),
                             requests: m.status_counters(
                                 names::HTTP_REQUESTS_TOTAL,
                                 names::HTTP_REQUESTS_TOTAL_HELP,

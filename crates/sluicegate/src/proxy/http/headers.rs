@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
+use super::wire::fields::kept_despite_connection;
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -82,8 +84,9 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, extra: Option<HeaderName>) {
                 {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
+                match HeaderName::from_bytes(token.as_bytes()) {
+                    Ok(name) if !kept_despite_connection(&name) => named.push(name),
+                    _ => {}
                 }
             }
         }
@@ -101,57 +104,113 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, extra: Option<HeaderName>) {
     }
 }
 
-/// Adds the client to X-Forwarded-For (appending to what earlier proxies wrote), and sets
-/// X-Forwarded-Proto and X-Forwarded-Host when absent.
+/// What the gateway tells the upstream about the client: `X-Forwarded-For` (the client's
+/// address), `X-Forwarded-Proto` and `X-Forwarded-Host`.
 ///
-/// `client` is the client's address as a header value, made once per connection
-/// ([`client_value`]), so the common case — no earlier proxy — costs no allocation.
-/// What the gateway adds to a forwarded request: the client's address to `X-Forwarded-For`,
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `Host`) unless the client set them.
+/// From a client that is not one of the listener's `trusted_proxies`, fields of that family
+/// (and `Forwarded`) are dropped and the gateway's own written instead: an upstream that reads
+/// them must be able to trust them, and any client can send them. From a trusted proxy they
+/// are kept: the client is appended to its `X-Forwarded-For`, and its `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and `Forwarded` stand. The gateway writes no `Forwarded` of its own.
 #[derive(Clone, Copy)]
 pub struct Forwarding<'a> {
-    /// The client's address as an `X-Forwarded-For` element.
+    /// The client's address as an `X-Forwarded-For` element ([`client_value`], made once per
+    /// connection, so the common case costs no allocation).
     pub client: &'a HeaderValue,
     pub proto: &'static str,
+    /// The peer is a trusted proxy.
+    pub trusted: bool,
+    /// The client's Host, when the route sends the upstream another one; `None`: the request's
+    /// `Host` field is the client's.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Whether a field is one of the forwarded family the gateway writes itself for untrusted
+/// clients.
+fn forwarded_family(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == header::FORWARDED
 }
 
 impl Forwarding<'_> {
     /// Adds the fields to a header map (HTTP/2 upstreams, tunnels).
     pub fn add_to(&self, headers: &mut HeaderMap) {
-        add_forwarded(headers, self.client, self.proto);
+        // Parsed request maps leave room only for what every request gets (X-Request-Id and
+        // one more): HTTP/2 upstreams and tunnels grow the map here once, not field by field.
+        headers.reserve(3);
+        if !self.trusted {
+            for name in [
+                X_FORWARDED_FOR,
+                X_FORWARDED_PROTO,
+                X_FORWARDED_HOST,
+                header::FORWARDED,
+            ] {
+                headers.remove(name);
+            }
+        }
+        let chain = self.chain(headers);
+        headers.insert(X_FORWARDED_FOR, chain);
+        if let Entry::Vacant(e) = headers.entry(X_FORWARDED_PROTO) {
+            e.insert(HeaderValue::from_static(self.proto));
+        }
+        if let Some(host) = self.host.or_else(|| headers.get(header::HOST)).cloned() {
+            if let Entry::Vacant(e) = headers.entry(X_FORWARDED_HOST) {
+                e.insert(host);
+            }
+        }
     }
 
-    /// Writes `headers` as HTTP/1.1 field lines with the fields added, as `add_to` would have
-    /// added them: the client appended to the first `X-Forwarded-For` (any further ones fold
-    /// into it), the others only when absent.
+    /// `X-Forwarded-For` as it goes upstream: the earlier proxies' elements (every field, in
+    /// order, joined) and the client.
+    fn chain(&self, headers: &HeaderMap) -> HeaderValue {
+        let mut joined = Vec::new();
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            if !v.is_empty() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+        }
+        if joined.is_empty() {
+            return self.client.clone();
+        }
+        joined.extend_from_slice(self.client.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| self.client.clone())
+    }
+
+    /// Writes `headers` as HTTP/1.1 field lines with the forwarded fields as
+    /// [`add_to`](Self::add_to) would have made them, and without `Content-Length` (the
+    /// framing is the encoder's to write).
     pub fn put_fields(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
-        let mut for_done = false;
+        let mut chain_done = false;
         let (mut has_proto, mut has_host) = (false, false);
-        let mut host = None;
+        let mut host = self.host;
         for (name, value) in headers {
-            if name == X_FORWARDED_FOR {
-                if !for_done {
-                    for_done = true;
-                    out.extend_from_slice(b"x-forwarded-for: ");
-                    if !value.is_empty() {
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b", ");
-                    }
-                    out.extend_from_slice(self.client.as_bytes());
-                    out.extend_from_slice(b"\r\n");
-                }
+            if name == header::CONTENT_LENGTH {
                 continue;
             }
-            if name == header::HOST {
+            if forwarded_family(name) {
+                if !self.trusted {
+                    continue;
+                }
+                if name == X_FORWARDED_FOR {
+                    // A map yields a name's values together: the whole chain is written at
+                    // the first of them.
+                    if !chain_done {
+                        chain_done = true;
+                        put_field(out, b"x-forwarded-for", self.chain(headers).as_bytes());
+                    }
+                    continue;
+                }
+                has_proto |= name == X_FORWARDED_PROTO;
+                has_host |= name == X_FORWARDED_HOST;
+            } else if name == header::HOST {
                 host = host.or(Some(value));
-            } else if name == X_FORWARDED_PROTO {
-                has_proto = true;
-            } else if name == X_FORWARDED_HOST {
-                has_host = true;
             }
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if !for_done {
+        if !chain_done {
             put_field(out, b"x-forwarded-for", self.client.as_bytes());
         }
         if !has_proto {
@@ -198,39 +257,6 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
-    // Parsed request maps leave room only for what every request gets (X-Request-Id and one
-    // more): HTTP/2 upstreams and tunnels grow the map here once, not field by field.
-    headers.reserve(3);
-    // Entries: one hash per header rather than a lookup and then an insert.
-    match headers.entry(X_FORWARDED_FOR) {
-        Entry::Occupied(mut e) if !e.get().is_empty() => {
-            let prev = e.get().as_bytes();
-            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
-            joined.extend_from_slice(prev);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                e.insert(v);
-            }
-        }
-        Entry::Occupied(mut e) => {
-            e.insert(client.clone());
-        }
-        Entry::Vacant(e) => {
-            e.insert(client.clone());
-        }
-    }
-    if let Entry::Vacant(e) = headers.entry(X_FORWARDED_PROTO) {
-        e.insert(HeaderValue::from_static(proto));
-    }
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        if let Entry::Vacant(e) = headers.entry(X_FORWARDED_HOST) {
-            e.insert(host);
-        }
-    }
 }
 
 /// A client address as an `X-Forwarded-For` element (IPv4-mapped IPv6 shown as IPv4).
@@ -335,20 +361,52 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
+    fn forwarding<'a>(client: &'a HeaderValue, trusted: bool) -> Forwarding<'a> {
+        Forwarding {
+            client,
+            proto: "http",
+            trusted,
+            host: None,
+        }
+    }
+
     #[test]
-    fn forwarded_for_appends() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("host", "a.example")]);
-        add_forwarded(&mut h, &client_value("127.0.0.1".parse().unwrap()), "http");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    fn trusted_proxies_are_appended_to() {
+        let client = client_value("127.0.0.1".parse().unwrap());
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=10.0.0.1"),
+            ("host", "a.example"),
+        ]);
+        forwarding(&client, true).add_to(&mut h);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["forwarded"], "for=10.0.0.1");
+        let mut h = HeaderMap::new();
+        let mapped = client_value("::ffff:1.2.3.4".parse().unwrap());
+        forwarding(&mapped, true).add_to(&mut h);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+    }
+
+    #[test]
+    fn other_clients_forwarded_fields_are_replaced() {
+        let client = client_value("192.0.2.9".parse().unwrap());
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "admin.test"),
+            ("forwarded", "for=10.0.0.1;host=admin.test"),
+            ("host", "a.example"),
+        ]);
+        forwarding(&client, false).add_to(&mut h);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
-        let mut h = HeaderMap::new();
-        add_forwarded(
-            &mut h,
-            &client_value("::ffff:1.2.3.4".parse().unwrap()),
-            "http",
-        );
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+        assert!(!h.contains_key("forwarded"));
     }
 
     #[test]
@@ -377,10 +435,13 @@ mod tests {
     #[test]
     fn forwarding_written_equals_forwarding_added() {
         let client = client_value("10.1.2.3".parse().unwrap());
-        let forwarding = Forwarding {
-            client: &client,
-            proto: "https",
-        };
+        let rewritten = HeaderValue::from_static("client.example");
+        let cases = [
+            (true, None),
+            (false, None),
+            (true, Some(&rewritten)),
+            (false, Some(&rewritten)),
+        ];
         for pairs in [
             &[("host", "a.example")][..],
             &[],
@@ -390,12 +451,19 @@ mod tests {
                 ("x-forwarded-for", "1.1.1.1"),
                 ("x-forwarded-for", "2.2.2.2"),
             ],
-            &[
-                ("host", "first"),
-                ("x-forwarded-host", "kept"),
-                ("host", "second"),
-            ],
-        ] {
+            &[("x-forwarded-host", "kept"), ("host", "h")],
+            &[("forwarded", "for=1.1.1.1"), ("content-length", "5")],
+        ]
+        .into_iter()
+        .flat_map(|pairs| cases.map(|c| (pairs, c)))
+        {
+            let (pairs, (trusted, host)) = pairs;
+            let forwarding = Forwarding {
+                client: &client,
+                proto: "https",
+                trusted,
+                host,
+            };
             let mut added = map(pairs);
             forwarding.add_to(&mut added);
             let mut expected = Vec::new();

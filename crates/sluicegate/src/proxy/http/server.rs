@@ -4,14 +4,18 @@
 //! The steps, in order (DESIGN.md "the request's way"; later issues insert shedding, rate limits,
 //! auth, cache between routing and picking):
 //! 1. request id: kept when valid, else generated — first, so every answer carries it;
-//! 2. head size limit (431) — before any work on an oversized head;
-//! 3. route match (404 `no_route`);
-//! 4. declared body size limit (413) — before an upstream is bothered;
-//! 5. pick an endpoint (503 when the balancer accepts none);
-//! 6. forward with the route's deadline, narrowed by `grpc-timeout` (502 connect failure, 504
-//!    timeout), streaming both bodies and trailers, in the upstream's protocol; an `Upgrade`
-//!    request becomes a tunnel (websocket.rs);
-//! 7. response headers rewritten; the access log written when the body ends.
+//! 2. the request's identity settled (`wire/target.rs`): one valid Host, equal to an
+//!    absolute-form target's authority, and a normalised path (400, 405 for CONNECT) — before
+//!    anything reads the host or path, so routing, logs and the upstream all see the same;
+//! 3. head size limit (431) — before any work on an oversized head;
+//! 4. route match (404 `no_route`);
+//! 5. declared body size limit (413) — before an upstream is bothered;
+//! 6. pick an endpoint (503 when the balancer accepts none);
+//! 7. forward with the route's deadline, narrowed by `grpc-timeout` (502 connect failure, 504
+//!    timeout), streaming both bodies and trailers, in the upstream's protocol, with the
+//!    route's upstream Host and the forwarded fields; an `Upgrade` request becomes a tunnel
+//!    (websocket.rs);
+//! 8. response headers rewritten; the access log written when the body ends.
 //!
 //! Errors the gateway answers itself are JSON (SPEC 5), or gRPC statuses for gRPC requests.
 
@@ -25,7 +29,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, Entry, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 
@@ -37,7 +41,9 @@ use super::headers::{
 };
 use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
+use super::wire::target::{settle, PathRules, TargetError};
 use super::{grpc, h1, websocket};
+use crate::config::UpstreamHost;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
 use crate::observe::metrics::{Counter, Gauge};
@@ -124,6 +130,11 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's address as an `X-Forwarded-For` element, made once per connection.
     pub forwarded_for: HeaderValue,
+    /// The peer is one of the listener's `trusted_proxies`: its `X-Forwarded-*` and
+    /// `Forwarded` fields are appended to rather than replaced.
+    pub trusted: bool,
+    /// The listener's `request_header_timeout`.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Per-exchange bookkeeping finished when the response body is dropped. Listener, route and
@@ -237,6 +248,21 @@ pub async fn handle(
     // Kept for gateway answers (cloning a header value shares its bytes).
     let answer_id = request_id.clone();
 
+    // 2. One request identity: the host and path that are routed are the ones forwarded.
+    let listener_index = snapshot.listener_index(&conn.listener);
+    let path_rules = PathRules {
+        merge_slashes: listener_index
+            .and_then(|i| snapshot.listeners.get(i))
+            .is_none_or(|l| l.config.merge_slashes),
+    };
+    let identity = settle(
+        &parts.method,
+        parts.version,
+        &mut parts.uri,
+        &mut parts.headers,
+        path_rules,
+    );
+
     let host = request_host(&parts.uri, &parts.headers);
     let line = worker.access.enabled().then(|| {
         worker.access.begin(&LineStart {
@@ -276,21 +302,30 @@ pub async fn handle(
         Ok(response)
     };
 
-    let Some(listener_index) = snapshot.listener_index(&conn.listener) else {
+    let Some(listener_index) = listener_index else {
         // The listener left the config while this connection was open.
         return answer(exchange, GatewayError::NoRoute, true);
     };
     let listener = &snapshot.listeners[listener_index];
     exchange.listener = Some(listener_index);
+    match identity {
+        Ok(()) => {}
+        Err(TargetError::Connect) => {
+            return answer(exchange, GatewayError::MethodNotAllowed("CONNECT"), true)
+        }
+        Err(TargetError::Malformed(why)) => {
+            return answer(exchange, GatewayError::Malformed(why), true)
+        }
+    }
 
-    // 2. Head size.
+    // 3. Head size.
     if head_size(&parts.method, &parts.uri, &parts.headers)
         > listener.config.max_request_header_bytes
     {
         return answer(exchange, GatewayError::HeadersTooLarge, true);
     }
 
-    // 3. Route.
+    // 4. Route.
     let view = RequestView {
         method: &parts.method,
         host,
@@ -307,7 +342,7 @@ pub async fn handle(
     let service: &ServiceRuntime = &route.service;
     exchange.route = Some(route_index);
 
-    // 4. Declared body size.
+    // 5. Declared body size.
     let limit = listener.config.max_request_body_bytes;
     if limit != 0 {
         let declared = parts
@@ -320,7 +355,7 @@ pub async fn handle(
         }
     }
 
-    // 5. Endpoint.
+    // 6. Endpoint.
     let key = service
         .hash_on
         .as_ref()
@@ -350,19 +385,30 @@ pub async fn handle(
     endpoint.load.begin();
     exchange.endpoint = Some(index);
 
-    // 6. Forward.
+    // 7. Forward.
     if let Some(prefix) = &route.strip_prefix {
         parts.uri = rewrite_path(&parts.uri, prefix);
     }
-    // HTTP/2 clients name the host in the URI (`:authority`); HTTP/1.1 upstreams need `Host`.
-    if let Some(authority) = parts.uri.authority() {
-        if let Entry::Vacant(e) = parts.headers.entry(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                e.insert(v);
-            }
-        }
-    }
+    // `settle` made `Host` the target's authority (HTTP/2's `:authority`, an absolute-form
+    // target), so the origin form loses nothing.
     parts.uri = origin_form(&parts.uri);
+    let client_host = match &route.upstream_host {
+        UpstreamHost::Preserve => None,
+        rewrite => {
+            let upstream = match rewrite {
+                UpstreamHost::Fixed(name) => Some(name.clone()),
+                _ => service
+                    .endpoint_names
+                    .get(index)
+                    .and_then(|n| HeaderValue::from_str(n).ok()),
+            };
+            let client = parts.headers.remove(header::HOST);
+            if let Some(upstream) = upstream {
+                parts.headers.insert(header::HOST, upstream);
+            }
+            client
+        }
+    };
     // The client's server side (ours for HTTP/1.1, hyper's for HTTP/2) answers `100 Continue`
     // itself when the body is first read, so the upstream must not wait for a continue of its
     // own: `Expect` goes with the hop-by-hop ones.
@@ -378,6 +424,8 @@ pub async fn handle(
     let forwarding = Forwarding {
         client: &conn.forwarded_for,
         proto: if conn.tls { "https" } else { "http" },
+        trusted: conn.trusted,
+        host: client_host.as_ref(),
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 
@@ -474,7 +522,7 @@ pub async fn handle(
         }
     };
 
-    // 7. Response.
+    // 8. Response.
     let (mut head, upstream_body) = response.into_parts();
     // The HTTP/1.1 client drops hop-by-hop fields while parsing; hyper's HTTP/2 one does not.
     if !matches!(upstream_body, UpstreamBody::H1(_)) {
@@ -748,7 +796,8 @@ async fn tunnel(
     let Some(address) = service.endpoints.get(index).map(|e| e.address) else {
         return answer(exchange, GatewayError::NoHealthyUpstream, false);
     };
-    let mut sender = match Pool::connect_upgradable(address, service.connect_timeout).await {
+    let connecting = Pool::connect_upgradable(address, &service.transport, service.connect_timeout);
+    let mut sender = match connecting.await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(service = %service.name, error = %e, "upstream connect failed");

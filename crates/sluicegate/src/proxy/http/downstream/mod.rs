@@ -9,7 +9,7 @@
 //!
 //! Behaviour kept from hyper and nginx: keep-alive by HTTP/1.1 and HTTP/1.0 rules, `100
 //! Continue` sent when the body is first read, chunked request and response bodies with
-//! trailers, a 30 s bound on idle keep-alive and on receiving a head, graceful shutdown between
+//! trailers, the listener's `request_header_timeout` on idle keep-alive and on receiving a head, graceful shutdown between
 //! requests, WebSocket upgrades handed to a tunnel with any bytes already read, and a client
 //! that closes mid-request cancelling the exchange (logged as 499). Malformed heads get the
 //! gateway's JSON 400 (431 for oversized ones) and the connection closes. HTTP/2 cleartext by
@@ -42,9 +42,6 @@ use super::headers::new_request_id;
 use super::server::{handle, ConnInfo, DeadlineTimer, Worker};
 use crate::proxy::answer::GatewayError;
 
-/// How long a client may take to send a request head: a bound against slow-header attacks, and
-/// the idle time after which a keep-alive connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// After answering a request it will not read further, the gateway still reads (and drops)
@@ -108,6 +105,7 @@ where
         let wait = Wait {
             stopping: stopping.as_mut(),
             timer: &mut timer,
+            timeout: info.header_timeout,
         };
         let head = match next_head(&shared, max_head, wait, &mut sniff).await {
             Next::Head(head) => head,
@@ -232,6 +230,9 @@ struct Wait<'a, S> {
     /// Armed once per connection and moved only when it fires: resetting it for every request
     /// would cost a timer-wheel update per request.
     timer: &'a mut Option<Pin<Box<Sleep>>>,
+    /// The listener's `request_header_timeout`: how long a head may take to arrive, counted
+    /// from the first wait for it (so it also bounds an idle keep-alive connection).
+    timeout: Duration,
 }
 
 /// Waits for the next complete request head, within the header timeout and until shutdown.
@@ -288,7 +289,7 @@ async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()
     deadline: &mut Option<Instant>,
 ) -> bool {
     let now = Instant::now();
-    let at = *deadline.get_or_insert(now + HEADER_READ_TIMEOUT);
+    let at = *deadline.get_or_insert(now + wait.timeout);
     // The timer keeps the waker it was last polled with, and the connection's task never
     // changes: it needs polling only when new, when due, or when the task was woken meanwhile.
     let mut woken = false;

@@ -84,6 +84,29 @@ impl<const N: usize> Spans<N> {
     }
 }
 
+/// Whether a `Connection` option naming this field is ignored rather than obeyed. RFC 9110
+/// 7.6.1 lets a sender list fields in `Connection` for the next hop to drop, and says "a
+/// sender MUST NOT send a connection option corresponding to a field that is intended for all
+/// recipients of the content". Obeying it for the fields that frame the message, name its
+/// host, or that the gateway itself writes would let a client (or an upstream) change what the
+/// next hop reads after the gateway decided on it: `Connection: host` once made the upstream
+/// see its own address as Host after routing on the client's.
+pub fn kept_despite_connection(name: &HeaderName) -> bool {
+    const KEPT: [HeaderName; 10] = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("traceparent"),
+        HeaderName::from_static("tracestate"),
+    ];
+    KEPT.contains(name)
+}
+
 /// The field name `bytes` spells (ASCII case-insensitively), as `HeaderName::from_bytes` would
 /// return it.
 pub fn field_name(bytes: &[u8]) -> Result<HeaderName, InvalidHeaderName> {

@@ -12,6 +12,7 @@ pub mod chunked;
 pub mod fields;
 pub mod request;
 pub mod response;
+pub mod target;
 
 /// The comma-separated elements of a field value, trimmed (RFC 9110 5.6.1).
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, StatusCode, Version};
 
-use super::fields::Spans;
+use super::fields::{kept_despite_connection, Spans};
 use super::{content_length, tokens, Coding, TransferCodings};
 
 /// Why an upstream's response head was refused (the client then gets 502).
@@ -160,7 +160,9 @@ impl FramingFields {
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
                 } else if let Ok(n) = HeaderName::from_bytes(token) {
-                    named.push(n);
+                    if !kept_despite_connection(&n) {
+                        named.push(n);
+                    }
                 }
             }
             return Ok(true);
