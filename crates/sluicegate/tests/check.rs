@@ -177,3 +177,43 @@ fn shipped_example_is_valid() {
     let (code, _, stderr) = support::check(&text);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn request_identity_settings_are_checked() {
+    let toml = r#"[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33", "proxy.internal"]
+request_header_timeout = "0s"
+
+[[routes]]
+name = "a"
+match = { path_prefix = "/a/../b" }
+service = "s"
+preserve_host = true
+host_rewrite = "api.internal"
+
+[[routes]]
+name = "b"
+match = { path = "/%7euser" }
+service = "s"
+host_rewrite = "bad host"
+
+[[services]]
+name = "s"
+endpoints = [{ address = "127.0.0.1:9001" }]
+"#;
+    let (code, _, stderr) = support::check(toml);
+    assert_eq!(code, 1, "{stderr}");
+    for e in [
+        "sluicegate.toml:4:34: listeners[0].trusted_proxies: \"10.0.0.0/33\" is not an address block",
+        "sluicegate.toml:4:49: listeners[0].trusted_proxies: \"proxy.internal\" is not an address block",
+        "sluicegate.toml:5:26: listeners[0].request_header_timeout: must be more than zero",
+        "sluicegate.toml:9:25: routes[0].match.path_prefix: \"/a/../b\" is not a normalised path",
+        "sluicegate.toml:12:16: routes[0].host_rewrite: a route cannot both preserve the client's Host and rewrite it",
+        "sluicegate.toml:16:18: routes[1].match.path: \"/%7euser\" is not a normalised path",
+        "sluicegate.toml:18:16: routes[1].host_rewrite: invalid host \"bad host\"",
+    ] {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+}
