@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::balance::{self, Balancer, BuildOptions, Endpoint, EndpointLoad, HashOn, Sticky};
-use crate::config::{Config, ListenerConfig, ListenerProtocol, UpstreamProtocol};
+use crate::config::{Config, ListenerConfig, ListenerProtocol};
 use crate::health::{self, EndpointHealth, OutlierConfig};
 use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
 use crate::observe::names;
-use crate::proxy::http::pool::Transport;
+use crate::proxy::http::client::Transport;
 use crate::proxy::proxy_protocol::ProxyProtocol;
 
 use super::http::route::{Matcher, RouteTable};
@@ -222,14 +222,7 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
         Sticky::new(&c.cookie, c.ttl, c.secret.as_deref(), &s.name, &addresses)
     });
-    let transport = match &s.protocol {
-        UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => Transport::Http1,
-        UpstreamProtocol::Http2 => Transport::Http2,
-        UpstreamProtocol::Https(tls) => Transport::Tls {
-            connector: tokio_rustls::TlsConnector::from(Arc::clone(&tls.client.0)),
-            server_name: tls.server_name.clone(),
-        },
-    };
+    let transport = Transport::new(&s.protocol);
     ServiceRuntime {
         name: Arc::from(s.name.as_str()),
         endpoints,

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod tls;
 pub mod toml;
 
 use std::io::{BufRead, BufReader, Write};

@@ -2,6 +2,7 @@
 //! rewriting, bodies, upstream pools, gRPC and WebSocket specifics.
 
 pub mod body;
+pub mod client;
 pub mod coalesce;
 pub mod downstream;
 pub mod first_read;

@@ -6,6 +6,12 @@
 //! client, `h1`) is checked out for one exchange and checked back in by its response body once
 //! read to its end; an HTTP/2 connection (hyper's) stays in the pool and is shared by concurrent
 //! requests. Connections the upstream closed are noticed at checkout and dropped.
+//!
+//! Connections are opened by [`client::connect`](super::client::connect) and shared only within
+//! one [`PoolKey`]: the endpoint's address and the transport's identity (cleartext HTTP/1.1,
+//! h2c, or TLS with given roots, verification and server name), so services reaching one address
+//! with different TLS settings never share a connection, and connections made under settings a
+//! reload replaced are not reused.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,45 +22,21 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use super::h1::{Conn, Io};
+use super::client::{self, Connected, Speak};
+use super::h1::Conn;
 use super::LocalExec;
+
+pub use super::client::{ConnectError, Transport};
 
 /// Idle connections kept per endpoint per worker: enough for bursts, bounded like every buffer.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// Idle connections older than this are closed at the next checkout: upstreams commonly close
 /// idle keep-alive connections after 60–75 s, and a reused one that the peer is closing fails.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-
-/// How to reach an endpoint.
-#[derive(Clone)]
-pub enum Transport {
-    /// HTTP/1.1 over TCP.
-    Http1,
-    /// HTTP/2 over TCP by prior knowledge (h2c).
-    Http2,
-    /// TLS; HTTP/2 or HTTP/1.1 as ALPN decides.
-    Tls {
-        connector: tokio_rustls::TlsConnector,
-        /// The configured name; `None`: each endpoint's own IP address.
-        server_name: Option<rustls::pki_types::ServerName<'static>>,
-    },
-}
-
-impl Transport {
-    fn flavor(&self) -> u8 {
-        match self {
-            Transport::Http1 => 0,
-            Transport::Http2 => 1,
-            Transport::Tls { .. } => 2,
-        }
-    }
-}
 
 /// A connection ready for an exchange.
 pub enum Sender {
@@ -75,26 +57,14 @@ pub async fn send_h2(
     })
 }
 
-/// Why a new upstream connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect to {0} timed out")]
-    Timeout(SocketAddr),
-    #[error("connect to {0} failed: {1}")]
-    Io(SocketAddr, #[source] std::io::Error),
-    #[error("TLS with {0} failed: {1}")]
-    Tls(SocketAddr, #[source] std::io::Error),
-    #[error("HTTP handshake with {0} failed: {1}")]
-    Handshake(SocketAddr, #[source] hyper::Error),
-}
-
 struct Idle {
     conn: Conn,
     since: Instant,
 }
 
-/// An endpoint and how it is reached: connections are only shared within one key.
-pub type PoolKey = (SocketAddr, u8);
+/// An endpoint and how it is reached ([`Transport::identity`]): connections are only shared
+/// within one key.
+pub type PoolKey = (SocketAddr, u64);
 
 /// Pool keys are hashed twice per request (checkout, checkin) and come from the config, not from
 /// clients: a multiply-rotate hash (the FxHash scheme) does, where SipHash's resistance to
@@ -153,12 +123,12 @@ pub struct Pool {
 
 impl Pool {
     pub fn key(addr: SocketAddr, transport: &Transport) -> PoolKey {
-        (addr, transport.flavor())
+        (addr, transport.identity())
     }
 
     /// A usable connection to `addr`: the shared HTTP/2 one, or the newest idle HTTP/1.1 one.
     pub fn checkout(&self, addr: SocketAddr, transport: &Transport) -> Option<Sender> {
-        let key = (addr, transport.flavor());
+        let key = Pool::key(addr, transport);
         {
             let mut shared = self.multiplexed.borrow_mut();
             if let Some(h2) = shared.get(&key) {
@@ -219,47 +189,40 @@ impl Pool {
         transport: &Transport,
         timeout: Duration,
     ) -> Result<Sender, ConnectError> {
-        let stream = tcp_connect(addr, timeout).await?;
-        let sender = match transport {
-            Transport::Http1 => Sender::H1(Conn::new(Io::Tcp(stream))),
-            Transport::Http2 => Sender::H2(handshake_h2(addr, stream).await?),
-            Transport::Tls {
-                connector,
-                server_name,
-            } => {
-                let name = server_name
-                    .clone()
-                    .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-                let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
-                    .await
-                    .map_err(|_| ConnectError::Timeout(addr))?
-                    .map_err(|e| ConnectError::Tls(addr, e))?;
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 {
-                    Sender::H2(handshake_h2(addr, tls).await?)
-                } else {
-                    Sender::H1(Conn::new(Io::Tls(Box::new(tls))))
-                }
+        match client::connect(addr, transport, timeout, Speak::Protocol, LocalExec).await? {
+            Connected::Http1(io) => Ok(Sender::H1(Conn::new(io))),
+            Connected::Http2(h2, connection) => {
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
+                    }
+                });
+                self.multiplexed
+                    .borrow_mut()
+                    .insert(Pool::key(addr, transport), h2.clone());
+                Ok(Sender::H2(h2))
             }
-        };
-        if let Sender::H2(h2) = &sender {
-            self.multiplexed
-                .borrow_mut()
-                .insert((addr, transport.flavor()), h2.clone());
         }
-        Ok(sender)
     }
 
-    /// Opens a dedicated HTTP/1.1 connection that can be upgraded (WebSocket); never pooled.
+    /// Opens a dedicated HTTP/1.1 connection that can be upgraded (WebSocket), over TLS when the
+    /// service says `https`; never pooled.
     pub async fn connect_upgradable(
         addr: SocketAddr,
+        transport: &Transport,
         timeout: Duration,
-    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let stream = tcp_connect(addr, timeout).await?;
+    ) -> Result<http1::SendRequest<RequestBody>, UpgradeConnectError> {
+        let connecting =
+            client::connect::<RequestBody, _>(addr, transport, timeout, Speak::Http1, LocalExec);
+        let io = match connecting.await? {
+            Connected::Http1(io) => io,
+            // Only `http/1.1` is offered, and h2c is never started for `Speak::Http1`.
+            Connected::Http2(..) => return Err(UpgradeConnectError::NotHttp1(addr)),
+        };
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| ConnectError::Handshake(addr, e))?;
+            .map_err(|e| UpgradeConnectError::Handshake(addr, e))?;
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
@@ -269,41 +232,15 @@ impl Pool {
     }
 }
 
-/// A TCP connection to an endpoint within `timeout`, with Nagle off: hyper writes requests
-/// whole, and Nagle would only add latency.
-async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(ConnectError::Timeout(addr)),
-        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-async fn handshake_h2<T>(
-    addr: SocketAddr,
-    io: T,
-) -> Result<http2::SendRequest<RequestBody>, ConnectError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    let (sender, conn) = http2::Builder::new(LocalExec)
-        .timer(TokioTimer::new())
-        // Large windows: a proxy streams bodies and should not throttle a fast upstream.
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| ConnectError::Handshake(addr, e))?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
-        }
-    });
-    Ok(sender)
+/// Why a connection for an upgrade could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeConnectError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{0} chose HTTP/2 where only HTTP/1.1 was offered")]
+    NotHttp1(SocketAddr),
+    #[error("HTTP/1.1 client setup for {0} failed: {1}")]
+    Handshake(SocketAddr, #[source] hyper::Error),
 }
 
 #[cfg(test)]
@@ -314,6 +251,7 @@ mod tests {
     #[test]
     fn pool_keys_hash_apart() {
         let hash = |key: PoolKey| KeyHash::default().hash_one(key);
+        let tls = 2;
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
         let c: SocketAddr = "10.0.0.1:81".parse().unwrap();
@@ -323,6 +261,8 @@ mod tests {
             hash((b, 0)),
             hash((c, 0)),
             hash((a, 1)),
+            hash((a, tls)),
+            hash((a, tls + 1)),
             hash((v6, 0)),
         ];
         for (i, x) in hashes.iter().enumerate() {

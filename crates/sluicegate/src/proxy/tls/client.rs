@@ -13,6 +13,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
+use sha2::{Digest, Sha256};
 
 use super::{load_certs, provider, TlsError};
 
@@ -40,7 +41,19 @@ pub fn client_config(
     insecure_skip_verify: bool,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    build(
+    client_config_digest(ca_file, insecure_skip_verify, alpn).map(|(config, _)| config)
+}
+
+/// [`client_config`], with a SHA-256 digest of everything the config was built from: the
+/// verification mode, every root certificate (DER, as read now), the ALPN list and the protocol
+/// versions. Configs with equal digests verify and negotiate alike, so a connection made with one
+/// is as good as one made with the other; a changed CA file gives a different digest.
+pub fn client_config_digest(
+    ca_file: Option<&Path>,
+    insecure_skip_verify: bool,
+    alpn: &[&[u8]],
+) -> Result<(Arc<rustls::ClientConfig>, [u8; 32]), TlsError> {
+    build_digest(
         ca_file,
         insecure_skip_verify,
         alpn,
@@ -49,12 +62,39 @@ pub fn client_config(
 }
 
 /// [`client_config`] with a choice of protocol versions (the tests pin one at a time).
+#[cfg(test)]
 pub(super) fn build(
     ca_file: Option<&Path>,
     insecure_skip_verify: bool,
     alpn: &[&[u8]],
     versions: &[&'static SupportedProtocolVersion],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    build_digest(ca_file, insecure_skip_verify, alpn, versions).map(|(config, _)| config)
+}
+
+fn build_digest(
+    ca_file: Option<&Path>,
+    insecure_skip_verify: bool,
+    alpn: &[&[u8]],
+    versions: &[&'static SupportedProtocolVersion],
+) -> Result<(Arc<rustls::ClientConfig>, [u8; 32]), TlsError> {
+    let mut digest = Sha256::new();
+    // Each part is length-prefixed, so no two different inputs feed the same bytes.
+    let mut feed = |part: &[u8]| {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    };
+    feed(if insecure_skip_verify {
+        b"insecure"
+    } else {
+        b"verify"
+    });
+    for p in alpn {
+        feed(p);
+    }
+    for v in versions {
+        feed(&u16::from(v.version).to_be_bytes());
+    }
     let provider = provider();
     let algorithms = provider.signature_verification_algorithms;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -71,18 +111,18 @@ pub(super) fn build(
             .with_no_client_auth()
     } else {
         let roots = match ca_file {
-            Some(path) => ca_roots(path)?,
-            None => system_roots()?,
+            Some(path) => ca_roots(path, &mut feed)?,
+            None => system_roots(&mut feed)?,
         };
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), digest.finalize().into()))
 }
 
 /// Roots from a CA file the user named: every certificate in it must be usable as a trust
 /// anchor, since a silently skipped root is a failure that only shows at handshake time.
-fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+fn ca_roots(path: &Path, feed: &mut impl FnMut(&[u8])) -> Result<RootCertStore, TlsError> {
     let certs = load_certs(path).map_err(|e| match e {
         TlsError::NoCertificate { path } => TlsError::InvalidCa {
             path,
@@ -92,6 +132,7 @@ fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     })?;
     let mut roots = RootCertStore::empty();
     for (i, cert) in certs.into_iter().enumerate() {
+        feed(&cert);
         roots.add(cert).map_err(|e| TlsError::InvalidCa {
             path: path.to_path_buf(),
             reason: format!("certificate #{} cannot be a trust anchor: {e}", i + 1),
@@ -102,7 +143,7 @@ fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 
 /// Roots from the system bundle. Its certificates are not ours to vet: unusable ones are skipped,
 /// and only a bundle with no usable root at all is an error.
-fn system_roots() -> Result<RootCertStore, TlsError> {
+fn system_roots(feed: &mut impl FnMut(&[u8])) -> Result<RootCertStore, TlsError> {
     let path = match std::env::var_os("SSL_CERT_FILE") {
         Some(file) if !file.is_empty() => std::path::PathBuf::from(file),
         _ => SYSTEM_CA_BUNDLES
@@ -113,6 +154,9 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
             .to_path_buf(),
     };
     let certs = load_certs(&path)?;
+    for cert in &certs {
+        feed(cert);
+    }
     let mut roots = RootCertStore::empty();
     let (added, skipped) = roots.add_parsable_certificates(certs);
     if added == 0 {

@@ -33,7 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use client::client_config;
+pub use client::{client_config, client_config_digest};
 pub use server::server_config;
 
 /// ALPN name of HTTP/2 (RFC 7540 section 3.3).
