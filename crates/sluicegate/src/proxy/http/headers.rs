@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use super::wire::fields::kept_despite_connection;
+use super::wire::{connection_options, tokens, ConnectionOption};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -42,12 +43,10 @@ pub struct RequestHops {
 /// `100 Continue` itself) and reports `TE: trailers`: one pass over the header names instead of
 /// a lookup per name.
 pub fn remove_request_hop_by_hop(headers: &mut HeaderMap) -> RequestHops {
-    let trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
     remove_hop_by_hop_and(headers, Some(header::EXPECT));
     RequestHops { trailers }
 }
@@ -75,18 +74,12 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, extra: Option<HeaderName>) {
     if present[0] {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
-            let Ok(text) = value.to_str() else { continue };
-            for token in text.split(',') {
-                let token = token.trim();
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case("close")
-                    || token.eq_ignore_ascii_case("keep-alive")
-                {
-                    continue;
-                }
-                match HeaderName::from_bytes(token.as_bytes()) {
-                    Ok(name) if !kept_despite_connection(&name) => named.push(name),
-                    _ => {}
+            for option in connection_options(value.as_bytes()) {
+                if let ConnectionOption::Field(field) = option {
+                    match HeaderName::from_bytes(field) {
+                        Ok(name) if !kept_despite_connection(&name) => named.push(name),
+                        _ => {}
+                    }
                 }
             }
         }

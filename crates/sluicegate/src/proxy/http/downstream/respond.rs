@@ -19,7 +19,9 @@ use super::conn::Shared;
 use crate::proxy::http::body::{BodyError, ResponseBody};
 use crate::proxy::http::h1::request::put_fields;
 use crate::proxy::http::wire::chunked::drop_forbidden_trailers;
-use crate::proxy::http::wire::{chunk_size_line, content_length, tokens};
+use crate::proxy::http::wire::{
+    chunk_size_line, connection_options, content_length, ConnectionOption,
+};
 
 /// Body bytes gathered with the head (or the previous frames) before a write: above this a
 /// frame is sent as it is, without a copy.
@@ -222,7 +224,7 @@ fn says_close(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
+        .any(|v| connection_options(v.as_bytes()).any(|o| o == ConnectionOption::Close))
 }
 
 /// Status line and fields. Framing and connection fields are the writer's to set; `Date` is

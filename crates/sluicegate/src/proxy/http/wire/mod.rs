@@ -19,6 +19,32 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
+/// One option of a `Connection` field (RFC 9112 9.6, RFC 9110 7.6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionOption<'a> {
+    Close,
+    KeepAlive,
+    Upgrade,
+    /// Any other option: the name of a field meant for this hop only.
+    Field(&'a [u8]),
+}
+
+/// The options of a `Connection` field value, in order, empty elements skipped: the one
+/// reader of `Connection` for requests, responses and header rewriting alike.
+pub fn connection_options(value: &[u8]) -> impl Iterator<Item = ConnectionOption<'_>> {
+    tokens(value).filter(|t| !t.is_empty()).map(|t| {
+        if t.eq_ignore_ascii_case(b"close") {
+            ConnectionOption::Close
+        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+            ConnectionOption::KeepAlive
+        } else if t.eq_ignore_ascii_case(b"upgrade") {
+            ConnectionOption::Upgrade
+        } else {
+            ConnectionOption::Field(t)
+        }
+    })
+}
+
 /// The transfer codings of a message, read from its `Transfer-Encoding` fields in order
 /// (RFC 9112 6.1: several fields are one list, codings applied in the order listed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -153,6 +179,13 @@ mod tests {
         ] {
             assert_eq!(coding(invalid), Coding::Invalid, "{invalid:?}");
         }
+    }
+
+    #[test]
+    fn connection_options_are_read_once_for_all() {
+        use ConnectionOption::*;
+        let options: Vec<_> = connection_options(b" Close ,, keep-alive,Upgrade, x-a ").collect();
+        assert_eq!(options, [Close, KeepAlive, Upgrade, Field(b"x-a")]);
     }
 
     #[test]

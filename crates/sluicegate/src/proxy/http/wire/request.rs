@@ -7,7 +7,9 @@ use http::header::HeaderMap;
 use http::{Method, Uri, Version};
 
 use super::fields::{InvalidField, Spans};
-use super::{content_length, tokens, Coding, TransferCodings};
+use super::{
+    connection_options, content_length, tokens, Coding, ConnectionOption, TransferCodings,
+};
 
 /// Header fields parsed at most in a request head (hyper's and nginx's order of magnitude).
 pub const MAX_FIELDS: usize = 100;
@@ -154,13 +156,12 @@ impl Framing {
         } else if is("transfer-encoding") {
             self.codings.add(value);
         } else if is("connection") {
-            for token in tokens(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    self.connection_upgrade = true;
+            for option in connection_options(value) {
+                match option {
+                    ConnectionOption::Close => self.close = true,
+                    ConnectionOption::KeepAlive => self.keep_alive = true,
+                    ConnectionOption::Upgrade => self.connection_upgrade = true,
+                    ConnectionOption::Field(_) => {}
                 }
             }
         } else if is("upgrade") {

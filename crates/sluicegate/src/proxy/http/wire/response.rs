@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::{Method, StatusCode, Version};
 
 use super::fields::{kept_despite_connection, Spans};
-use super::{content_length, tokens, Coding, TransferCodings};
+use super::{connection_options, content_length, Coding, ConnectionOption, TransferCodings};
 
 /// Why an upstream's response head was refused (the client then gets 502).
 #[derive(Debug, thiserror::Error)]
@@ -154,15 +154,16 @@ impl FramingFields {
             return Ok(true);
         }
         if is("connection") {
-            for token in tokens(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if let Ok(n) = HeaderName::from_bytes(token) {
-                    if !kept_despite_connection(&n) {
-                        named.push(n);
-                    }
+            for option in connection_options(value) {
+                match option {
+                    ConnectionOption::Close => self.close = true,
+                    ConnectionOption::KeepAlive => self.keep_alive = true,
+                    // An upstream may not upgrade a connection the gateway did not ask it to.
+                    ConnectionOption::Upgrade => {}
+                    ConnectionOption::Field(field) => match HeaderName::from_bytes(field) {
+                        Ok(n) if !kept_despite_connection(&n) => named.push(n),
+                        _ => {}
+                    },
                 }
             }
             return Ok(true);
