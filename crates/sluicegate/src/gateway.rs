@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{self, Config, LoadError};
-use crate::health::{self, CheckResult, CheckerHandle};
+use crate::health::{self, CheckResult, CheckerHandle, Target};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Counter;
 use crate::observe::names;
@@ -270,6 +270,10 @@ impl Gateway {
             let Some(check) = &service.health_check else {
                 continue;
             };
+            // The runtime's transport: checks connect as the service's requests do.
+            let Some(runtime) = snapshot.services.get(&service.name) else {
+                continue;
+            };
             for e in &service.endpoints {
                 let state = self
                     .shared
@@ -292,9 +296,14 @@ impl Gateway {
                     CheckResult::Success => ok.inc(),
                     CheckResult::Failure => failed.inc(),
                 });
+                let target = Target {
+                    address: e.address,
+                    host: None,
+                    transport: runtime.transport.clone(),
+                    connect_timeout: runtime.connect_timeout,
+                };
                 checkers.push(health::spawn_checker(
-                    e.address,
-                    None,
+                    target,
                     check.clone(),
                     state,
                     on_result,

@@ -11,9 +11,12 @@
 //! A probe is one of:
 //! - **TCP**: a connect, closed at once.
 //! - **HTTP**: a fresh connection (never a pooled one: the check must see what a new request
-//!   would), `GET path` over HTTP/1.1 with `Host`, `user-agent: sluicegate-health-check` and
-//!   `connection: close`; success when the status is in `expected_status`. The body is read and
-//!   thrown away, so a response cut short counts as a failure.
+//!   would), opened the way requests' connections are (`proxy::http::client::connect`): in the
+//!   service's protocol, over TLS with its settings for `https`, within its `connect_timeout`.
+//!   Then `GET path` with `Host` (`:authority` over HTTP/2) and
+//!   `user-agent: sluicegate-health-check` (and `connection: close` over HTTP/1.1); success when
+//!   the status is in `expected_status`. The body is read and thrown away, so a response cut
+//!   short counts as a failure.
 //!
 //! The whole probe (connect, request, body) runs under `timeout`.
 
@@ -23,13 +26,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, HOST, USER_AGENT};
-use http::{Request, Uri};
+use http::{Request, Uri, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::{CheckKind, EndpointHealth, HealthCheckConfig, StatusRanges};
+use crate::proxy::http::client::{self, ConnectError, Connected, Speak, Transport};
 
 /// The `user-agent` of every HTTP check, so backends can tell checks from users in their logs
 /// (and leave them out of their own metrics).
@@ -76,10 +82,22 @@ impl Drop for CheckerHandle {
     }
 }
 
-/// Starts the active checker of the endpoint at `address`, writing its verdicts into `state` and
+/// The endpoint a checker probes, and how it is reached.
+#[derive(Clone)]
+pub struct Target {
+    pub address: SocketAddr,
+    /// The HTTP check's `Host` (`:authority` over HTTP/2); `None` sends the address.
+    pub host: Option<String>,
+    /// The service's transport: HTTP checks speak its protocol, over TLS for `https`.
+    pub transport: Transport,
+    /// The service's `connect_timeout` (zero: none of its own; the check's `timeout` holds).
+    pub connect_timeout: Duration,
+}
+
+/// Starts the active checker of the endpoint `target`, writing its verdicts into `state` and
 /// reporting each check's result to `on_result` (before `state` is updated).
 ///
-/// `host` is the HTTP check's `Host` header; `None` sends the address. The first check runs after
+/// The first check runs after
 /// a random delay below `interval`, so that the checks of many endpoints started together (at
 /// startup or a reload) spread over the interval instead of arriving in bursts; then one check
 /// starts every `interval`, give or take 10 % (again so that they stay spread). A check that
@@ -87,15 +105,16 @@ impl Drop for CheckerHandle {
 ///
 /// Must be called within a Tokio runtime.
 pub fn spawn_checker(
-    address: SocketAddr,
-    host: Option<String>,
+    target: Target,
     config: HealthCheckConfig,
     state: Arc<EndpointHealth>,
     on_result: Arc<dyn Fn(CheckResult) + Send + Sync>,
 ) -> CheckerHandle {
-    let probe = Probe::new(address, host, config.kind);
+    let probe = Probe::new(target.address, target.host, config.kind);
     let checker = Checker {
-        address,
+        address: target.address,
+        transport: target.transport,
+        connect_timeout: target.connect_timeout,
         probe,
         interval: config.interval.max(MIN_INTERVAL),
         timeout: config.timeout,
@@ -116,6 +135,8 @@ enum CheckError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
+    #[error(transparent)]
+    Open(#[from] ConnectError),
     #[error("HTTP exchange failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("status {status} is not in expected_status {expected}")]
@@ -164,6 +185,8 @@ fn request_target(path: &str, host: &str) -> Result<(Uri, HeaderValue), String> 
 /// The state of one running checker task.
 struct Checker {
     address: SocketAddr,
+    transport: Transport,
+    connect_timeout: Duration,
     probe: Probe,
     interval: Duration,
     timeout: Duration,
@@ -202,7 +225,7 @@ impl Checker {
                     let (uri, host) = target
                         .as_ref()
                         .map_err(|why| CheckError::Unsendable(why.clone()))?;
-                    http_check(self.address, uri, host, expected).await
+                    self.http_check(uri, host, expected).await
                 }
             }
         };
@@ -242,34 +265,77 @@ impl Checker {
     }
 }
 
-/// `GET uri` on a new connection to `address`; success when the status is `expected`.
-async fn http_check(
-    address: SocketAddr,
-    uri: &Uri,
-    host: &HeaderValue,
+impl Checker {
+    /// `GET uri` on a new connection to the endpoint; success when the status is `expected`.
+    async fn http_check(
+        &self,
+        uri: &Uri,
+        host: &HeaderValue,
+        expected: &StatusRanges,
+    ) -> Result<(), CheckError> {
+        let connected = client::connect::<Empty<Bytes>, _>(
+            self.address,
+            &self.transport,
+            self.connect_timeout,
+            Speak::Protocol,
+            TokioExecutor::new(),
+        )
+        .await?;
+        // Each connection is driven by its own task (hyper's design); the guard ends it with the
+        // check however the check ends, the timeout included, so a silent server cannot pile up
+        // tasks.
+        let (response, _connection) = match connected {
+            Connected::Http1(io) => {
+                let (mut sender, connection) =
+                    http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await?;
+                let guard = AbortOnDrop(tokio::spawn(async move {
+                    let _ = connection.await;
+                }));
+                let mut request = Request::new(Empty::<Bytes>::new());
+                *request.uri_mut() = uri.clone();
+                let headers = request.headers_mut();
+                headers.insert(HOST, host.clone());
+                headers.insert(USER_AGENT, HeaderValue::from_static(CHECK_USER_AGENT));
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                (sender.send_request(request).await?, guard)
+            }
+            Connected::Http2(mut sender, connection) => {
+                let guard = AbortOnDrop(tokio::spawn(async move {
+                    let _ = connection.await;
+                }));
+                let scheme = if self.transport.is_tls() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let mut request = Request::new(Empty::<Bytes>::new());
+                *request.uri_mut() = absolute(scheme, host, uri)?;
+                *request.version_mut() = Version::HTTP_2;
+                request
+                    .headers_mut()
+                    .insert(USER_AGENT, HeaderValue::from_static(CHECK_USER_AGENT));
+                (sender.send_request(request).await?, guard)
+            }
+        };
+        read_status(response, expected).await
+    }
+}
+
+/// The HTTP/2 form of a check's target: `:scheme`, `:authority` (the `Host` value) and path.
+fn absolute(scheme: &str, host: &HeaderValue, uri: &Uri) -> Result<Uri, CheckError> {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let authority = host
+        .to_str()
+        .map_err(|_| CheckError::Unsendable(format!("{host:?} is not a valid authority")))?;
+    Uri::try_from(format!("{scheme}://{authority}{path}"))
+        .map_err(|_| CheckError::Unsendable(format!("{authority:?} is not a valid authority")))
+}
+
+/// Reads the body to its end (a response cut short fails) and checks the status.
+async fn read_status(
+    response: http::Response<Incoming>,
     expected: &StatusRanges,
 ) -> Result<(), CheckError> {
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(CheckError::Connect)?;
-    // Small request, one round trip: don't let Nagle hold it back.
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-    // The connection is driven by its own task (hyper's design); the guard ends it with the check
-    // however the check ends, the timeout included, so a silent server cannot pile up tasks.
-    let _connection = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-
-    let mut request = Request::new(Empty::<Bytes>::new());
-    *request.uri_mut() = uri.clone();
-    let headers = request.headers_mut();
-    headers.insert(HOST, host.clone());
-    headers.insert(USER_AGENT, HeaderValue::from_static(CHECK_USER_AGENT));
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
-
-    let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
@@ -435,6 +501,16 @@ mod tests {
         }
     }
 
+    /// A cleartext HTTP/1.1 endpoint, as an `http1` service's.
+    fn target(address: SocketAddr) -> Target {
+        Target {
+            address,
+            host: None,
+            transport: Transport::Http1,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
     fn tcp() -> HealthCheckConfig {
         HealthCheckConfig {
             kind: CheckKind::Tcp,
@@ -459,7 +535,7 @@ mod tests {
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
         let config = http("/healthz", Duration::from_secs(5));
-        let _checker = spawn_checker(backend.address, None, config, state.clone(), on_result);
+        let _checker = spawn_checker(target(backend.address), config, state.clone(), on_result);
 
         eventually("five successful checks", || {
             state.consecutive_check_successes() >= 5
@@ -487,7 +563,15 @@ mod tests {
         let (_log, on_result) = recorder(&state);
         let config = http("/ready?deep=1", Duration::from_secs(5));
         let host = Some("api.example.com".to_string());
-        let _checker = spawn_checker(backend.address, host, config, state.clone(), on_result);
+        let _checker = spawn_checker(
+            Target {
+                host,
+                ..target(backend.address)
+            },
+            config,
+            state.clone(),
+            on_result,
+        );
 
         eventually("a check", || state.consecutive_check_successes() >= 1).await;
         let head = backend.heads.lock().unwrap()[0].to_ascii_lowercase();
@@ -501,7 +585,7 @@ mod tests {
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
         let config = http("/healthz", Duration::from_secs(5));
-        let _checker = spawn_checker(backend.address, None, config, state.clone(), on_result);
+        let _checker = spawn_checker(target(backend.address), config, state.clone(), on_result);
 
         eventually("unhealthy", || !state.is_healthy()).await;
         eventually("a fourth check", || log.lock().unwrap().len() >= 4).await;
@@ -542,7 +626,7 @@ mod tests {
 
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
-        let _checker = spawn_checker(address, None, tcp(), state.clone(), on_result);
+        let _checker = spawn_checker(target(address), tcp(), state.clone(), on_result);
 
         eventually("unhealthy", || !state.is_healthy()).await;
         assert_eq!(count(&log, CheckResult::Success), 0);
@@ -554,7 +638,7 @@ mod tests {
         let backend = Backend::start(200, Behaviour::Silent).await;
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
-        let _checker = spawn_checker(backend.address, None, tcp(), state.clone(), on_result);
+        let _checker = spawn_checker(target(backend.address), tcp(), state.clone(), on_result);
 
         eventually("three checks", || state.consecutive_check_successes() >= 3).await;
         assert!(state.is_healthy());
@@ -567,7 +651,7 @@ mod tests {
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
         let config = http("/healthz", Duration::from_millis(50));
-        let _checker = spawn_checker(backend.address, None, config, state.clone(), on_result);
+        let _checker = spawn_checker(target(backend.address), config, state.clone(), on_result);
 
         eventually("unhealthy", || !state.is_healthy()).await;
         assert_eq!(count(&log, CheckResult::Success), 0);
@@ -583,12 +667,12 @@ mod tests {
         let (stuck_log, on_stuck) = recorder(&stuck_state);
         // Its check will hang for far longer than this test runs.
         let config = http("/healthz", Duration::from_secs(3600));
-        let _stuck = spawn_checker(silent.address, None, config, stuck_state, on_stuck);
+        let _stuck = spawn_checker(target(silent.address), config, stuck_state, on_stuck);
 
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
         let config = http("/healthz", Duration::from_secs(5));
-        let _checker = spawn_checker(answering.address, None, config, state.clone(), on_result);
+        let _checker = spawn_checker(target(answering.address), config, state.clone(), on_result);
 
         eventually("the stuck check in flight", || {
             silent.accepted.load(Ordering::SeqCst) >= 1
@@ -609,7 +693,7 @@ mod tests {
         let state = Arc::new(EndpointHealth::new());
         let (log, on_result) = recorder(&state);
         let config = http("/healthz", Duration::from_secs(5));
-        let _checker = spawn_checker(backend.address, None, config, state.clone(), on_result);
+        let _checker = spawn_checker(target(backend.address), config, state.clone(), on_result);
 
         eventually("unhealthy", || !state.is_healthy()).await;
         assert_eq!(count(&log, CheckResult::Success), 0);
@@ -621,7 +705,7 @@ mod tests {
         let state = Arc::new(EndpointHealth::new());
         let (_log, on_result) = recorder(&state);
         let config = http("healthz", Duration::from_secs(5));
-        let _checker = spawn_checker(backend.address, None, config, state.clone(), on_result);
+        let _checker = spawn_checker(target(backend.address), config, state.clone(), on_result);
 
         eventually("unhealthy", || !state.is_healthy()).await;
         assert_eq!(backend.accepted.load(Ordering::SeqCst), 0);
@@ -634,8 +718,7 @@ mod tests {
         let (_log, on_result) = recorder(&state);
         let config = http("/healthz", Duration::from_secs(5));
         let checker = spawn_checker(
-            backend.address,
-            None,
+            target(backend.address),
             config,
             state.clone(),
             on_result.clone(),

@@ -13,7 +13,7 @@ mod status_ranges;
 
 use std::time::Duration;
 
-pub use active::{spawn_checker, CheckResult, CheckerHandle};
+pub use active::{spawn_checker, CheckResult, CheckerHandle, Target};
 pub use outlier::Outcome;
 pub use registry::Registry;
 pub use state::EndpointHealth;
@@ -34,7 +34,7 @@ pub struct HealthCheckConfig {
 /// What an active check does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
-    /// HTTP/1.1 GET of `path`; success when the status is in `expected`.
+    /// HTTP GET of `path`, in the service's protocol; success when the status is in `expected`.
     Http {
         path: String,
         expected: StatusRanges,
