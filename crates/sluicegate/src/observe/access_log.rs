@@ -17,7 +17,6 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -25,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Method};
 
 use super::time::rfc3339_millis;
 use crate::config::AccessLogTarget;
@@ -40,64 +38,6 @@ const SPARE_LINES: usize = 256;
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// Buffered lines reach the file at least this often even when traffic is light.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
-
-/// One request, as the access log shows it.
-#[derive(Debug, Clone)]
-pub struct AccessRecord {
-    pub time: SystemTime,
-    /// The request id as sent upstream (a header value: cloning it shares the bytes).
-    pub request_id: HeaderValue,
-    pub client: IpAddr,
-    pub method: Method,
-    pub host: String,
-    pub path: String,
-    pub status: u16,
-    pub route: Option<Arc<str>>,
-    pub service: Option<Arc<str>>,
-    pub endpoint: Option<std::net::SocketAddr>,
-    pub duration: Duration,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-impl AccessRecord {
-    /// The JSON line, without its newline.
-    pub fn to_json(&self) -> String {
-        let mut out = Vec::new();
-        self.write_json(&mut out);
-        String::from_utf8(out).unwrap_or_default()
-    }
-
-    /// Appends the JSON line (without newline) to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        let client = self.client.to_string();
-        let request_id = String::from_utf8_lossy(self.request_id.as_bytes());
-        write_start(
-            out,
-            &LineStart {
-                time: self.time,
-                request_id: &request_id,
-                client: &client,
-                method: self.method.as_str(),
-                host: &self.host,
-                path: &self.path,
-            },
-        );
-        let endpoint = self.endpoint.map(|e| e.to_string());
-        write_end(
-            out,
-            &LineEnd {
-                status: self.status,
-                route: self.route.as_deref(),
-                service: self.service.as_deref(),
-                endpoint: endpoint.as_deref(),
-                duration: self.duration,
-                bytes_in: self.bytes_in,
-                bytes_out: self.bytes_out,
-            },
-        );
-    }
-}
 
 /// What a log line says that is known when the request arrives.
 pub struct LineStart<'a> {
@@ -353,14 +293,6 @@ impl AccessLog {
         self.sender.is_some() || self.file.is_some()
     }
 
-    /// Queues one record; never blocks. The request path uses a [`Batcher`] instead.
-    pub fn log(&self, record: AccessRecord) {
-        let mut bytes = Vec::with_capacity(256);
-        record.write_json(&mut bytes);
-        bytes.push(b'\n');
-        self.send(Batch { bytes, lines: 1 });
-    }
-
     /// Writes a batch of lines to the file, or queues it for stdout (never blocking there).
     fn send(&self, batch: Batch) {
         if let Some(file) = &self.file {
@@ -497,24 +429,37 @@ fn write_stdout(receiver: Receiver<Batch>) {
 mod tests {
     use super::*;
 
+    /// One line as the request path formats it: [`write_start`] on arrival, [`write_end`] when
+    /// the request ends.
+    fn line(start: &LineStart<'_>, end: &LineEnd<'_>) -> String {
+        let mut out = Vec::new();
+        write_start(&mut out, start);
+        write_end(&mut out, end);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn json_line_has_every_field() {
-        let r = AccessRecord {
-            time: SystemTime::UNIX_EPOCH,
-            request_id: HeaderValue::from_static("id\"1"),
-            client: "127.0.0.1".parse().unwrap(),
-            method: Method::GET,
-            host: "h".into(),
-            path: "/p?q=1".into(),
-            status: 200,
-            route: Some("r".into()),
-            service: None,
-            endpoint: Some("127.0.0.1:9".parse().unwrap()),
-            duration: Duration::from_micros(1500),
-            bytes_in: 1,
-            bytes_out: 2,
-        };
-        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let text = line(
+            &LineStart {
+                time: SystemTime::UNIX_EPOCH,
+                request_id: "id\"1",
+                client: "127.0.0.1",
+                method: "GET",
+                host: "h",
+                path: "/p?q=1",
+            },
+            &LineEnd {
+                status: 200,
+                route: Some("r"),
+                service: None,
+                endpoint: Some("127.0.0.1:9"),
+                duration: Duration::from_micros(1500),
+                bytes_in: 1,
+                bytes_out: 2,
+            },
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         for key in [
             "time",
             "request_id",
@@ -561,25 +506,28 @@ mod tests {
         fn json_lines_parse_and_keep_their_strings(
             id in ".{0,40}", host in ".{0,20}", path in ".{0,60}", micros in 0u64..10_000_000_000,
         ) {
-            let r = AccessRecord {
-                time: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
-                request_id: HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("x")),
-                client: "::1".parse().unwrap(),
-                method: Method::PATCH,
-                host: host.clone(),
-                path: path.clone(),
-                status: 503,
-                route: Some("r\"q".into()),
-                service: Some("s".into()),
-                endpoint: None,
-                duration: Duration::from_micros(micros),
-                bytes_in: micros,
-                bytes_out: 0,
-            };
-            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-            if HeaderValue::from_str(&id).is_ok() {
-                proptest::prop_assert_eq!(v["request_id"].as_str(), Some(id.as_str()));
-            }
+            let text = line(
+                &LineStart {
+                    time: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+                    request_id: &id,
+                    client: "::1",
+                    method: "PATCH",
+                    host: &host,
+                    path: &path,
+                },
+                &LineEnd {
+                    status: 503,
+                    route: Some("r\"q"),
+                    service: Some("s"),
+                    endpoint: None,
+                    duration: Duration::from_micros(micros),
+                    bytes_in: micros,
+                    bytes_out: 0,
+                },
+            );
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // Every id survives, not only those valid as a header value.
+            proptest::prop_assert_eq!(v["request_id"].as_str(), Some(id.as_str()));
             proptest::prop_assert_eq!(v["host"].as_str(), Some(host.as_str()));
             proptest::prop_assert_eq!(v["path"].as_str(), Some(path.as_str()));
             proptest::prop_assert_eq!(v["route"].as_str(), Some("r\"q"));
@@ -599,48 +547,51 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         let log = AccessLog::start(&AccessLogTarget::File(dir.clone())).unwrap();
         assert!(log.enabled());
-        let mut r = AccessRecord {
-            time: SystemTime::now(),
-            request_id: HeaderValue::from_static("x"),
-            client: "127.0.0.1".parse().unwrap(),
-            method: Method::POST,
-            host: String::new(),
-            path: "/".into(),
-            status: 201,
-            route: None,
-            service: None,
-            endpoint: None,
-            duration: Duration::ZERO,
-            bytes_in: 0,
-            bytes_out: 0,
+        // A worker's batcher, driven as the request path drives it.
+        let batcher = Batcher::new(log.clone());
+        assert!(batcher.enabled());
+        let request = |status: u16| {
+            let pending = batcher.begin(&LineStart {
+                time: SystemTime::now(),
+                request_id: "x",
+                client: "127.0.0.1",
+                method: "POST",
+                host: "",
+                path: "/",
+            });
+            batcher.end(
+                pending,
+                &LineEnd {
+                    status,
+                    route: None,
+                    service: None,
+                    endpoint: None,
+                    duration: Duration::ZERO,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                },
+            );
         };
-        let wait_lines = |path: &std::path::Path, n: usize| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                if text.lines().count() == n {
-                    return text;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "lines never arrived: {text:?}"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        // The worker writes the file itself on a flush: the lines are there when it returns.
+        let lines = |path: &std::path::Path, n: usize| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            assert_eq!(text.lines().count(), n, "{text:?}");
+            text
         };
-        log.log(r.clone());
-        r.status = 202;
-        log.log(r.clone());
-        assert!(wait_lines(&dir, 2).contains("\"status\":202"));
+        request(201);
+        request(202);
+        batcher.flush();
+        assert!(lines(&dir, 2).contains("\"status\":202"));
         // Rotation: the file is moved away, SIGUSR1 asks for a reopen, new lines go to a new
         // file at the configured path.
         let rotated = dir.with_extension("1");
         std::fs::rename(&dir, &rotated).unwrap();
         log.reopen();
-        r.status = 203;
-        log.log(r);
-        assert!(wait_lines(&dir, 1).contains("\"status\":203"));
-        assert_eq!(wait_lines(&rotated, 2).lines().count(), 2);
+        request(203);
+        batcher.flush();
+        assert!(lines(&dir, 1).contains("\"status\":203"));
+        assert_eq!(lines(&rotated, 2).lines().count(), 2);
+        drop(batcher);
         drop(log);
         let _ = std::fs::remove_file(&rotated);
         let _ = std::fs::remove_file(&dir);
