@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client;
 pub mod coalesce;
+pub mod deadline;
 pub mod downstream;
 pub mod first_read;
 pub mod grpc;

@@ -4,7 +4,9 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use http::Request;
+use std::future::Future;
+
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -12,8 +14,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use super::body::ClientBody;
-use super::downstream::{self, Handoff};
+use super::body::{ClientBody, ResponseBody};
+use super::deadline::DeadlineTimer;
+use super::downstream::{self, ClientUpgrade, Handoff, HeadLimits};
 use super::server::{handle, ConnInfo, Worker};
 use super::LocalExec;
 /// Concurrent streams one HTTP/2 client may open (nginx and Envoy use 128 and 100; a gateway in
@@ -61,17 +64,47 @@ pub async fn serve<I>(
         Mode::Http2 => serve_h2(worker, info, io, header_limit, stop).await,
         Mode::Http1 | Mode::Detect => {
             let detect = mode == Mode::Detect;
-            let handoff = downstream::serve(
-                Rc::clone(&worker),
-                Rc::clone(&info),
-                io,
-                detect,
-                header_limit,
-                stop.clone(),
-            )
-            .await;
+            let pipeline = Pipeline {
+                worker: Rc::clone(&worker),
+                info: Rc::clone(&info),
+            };
+            let limits = HeadLimits {
+                max_bytes: header_limit,
+                timeout: info.header_timeout,
+            };
+            let handoff =
+                downstream::serve(pipeline, io, detect, limits, info.peer, stop.clone()).await;
             if let Some(Handoff::Http2(io)) = handoff {
                 serve_h2(worker, info, io, header_limit, stop).await;
+            }
+        }
+    }
+}
+
+/// The request pipeline as the HTTP/1.1 server side calls it.
+struct Pipeline {
+    worker: Rc<Worker>,
+    info: Rc<ConnInfo>,
+}
+
+impl downstream::Handler for Pipeline {
+    fn handle<'a>(
+        &'a self,
+        request: Request<ClientBody>,
+        upgrade: Option<ClientUpgrade>,
+        timer: &'a mut DeadlineTimer,
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a {
+        let handling = handle(
+            Rc::clone(&self.worker),
+            Rc::clone(&self.info),
+            request,
+            upgrade,
+            Some(timer),
+        );
+        async move {
+            match handling.await {
+                Ok(response) => response,
+                Err(never) => match never {},
             }
         }
     }

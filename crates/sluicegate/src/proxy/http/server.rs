@@ -21,12 +21,10 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -34,6 +32,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 
 use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
+use super::deadline::{before, DeadlineTimer};
 use super::downstream::ClientUpgrade;
 use super::headers::{
     head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop, valid_request_id,
@@ -536,39 +535,6 @@ pub async fn handle(
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
-}
-
-/// A deadline timer a connection keeps across its requests.
-pub type DeadlineTimer = Option<Pin<Box<tokio::time::Sleep>>>;
-
-/// Runs `future` until `deadline` (`None`: no deadline); `None` when the deadline came first.
-/// The future is taken pinned where it lies: wrapping it by value, as `tokio::time::timeout_at`
-/// does, copied the whole upstream exchange's state a few more times per request. `reuse` is a
-/// timer to move to `deadline` rather than registering a new one.
-async fn before<F: Future>(
-    deadline: Option<tokio::time::Instant>,
-    mut future: Pin<&mut F>,
-    reuse: Option<&mut DeadlineTimer>,
-) -> Option<F::Output> {
-    let Some(at) = deadline else {
-        return Some(future.await);
-    };
-    let mut own = None;
-    let slot = reuse.unwrap_or(&mut own);
-    let sleep = match slot {
-        Some(sleep) => {
-            sleep.as_mut().reset(at);
-            sleep
-        }
-        None => slot.insert(Box::pin(tokio::time::sleep_until(at))),
-    };
-    poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        sleep.as_mut().poll(cx).map(|()| None)
-    })
-    .await
 }
 
 fn rewrite_path(uri: &Uri, prefix: &str) -> Uri {

@@ -39,7 +39,8 @@ use conn::Shared;
 
 use super::body::ClientBody;
 use super::headers::new_request_id;
-use super::server::{handle, ConnInfo, DeadlineTimer, Worker};
+use super::body::ResponseBody;
+use super::deadline::DeadlineTimer;
 use crate::proxy::answer::GatewayError;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
@@ -72,22 +73,48 @@ pub enum Handoff<I> {
     Http2(Rewind<I>),
 }
 
+/// What answers the requests a connection reads: the gateway's pipeline in production, anything
+/// in a test. The server side knows nothing else of what happens to a request.
+pub trait Handler {
+    /// Answers `request`; never fails (every problem is a response). `upgrade` is the
+    /// connection's side of a WebSocket upgrade the request asks for; `timer` a deadline timer
+    /// the connection keeps across its requests.
+    fn handle<'a>(
+        &'a self,
+        request: Request<ClientBody>,
+        upgrade: Option<ClientUpgrade>,
+        timer: &'a mut DeadlineTimer,
+    ) -> impl Future<Output = http::Response<ResponseBody>> + 'a;
+}
+
+/// A listener's bounds on reading request heads.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// `max_request_header_bytes`.
+    pub max_bytes: usize,
+    /// `request_header_timeout`: how long a head may take to arrive, counted from the first
+    /// wait for it (so it also bounds an idle keep-alive connection).
+    pub timeout: Duration,
+}
+
 /// Serves HTTP/1.1 requests on `io` until the client closes, a request says close, or `stop`
 /// turns true. With `detect_h2`, a connection opening with the HTTP/2 preface is handed back.
-pub async fn serve<I>(
-    worker: Rc<Worker>,
-    info: Rc<ConnInfo>,
+/// `peer` names the client in debug logs.
+pub async fn serve<I, H>(
+    handler: H,
     io: I,
     detect_h2: bool,
-    header_limit: usize,
+    limits: HeadLimits,
+    peer: std::net::SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> Option<Handoff<I>>
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
+    H: Handler,
 {
     // hyper's bound too: the pipeline answers heads over the limit with a JSON 431 of its own;
     // twice the limit is what the connection buffers at most while a head is incomplete.
-    let max_head = (header_limit * 2).max(16 * 1024);
+    let max_head = (limits.max_bytes * 2).max(16 * 1024);
     let shared = Shared::new(io, BytesMut::new());
     let mut out = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
@@ -105,7 +132,7 @@ where
         let wait = Wait {
             stopping: stopping.as_mut(),
             timer: &mut timer,
-            timeout: info.header_timeout,
+            timeout: limits.timeout,
         };
         let head = match next_head(&shared, max_head, wait, &mut sniff).await {
             Next::Head(head) => head,
@@ -141,16 +168,9 @@ where
         };
         let request = request(&shared, head);
         let response = {
-            let handling = pin!(handle(
-                Rc::clone(&worker),
-                Rc::clone(&info),
-                request,
-                upgrade,
-                Some(&mut deadline_timer),
-            ));
+            let handling = pin!(handler.handle(request, upgrade, &mut deadline_timer));
             match until_client_leaves(&shared, handling).await {
-                Some(Ok(response)) => response,
-                Some(Err(never)) => match never {},
+                Some(response) => response,
                 // Dropping the exchange logs it as 499 and frees its upstream connection.
                 None => {
                     shared.retire();
@@ -168,7 +188,7 @@ where
         let keep_alive = match respond::write(&shared, &mut out, response, &asked).await {
             Ok(keep_alive) => keep_alive,
             Err(e) => {
-                tracing::debug!(peer = %info.peer, error = %e, "writing to the client failed");
+                tracing::debug!(%peer, error = %e, "writing to the client failed");
                 shared.retire();
                 return None;
             }
