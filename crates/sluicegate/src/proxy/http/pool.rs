@@ -62,9 +62,7 @@ struct Idle {
     since: Instant,
 }
 
-/// An endpoint and how it is reached ([`Transport::identity`]): connections are only shared
-/// within one key.
-pub type PoolKey = (SocketAddr, u64);
+pub use super::h1::PoolKey;
 
 /// Pool keys are hashed twice per request (checkout, checkin) and come from the config, not from
 /// clients: a multiply-rotate hash (the FxHash scheme) does, where SipHash's resistance to
@@ -241,6 +239,13 @@ pub enum UpgradeConnectError {
     NotHttp1(SocketAddr),
     #[error("HTTP/1.1 client setup for {0} failed: {1}")]
     Handshake(SocketAddr, #[source] hyper::Error),
+}
+
+/// The HTTP/1.1 client hands connections back through this, not by knowing the pool.
+impl super::h1::Checkin for Pool {
+    fn checkin(&self, key: PoolKey, conn: Conn) {
+        self.checkin_h1(key, conn);
+    }
 }
 
 #[cfg(test)]

@@ -691,7 +691,7 @@ async fn attempt(
     match sender {
         Sender::H1(conn) => {
             let ret = h1::PoolReturn {
-                pool: Rc::clone(pool),
+                to: Rc::clone(pool) as Rc<dyn h1::Checkin>,
                 key: Pool::key(address, transport),
             };
             match h1::send(conn, &parts, body, address, ret, forwarding.for_head()).await {

@@ -7,15 +7,20 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::conn::Conn;
-use super::Error;
-use crate::proxy::http::pool::{Pool, PoolKey};
+use super::conn::{Conn, PoolKey};
+use super::error::Error;
 use crate::proxy::http::wire::chunked::{ChunkedDecoder, Decoded};
 use crate::proxy::http::wire::response::Framing;
 
-/// Where a connection goes back once its response body has been read to its end.
+/// What takes a connection back once a response body has been read to its end: the worker's
+/// pool, which the client knows only through this.
+pub trait Checkin {
+    fn checkin(&self, key: PoolKey, conn: Conn);
+}
+
+/// Where a connection goes back, and under which key.
 pub struct PoolReturn {
-    pub pool: Rc<Pool>,
+    pub to: Rc<dyn Checkin>,
     pub key: PoolKey,
 }
 
@@ -64,7 +69,7 @@ impl H1Body {
         // Bytes beyond the response are a broken upstream: such a connection is not reused.
         if self.keep_alive && conn.read_buf.is_empty() {
             conn.reused = true;
-            ret.pool.checkin_h1(ret.key, conn);
+            ret.to.checkin(ret.key, conn);
         }
     }
 }

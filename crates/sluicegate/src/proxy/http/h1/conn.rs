@@ -15,6 +15,11 @@ const READ_MIN: usize = 8 * 1024;
 /// Reads grow up to this while they keep filling the buffer (large bodies, fewer syscalls).
 const READ_MAX: usize = 256 * 1024;
 
+/// Which pool a connection belongs to: the endpoint's address and the identity of the
+/// transport it was made with (`client::Transport::identity`); connections are only shared
+/// within one key.
+pub type PoolKey = (std::net::SocketAddr, u64);
+
 /// The byte stream under a connection.
 pub enum Io {
     Tcp(TcpStream),

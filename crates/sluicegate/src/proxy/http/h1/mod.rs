@@ -11,27 +11,11 @@
 
 pub mod body;
 pub mod conn;
+mod error;
 pub(crate) mod request;
 
-pub use body::{H1Body, PoolReturn};
-pub use conn::{Conn, Io};
+pub use body::{Checkin, H1Body, PoolReturn};
+pub use conn::{Conn, Io, PoolKey};
+pub use error::Error;
 pub use request::{send, Failed};
 
-/// Why an upstream exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("upstream I/O failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("upstream closed the connection before a response")]
-    ClosedBeforeResponse,
-    #[error("upstream closed the connection in the middle of the response body")]
-    IncompleteBody,
-    #[error(transparent)]
-    Head(#[from] super::wire::response::Error),
-    #[error("unexpected 101 Switching Protocols for a request that asked no upgrade")]
-    UnexpectedUpgrade,
-    #[error("malformed chunked body: {0}")]
-    Chunked(#[from] super::wire::chunked::ChunkError),
-    #[error("request body: {0}")]
-    RequestBody(#[source] super::body::BodyError),
-}

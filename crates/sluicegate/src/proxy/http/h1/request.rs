@@ -16,7 +16,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::body::{H1Body, PoolReturn};
 use super::conn::Conn;
-use super::Error;
+use super::error::Error;
 use crate::proxy::http::body::RequestBody;
 use crate::proxy::http::headers::{put_field, Forwarding};
 use crate::proxy::http::wire::chunk_size_line;

@@ -1,7 +1,6 @@
-//! Body wrappers between client and upstream: both directions stream frame by frame (never
-//! buffered whole), count bytes for the access log, and enforce limits and deadlines.
+//! The body sent to the client: the upstream's, streamed under the route's deadline, or one the
+//! gateway wrote itself; and what runs when it is done.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -12,59 +11,20 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::downstream::{ClientBodyError, ClientH1Body};
-use super::h1;
+use super::stats::ExchangeStats;
+use crate::proxy::http::h1;
 
-/// What a body failed with, besides the transport's own errors.
+/// What a response body failed with.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error("request body exceeds the listener's max_request_body_bytes")]
-    TooLarge,
     #[error("the route's timeout expired while the response body was streaming")]
     Deadline,
+    /// From hyper's HTTP/2 client, or an upgraded exchange.
     #[error(transparent)]
     Transport(#[from] hyper::Error),
-    /// From the gateway's own HTTP/1.1 client (boxed: its error can hold a `BodyError`).
+    /// From the gateway's own HTTP/1.1 client (boxed: it is large, and rare).
     #[error(transparent)]
     Upstream(Box<h1::Error>),
-    /// Reading an HTTP/1.1 client's request body.
-    #[error(transparent)]
-    Client(#[from] ClientBodyError),
-}
-
-/// A client's request body: from the gateway's HTTP/1.1 server, or hyper's HTTP/2 one.
-pub enum ClientBody {
-    H1(ClientH1Body),
-    H2(Incoming),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Client),
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Transport),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::H1(b) => b.is_end_stream(),
-            ClientBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::H1(b) => b.size_hint(),
-            ClientBody::H2(b) => b.size_hint(),
-        }
-    }
 }
 
 /// An upstream response body: from the gateway's HTTP/1.1 client, or from hyper (HTTP/2,
@@ -108,75 +68,6 @@ impl Body for UpstreamBody {
             UpstreamBody::H1(b) => b.size_hint(),
             UpstreamBody::Hyper(b) => b.size_hint(),
         }
-    }
-}
-
-/// Byte counts of one exchange, shared by the two body wrappers and the access log.
-#[derive(Debug, Default)]
-pub struct ExchangeStats {
-    pub bytes_in: Cell<u64>,
-    pub bytes_out: Cell<u64>,
-    /// Set when the request body went over the limit, so the forwarding error maps to 413.
-    pub body_too_large: Cell<bool>,
-    /// Set when the client's body could not be read (malformed chunking, a reset), so the
-    /// forwarding error maps to 400 rather than blaming the upstream.
-    pub client_body_failed: Cell<bool>,
-}
-
-/// The client's request body on its way upstream.
-pub struct RequestBody {
-    inner: ClientBody,
-    /// 0 = unlimited.
-    limit: u64,
-    stats: Rc<ExchangeStats>,
-}
-
-impl RequestBody {
-    pub fn new(inner: ClientBody, limit: u64, stats: Rc<ExchangeStats>) -> RequestBody {
-        RequestBody {
-            inner,
-            limit,
-            stats,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let total = this.stats.bytes_in.get() + data.len() as u64;
-                    this.stats.bytes_in.set(total);
-                    if this.limit != 0 && total > this.limit {
-                        this.stats.body_too_large.set(true);
-                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.stats.client_body_failed.set(true);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

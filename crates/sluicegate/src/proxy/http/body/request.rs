@@ -1,0 +1,119 @@
+//! The client's request body on its way upstream: read from the gateway's HTTP/1.1 server
+//! side or hyper's HTTP/2 one, counted, and cut off at the listener's size limit.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::stats::ExchangeStats;
+use crate::proxy::http::downstream::{ClientBodyError, ClientH1Body};
+
+/// Why a client's request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body exceeds the listener's max_request_body_bytes")]
+    TooLarge,
+    /// Reading an HTTP/2 client's request body.
+    #[error(transparent)]
+    Transport(#[from] hyper::Error),
+    /// Reading an HTTP/1.1 client's request body.
+    #[error(transparent)]
+    Client(#[from] ClientBodyError),
+}
+
+/// A client's request body: from the gateway's HTTP/1.1 server, or hyper's HTTP/2 one.
+pub enum ClientBody {
+    H1(ClientH1Body),
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match self.get_mut() {
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Client),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Transport),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The client's request body on its way upstream.
+pub struct RequestBody {
+    inner: ClientBody,
+    /// 0 = unlimited.
+    limit: u64,
+    stats: Rc<ExchangeStats>,
+}
+
+impl RequestBody {
+    pub fn new(inner: ClientBody, limit: u64, stats: Rc<ExchangeStats>) -> RequestBody {
+        RequestBody {
+            inner,
+            limit,
+            stats,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = this.stats.bytes_in.get() + data.len() as u64;
+                    this.stats.bytes_in.set(total);
+                    if this.limit != 0 && total > this.limit {
+                        this.stats.body_too_large.set(true);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.client_body_failed.set(true);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
