@@ -235,11 +235,12 @@ pub fn encode_head(
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
+    // RFC 9112 3.2.1: "If the target URI's path component is empty, the client MUST send "/"
+    // as the path within the origin-form": `http://a?q` is sent as `/?q`, not `?q`.
+    if target.is_empty() || target.starts_with('?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     put_fields(out);
     match upload {
@@ -385,6 +386,29 @@ mod tests {
         ] {
             assert!(matches!(head(bad), Err(HeadError::Malformed(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_empty_path_is_sent_as_a_slash() {
+        let line = |target: &str| {
+            let mut out = Vec::new();
+            encode_head(&mut out, &Method::GET, target, Upload::None, false, |_| {});
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(""), "GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(line("?q"), "GET /?q HTTP/1.1\r\n\r\n");
+        assert_eq!(line("/a?q"), "GET /a?q HTTP/1.1\r\n\r\n");
+        assert_eq!(line("*"), "GET * HTTP/1.1\r\n\r\n");
+        // Found by fuzz/request_roundtrip: an absolute-form target with an empty path and a
+        // query has `?q` as its path and query, which was sent as is (`GET ?q HTTP/1.1`).
+        let h = head("GET http://a?q HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let target = h.uri.path_and_query().unwrap().as_str();
+        assert_eq!(target, "?q");
+        let mut out = Vec::new();
+        encode_head(&mut out, &h.method, target, Upload::None, false, |_| {});
+        let mut again = BytesMut::from(&out[..]);
+        let again = parse(&mut again, 1024).unwrap().unwrap();
+        assert_eq!(again.uri, "/?q");
     }
 
     #[test]
