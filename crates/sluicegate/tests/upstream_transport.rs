@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::tls::{self, service_tls, Upstream, H2_HTTP1, HTTP1};
+use support::upstream::{self, service_tls, Upstream, H2_HTTP1, HTTP1};
 use support::{Gateway, Toml};
 
 /// Two services on one TLS upstream address: `right` trusts the upstream's CA, `wrong` trusts
@@ -12,8 +12,8 @@ use support::{Gateway, Toml};
 /// HTTP/2 (one shared connection) and HTTP/1.1 (idle connections) alike.
 #[test]
 fn services_trusting_other_roots_never_share_a_pooled_connection() {
-    let right = tls::certs("gw.test");
-    let wrong = tls::certs("gw.test");
+    let right = upstream::certs("gw.test");
+    let wrong = upstream::certs("gw.test");
     for alpn in [H2_HTTP1, HTTP1] {
         let upstream = Upstream::tls("secure", &right, alpn);
         let gw = Gateway::start(
@@ -46,10 +46,10 @@ fn services_trusting_other_roots_never_share_a_pooled_connection() {
 /// `right`'s CA with one that does not verify the upstream: they must not be reused.
 #[test]
 fn connections_made_under_replaced_tls_settings_are_not_reused() {
-    let right = tls::certs("gw.test");
-    let wrong = tls::certs("gw.test");
+    let right = upstream::certs("gw.test");
+    let wrong = upstream::certs("gw.test");
     let upstream = Upstream::tls("secure", &right, H2_HTTP1);
-    let config = |ca: &tls::Certs| {
+    let config = |ca: &upstream::Certs| {
         Toml::new()
             .admin()
             .listener("public", "")
@@ -75,7 +75,7 @@ fn websocket_to_an_https_service_goes_over_tls() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let certs = tls::certs("ws.test");
+    let certs = upstream::certs("ws.test");
     let echo = Upstream::tls_websocket_echo(&certs);
     let gw = Gateway::start(
         &Toml::new()
@@ -181,7 +181,7 @@ fn good_passes_and_sick_fails(good: &Upstream, sick: &Upstream, service_extra: &
 /// as ALPN decides (one endpoint of each).
 #[test]
 fn health_checks_of_an_https_service_use_its_tls_settings() {
-    let certs = tls::certs("gw.test");
+    let certs = upstream::certs("gw.test");
     let good = Upstream::tls("good", &certs, H2_HTTP1);
     let sick = Upstream::tls("sick", &certs, HTTP1);
     good_passes_and_sick_fails(&good, &sick, &service_tls(&certs, "gw.test"));
@@ -199,4 +199,121 @@ fn health_checks_of_an_h2c_service_speak_http2() {
     let good = Upstream::h2c("good");
     let sick = Upstream::h2c("sick");
     good_passes_and_sick_fails(&good, &sick, "protocol = \"http2\"");
+}
+
+/// `sluicegate_connections_active` of the listener `public`.
+fn connections_active(gw: &Gateway) -> Option<u64> {
+    gw.admin()
+        .get("/metrics")
+        .text()
+        .lines()
+        .find(|l| l.starts_with("sluicegate_connections_active{listener=\"public\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Sends `request` on a new connection and reads what comes back until the gateway closes; a
+/// connection refused by `max_connections` gets nothing (a write or read error counts as nothing:
+/// the gateway may close before the request is written).
+fn exchange_on_new_connection(gw: &Gateway, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An open WebSocket tunnel holds its listener's connection: with `max_connections = 1` a new
+/// connection is closed at once while the tunnel is open, and served once it has closed.
+#[test]
+fn websocket_tunnels_count_against_max_connections() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let echo = Upstream::websocket_echo();
+    let gw = Gateway::start(
+        &Toml::new()
+            .admin()
+            .listener("public", "max_connections = 1")
+            .route("ws", "echo", "")
+            .service("echo", &[echo.addr], "")
+            .build(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut ws = rt.block_on(async {
+        let url = format!("ws://{}/chat", gw.addr());
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        // A round trip: the tunnel is relaying.
+        ws.send(Message::text("hi")).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), "hi");
+        ws
+    });
+    let request = b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        exchange_on_new_connection(&gw, request),
+        "",
+        "a second connection was served while the tunnel held the only one"
+    );
+    assert_eq!(connections_active(&gw), Some(1), "the tunnel counts");
+    rt.block_on(async {
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+    });
+    drop(ws);
+    wait_until("the tunnel to close", || connections_active(&gw) == Some(0));
+    let answer = exchange_on_new_connection(&gw, request);
+    assert!(answer.starts_with("HTTP/1.1 "), "not served: {answer:?}");
+}
+
+/// A route's `timeout` bounds an upgrade request until the upstream answers it: an upstream that
+/// never answers gets the client a 504, not a hang.
+#[test]
+fn the_route_timeout_bounds_an_upgrade_until_the_101() {
+    let silent = Upstream::silent();
+    let gw = Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .route("ws", "silent", "timeout = \"300ms\"")
+            .service("silent", &[silent.addr], "")
+            .build(),
+    );
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let r = gw.client().request("GET", "/chat", &upgrade, b"");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("upstream_timeout"), "{}", r.text());
+}
+
+/// `connect_timeout = "0"` means no connect deadline of the gateway's own, at layer 7 and at
+/// layer 4 alike (it used to fail every layer-7 connect at once).
+#[test]
+fn a_zero_connect_timeout_means_none_at_layer_7_and_layer_4() {
+    let b = support::Backend::start("patient");
+    let gw = Gateway::start(
+        &Toml::new()
+            .listener("public", "")
+            .listener("l4", "protocol = \"tcp\"\nservice = \"raw\"")
+            .route("all", "app", "")
+            .service("app", &[b.addr], "connect_timeout = \"0\"")
+            .service(
+                "raw",
+                &[b.addr],
+                "protocol = \"tcp\"\nconnect_timeout = \"0\"",
+            )
+            .build(),
+    );
+    let r = gw.client().get("/l7");
+    assert_eq!((r.status, r.text().as_str()), (200, "patient"));
+    // Through the layer-4 listener the backend's HTTP arrives as bytes.
+    let r = support::Client::connect(gw.listener("l4")).get("/l4");
+    assert_eq!((r.status, r.text().as_str()), (200, "patient"));
+    assert_eq!(b.last_seen().uri, "/l4");
 }

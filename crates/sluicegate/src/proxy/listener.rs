@@ -322,10 +322,23 @@ impl OpenConnections {
         }
     }
 
-    /// Counts a tunnel (an upgraded connection) that outlives its HTTP connection.
-    pub fn hold(self: &Rc<Self>, gauge: Gauge) -> OpenGuard {
+    /// Counts a tunnel (an upgraded connection) that outlives its HTTP connection: for
+    /// shutdown and spreading, in `gauge`, and in its listener's `sluicegate_connections_active`
+    /// — the count `max_connections` holds new connections to, so an open tunnel takes a client
+    /// connection's place. (Until the upgraded HTTP connection's own guard drops, a moment later,
+    /// the two are both counted: briefly one too many, never one too few.)
+    pub fn hold_tunnel(
+        self: &Rc<Self>,
+        worker: &Worker,
+        listener: &str,
+        gauge: Gauge,
+    ) -> OpenGuard {
+        let active = listener_gauge(worker, listener);
         gauge.inc();
-        OpenGuard::new(Rc::clone(self), Some(gauge))
+        active.inc();
+        let mut guard = OpenGuard::new(Rc::clone(self), Some(gauge));
+        guard.listener = Some(active);
+        guard
     }
 }
 
@@ -334,6 +347,8 @@ impl OpenConnections {
 pub struct OpenGuard {
     open: Rc<OpenConnections>,
     gauge: Option<Gauge>,
+    /// A tunnel's listener gauge (a connection's is `gauge`).
+    listener: Option<Gauge>,
 }
 
 impl OpenGuard {
@@ -345,7 +360,11 @@ impl OpenGuard {
     /// For a connection the shared count already includes (handed over by another worker).
     fn counted(open: Rc<OpenConnections>) -> OpenGuard {
         open.count.set(open.count.get() + 1);
-        OpenGuard { open, gauge: None }
+        OpenGuard {
+            open,
+            gauge: None,
+            listener: None,
+        }
     }
 
     fn with_gauge(mut self, gauge: Option<Gauge>) -> OpenGuard {
@@ -356,7 +375,7 @@ impl OpenGuard {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if let Some(gauge) = &self.gauge {
+        for gauge in [&self.gauge, &self.listener].into_iter().flatten() {
             gauge.dec();
         }
         self.open.peers.closed(self.open.index);

@@ -4,8 +4,8 @@
 
 pub mod backend;
 pub mod client;
-pub mod tls;
 pub mod toml;
+pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -762,26 +762,40 @@ async fn tunnel(
     let Some(address) = service.endpoints.get(index).map(|e| e.address) else {
         return answer(exchange, GatewayError::NoHealthyUpstream, false);
     };
-    let connecting = Pool::connect_upgradable(address, &service.transport, service.connect_timeout);
-    let mut sender = match connecting.await {
-        Ok(s) => s,
-        Err(e) => {
+    // The route's deadline holds until the upstream answers the upgrade (the 101, or a
+    // refusal, whose body it then bounds too); an open tunnel lives by the idle timeout.
+    let deadline = exchange.route().and_then(|r| r.timeout).map(|t| now + t);
+    let upgrading = async {
+        let mut sender =
+            Pool::connect_upgradable(address, &service.transport, service.connect_timeout)
+                .await
+                .map_err(TunnelError::Connect)?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(TunnelError::Exchange)
+    };
+    let mut response = match before(deadline, pin!(upgrading), None).await {
+        Some(Ok(r)) => r,
+        Some(Err(TunnelError::Connect(e))) => {
             tracing::warn!(service = %service.name, error = %e, "upstream connect failed");
             report_outcome(service, index, Upstream::ConnectFailure, now);
             return answer(exchange, GatewayError::UpstreamUnavailable, false);
         }
-    };
-    let mut response = match sender.send_request(request).await {
-        Ok(r) => r,
-        Err(e) => {
+        Some(Err(TunnelError::Exchange(e))) => {
             tracing::warn!(service = %service.name, upstream = %address, error = %e, "upstream exchange failed");
             report_outcome(service, index, Upstream::Reset, now);
             return answer(exchange, GatewayError::UpstreamUnavailable, false);
         }
+        None => {
+            report_outcome(service, index, Upstream::Timeout, now);
+            return answer(exchange, GatewayError::UpstreamTimeout, false);
+        }
     };
     report_outcome(service, index, Upstream::Success, now);
     exchange.status = response.status().as_u16();
-    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+    let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let metrics = &worker.shared.registries.metrics;
         metrics
@@ -791,11 +805,13 @@ async fn tunnel(
                 &[],
             )
             .inc();
-        let held = worker.open.hold(metrics.gauge(
+        let active = metrics.gauge(
             names::WEBSOCKET_CONNECTIONS_ACTIVE,
             names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
             &[],
-        ));
+        );
+        let listener = exchange.listener().map_or("", |l| &*l.name);
+        let held = worker.open.hold_tunnel(worker, listener, active);
         tokio::task::spawn_local(async move {
             let _held = held;
             let end = websocket::relay(client_upgrade, upstream_upgrade, idle).await;
@@ -805,7 +821,14 @@ async fn tunnel(
     let (mut head, upstream_body) = response.into_parts();
     head.headers.insert(X_REQUEST_ID, request_id);
     let stats = Rc::clone(&exchange.stats);
-    let mut body = ResponseBody::upstream(upstream_body.into(), None, stats);
+    let deadline = if upgraded { None } else { deadline };
+    let mut body = ResponseBody::upstream(upstream_body.into(), deadline, stats);
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
+}
+
+/// How an upgrade request failed before the upstream answered it.
+enum TunnelError {
+    Connect(pool::UpgradeConnectError),
+    Exchange(hyper::Error),
 }

@@ -1,7 +1,7 @@
-//! Upstreams that are not plain HTTP/1.1, for tests of how the gateway reaches services:
-//! certificates from a throwaway CA, a TLS server speaking HTTP/1.1 or HTTP/2 as ALPN decides,
-//! an h2c-only server, and a WebSocket echo over TLS. Each runs on its own runtime, on
-//! 127.0.0.1:0.
+//! Upstreams other than `Backend`'s plain HTTP/1.1, for tests of how the gateway reaches
+//! services: certificates from a throwaway CA, a TLS server speaking HTTP/1.1 or HTTP/2 as ALPN
+//! decides, an h2c-only server, WebSocket echoes (cleartext and TLS) and a server that never
+//! answers. Each runs on its own runtime, on 127.0.0.1:0.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -106,6 +106,11 @@ enum Kind {
     H2c,
     /// TLS, then a WebSocket echo over HTTP/1.1; a connection that negotiated `h2` is closed.
     TlsWebSocket(tokio_rustls::TlsAcceptor),
+    /// A WebSocket echo over cleartext HTTP/1.1.
+    WebSocket,
+    /// Reads whatever comes and never answers; the connection stays open until the peer
+    /// closes it.
+    Silent,
 }
 
 impl Upstream {
@@ -123,6 +128,16 @@ impl Upstream {
     /// offered `h2` would get it, and then no WebSocket.
     pub fn tls_websocket_echo(certs: &Certs) -> Upstream {
         Upstream::start("ws", Kind::TlsWebSocket(acceptor(certs, H2_HTTP1)))
+    }
+
+    /// A WebSocket echo in cleartext.
+    pub fn websocket_echo() -> Upstream {
+        Upstream::start("ws", Kind::WebSocket)
+    }
+
+    /// Accepts connections and never answers.
+    pub fn silent() -> Upstream {
+        Upstream::start("silent", Kind::Silent)
     }
 
     pub fn set_health(&self, status: u16) {
@@ -203,21 +218,36 @@ async fn serve(shared: Shared, kind: Kind, stream: tokio::net::TcpStream) {
             }
         }
         Kind::TlsWebSocket(acceptor) => {
-            use futures_util::{SinkExt, StreamExt};
             let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
             if record_alpn(&shared, tls.get_ref().1.alpn_protocol()) {
                 return;
             }
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                return;
-            };
-            while let Some(Ok(m)) = ws.next().await {
-                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                    return;
-                }
-            }
+            echo(tls).await;
+        }
+        Kind::WebSocket => echo(stream).await,
+        Kind::Silent => {
+            use tokio::io::AsyncReadExt;
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    }
+}
+
+/// Echoes the text and binary messages of a WebSocket until it closes.
+async fn echo<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    while let Some(Ok(m)) = ws.next().await {
+        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+            return;
         }
     }
 }
