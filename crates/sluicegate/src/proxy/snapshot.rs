@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::balance::{self, Balancer, BuildOptions, Endpoint, EndpointLoad, HashOn, Sticky};
-use crate::config::{Config, ListenerConfig, ListenerProtocol};
+use crate::config::{Config, ListenerConfig, ListenerProtocol, UpstreamProtocol};
 use crate::health::{self, EndpointHealth, OutlierConfig};
 use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
 use crate::observe::names;
@@ -222,7 +222,13 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
         Sticky::new(&c.cookie, c.ttl, c.secret.as_deref(), &s.name, &addresses)
     });
-    let transport = Transport::new(&s.protocol);
+    let transport = match &s.protocol {
+        UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => Transport::Http1,
+        UpstreamProtocol::Http2 => Transport::Http2,
+        UpstreamProtocol::Https(tls) => {
+            Transport::tls(&tls.client.0, tls.server_name.clone(), tls.identity)
+        }
+    };
     ServiceRuntime {
         name: Arc::from(s.name.as_str()),
         endpoints,

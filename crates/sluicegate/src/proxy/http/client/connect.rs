@@ -31,7 +31,6 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::UpstreamProtocol;
 use crate::proxy::http::h1::Io;
 use crate::proxy::tls::{ALPN_H2, ALPN_HTTP1};
 
@@ -56,21 +55,20 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The transport a service's `protocol` (and `tls`) asks for.
-    pub fn new(protocol: &UpstreamProtocol) -> Transport {
-        match protocol {
-            UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => Transport::Http1,
-            UpstreamProtocol::Http2 => Transport::Http2,
-            UpstreamProtocol::Https(tls) => {
-                let mut http1_only = rustls::ClientConfig::clone(&tls.client.0);
-                http1_only.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-                Transport::Tls {
-                    connector: TlsConnector::from(Arc::clone(&tls.client.0)),
-                    http1_connector: TlsConnector::from(Arc::new(http1_only)),
-                    server_name: tls.server_name.clone(),
-                    identity: tls.identity,
-                }
-            }
+    /// TLS with `client` (which offers ALPN `h2` and `http/1.1`), naming `server_name` (`None`:
+    /// each endpoint's IP address); `identity` is the settings' (`UpstreamTls::identity`).
+    pub fn tls(
+        client: &Arc<rustls::ClientConfig>,
+        server_name: Option<ServerName<'static>>,
+        identity: u64,
+    ) -> Transport {
+        let mut http1_only = rustls::ClientConfig::clone(client);
+        http1_only.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        Transport::Tls {
+            connector: TlsConnector::from(Arc::clone(client)),
+            http1_connector: TlsConnector::from(Arc::new(http1_only)),
+            server_name,
+            identity,
         }
     }
 
