@@ -11,3 +11,4 @@ pub mod gateway;
 pub mod health;
 pub mod observe;
 pub mod proxy;
+pub mod tls;

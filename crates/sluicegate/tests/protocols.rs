@@ -537,11 +537,11 @@ fn tls_http1_upstream(
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pair = sluicegate::proxy::tls::CertPair {
+    let pair = sluicegate::tls::CertPair {
         cert: c.cert.clone(),
         key: c.key.clone(),
     };
-    let config = sluicegate::proxy::tls::server_config(&pair, &[], &[b"http/1.1"]).unwrap();
+    let config = sluicegate::tls::server_config(&pair, &[], &[b"http/1.1"]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

@@ -302,7 +302,7 @@ fn listener_tls(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ListenerTls> {
         }
     }
     let (cert, key) = default?;
-    match crate::proxy::tls_config::server_config_for(&cert, &key, &extra) {
+    match crate::tls::settings::server_config_for(&cert, &key, &extra) {
         Ok(server) => Some(ListenerTls {
             cert,
             key,
@@ -695,7 +695,7 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
     let send_proxy_protocol = match r.string(t, "send_proxy_protocol") {
         None => None,
         Some((text, span)) => {
-            let parsed = crate::proxy::proxy_protocol::ProxyProtocol::parse(text);
+            let parsed = ProxyProtocol::parse(text);
             if parsed.is_none() {
                 r.report(
                     span.clone(),
@@ -787,8 +787,7 @@ fn upstream_tls(
         }
     }
     let place = t.unwrap_or(service);
-    match crate::proxy::tls_config::client_config_for(ca.as_deref(), insecure, server_name.as_ref())
-    {
+    match crate::tls::settings::client_config_for(ca.as_deref(), insecure, server_name.as_ref()) {
         Ok(client) => Some(UpstreamTls {
             ca,
             server_name,

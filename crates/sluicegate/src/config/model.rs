@@ -246,7 +246,38 @@ pub struct ServiceConfig {
     pub sticky_sessions: Option<StickyConfig>,
     pub protocol: UpstreamProtocol,
     /// For `protocol = "tcp"`: the PROXY protocol header sent first, if any.
-    pub send_proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
+    pub send_proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Which PROXY protocol version to send to an upstream. Both carry the same facts; v2 is binary,
+/// cheaper to parse and unambiguous, v1 is text and what older servers understand. The headers
+/// themselves are built by `proxy::proxy_protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The human-readable line, `PROXY TCP4 src dst sport dport\r\n` (spec 2.1).
+    V1,
+    /// The binary header with a 12-byte signature (spec 2.2).
+    V2,
+}
+
+impl ProxyProtocol {
+    /// Reads a config value: `"v1"` or `"v2"`, exactly as written; anything else is `None` so
+    /// the config can report it.
+    pub fn parse(s: &str) -> Option<ProxyProtocol> {
+        match s {
+            "v1" => Some(ProxyProtocol::V1),
+            "v2" => Some(ProxyProtocol::V2),
+            _ => None,
+        }
+    }
+
+    /// The config spelling, for diagnostics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 /// How the gateway talks to a service's endpoints.

@@ -28,12 +28,12 @@ use super::http::server::{ConnInfo, Worker};
 use super::snapshot::{ListenerKind, ServiceRuntime};
 use super::spread::Peers;
 use super::tcp::{self, TcpOptions};
-use super::tls;
 use super::Shared;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::BATCH_INTERVAL;
 use crate::observe::metrics::Gauge;
 use crate::observe::names;
+use crate::tls;
 
 /// Why the gateway could not start listening.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,6 @@ pub mod proxy_protocol;
 pub mod snapshot;
 pub mod spread;
 pub mod tcp;
-pub mod tls;
-pub mod tls_config;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

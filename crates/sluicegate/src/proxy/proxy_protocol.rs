@@ -7,9 +7,12 @@
 //! from that text.
 //!
 //! This module only builds headers (the sending side). When to send one and on which connection
-//! is `proxy::tcp`'s business; which listeners ask for it is the config's.
+//! is `proxy::tcp`'s business; which services ask for it, and the version, is the config's
+//! ([`ProxyProtocol`] is defined with the config model, which imports nothing from `proxy`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub use crate::config::ProxyProtocol;
 
 /// The longest header [`ProxyProtocol::write_header`] can produce, in bytes.
 ///
@@ -36,16 +39,6 @@ const V2_UNSPEC: u8 = 0x00;
 /// Address block lengths: 2*4 + 2*2 for IPv4, 2*16 + 2*2 for IPv6.
 const V2_TCP4_LEN: u16 = 12;
 const V2_TCP6_LEN: u16 = 36;
-
-/// Which PROXY protocol version to send to an upstream. Both carry the same facts; v2 is binary,
-/// cheaper to parse and unambiguous, v1 is text and what older servers understand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    /// The human-readable line, `PROXY TCP4 src dst sport dport\r\n` (spec 2.1).
-    V1,
-    /// The binary header with a 12-byte signature (spec 2.2).
-    V2,
-}
 
 /// The two endpoints as the header will present them, after IPv4-mapped IPv6 addresses were
 /// turned back into IPv4.
@@ -80,24 +73,6 @@ fn as_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
 }
 
 impl ProxyProtocol {
-    /// Reads a config value: `"v1"` or `"v2"`, exactly as written; anything else is `None` so
-    /// the config can report it.
-    pub fn parse(s: &str) -> Option<ProxyProtocol> {
-        match s {
-            "v1" => Some(ProxyProtocol::V1),
-            "v2" => Some(ProxyProtocol::V2),
-            _ => None,
-        }
-    }
-
-    /// The config spelling, for diagnostics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxyProtocol::V1 => "v1",
-            ProxyProtocol::V2 => "v2",
-        }
-    }
-
     /// The header announcing that `client` connected to `local` (the gateway's own address on
     /// the accepted connection), to be written before any relayed byte.
     pub fn header(self, client: SocketAddr, local: SocketAddr) -> Vec<u8> {

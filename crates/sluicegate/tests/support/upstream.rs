@@ -69,11 +69,11 @@ pub fn service_tls(certs: &Certs, server_name: &str) -> String {
 }
 
 fn acceptor(certs: &Certs, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
-    let pair = sluicegate::proxy::tls::CertPair {
+    let pair = sluicegate::tls::CertPair {
         cert: certs.cert.clone(),
         key: certs.key.clone(),
     };
-    let config = sluicegate::proxy::tls::server_config(&pair, &[], alpn).unwrap();
+    let config = sluicegate::tls::server_config(&pair, &[], alpn).unwrap();
     tokio_rustls::TlsAcceptor::from(config)
 }
 

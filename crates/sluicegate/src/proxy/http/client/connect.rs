@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::proxy::http::h1::Io;
-use crate::proxy::tls::{ALPN_H2, ALPN_HTTP1};
+use crate::tls::{ALPN_H2, ALPN_HTTP1};
 
 /// How a service's endpoints are reached.
 #[derive(Clone)]

@@ -4,11 +4,14 @@
 //! This module owns: reading PEM certificates and keys, checking them when the config is built
 //! (so a bad file is a config error with its path, not a failed handshake at 3 a.m.), choosing a
 //! listener's certificate by SNI, the upstream verifier, and the handshake itself with a deadline.
-//! It leaves to others: when to call [`accept`] (the listener), what to speak after ALPN (the HTTP
-//! server and the upstream pool), and where the file names come from (`config`).
+//! [`settings`] turns the config's values (file names, `server_name`, `insecure_skip_verify`)
+//! into listener and upstream settings, and gives upstream settings the identity connection pools
+//! are keyed by. It leaves to others: when to call [`accept`] (the listener) and connect (the
+//! upstream client), what to speak after ALPN (the HTTP server and client), and where the file
+//! names come from (`config`). It imports nothing of theirs, so `config` can use it.
 //!
 //! Build once, use per connection: [`server_config`] and [`client_config`] read files and are
-//! called when a config snapshot is built; the `Arc`s they return are shared by every worker, and
+//! called when a config is validated; the `Arc`s they return are shared by every worker, and
 //! the per-connection work ([`accept`], [`connect`]) touches no file and takes no lock of ours.
 //!
 //! Why `ring` and an explicit provider: aws-lc-rs needs cmake and a C toolchain to build, and
@@ -18,6 +21,7 @@
 
 mod client;
 mod server;
+pub mod settings;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::ServerName;
 
-use super::tls::{self, CertPair, TlsError};
+use crate::tls::{self, CertPair, TlsError};
 
 /// ALPN offered to clients: HTTP/2 first, then HTTP/1.1.
 pub const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
