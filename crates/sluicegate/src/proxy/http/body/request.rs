@@ -41,7 +41,9 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
             ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Client),
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Transport),
+            ClientBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(RequestBodyError::Transport),
         }
     }
 
@@ -116,4 +118,3 @@ impl Body for RequestBody {
         self.inner.size_hint()
     }
 }
-

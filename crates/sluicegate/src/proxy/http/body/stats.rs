@@ -13,4 +13,3 @@ pub struct ExchangeStats {
     /// forwarding error maps to 400 rather than blaming the upstream.
     pub client_body_failed: Cell<bool>,
 }
-

@@ -38,9 +38,9 @@ use super::wire::request::{self as head, HeadError, RequestHead};
 use conn::Shared;
 
 use super::body::ClientBody;
-use super::headers::new_request_id;
 use super::body::ResponseBody;
 use super::deadline::DeadlineTimer;
+use super::headers::new_request_id;
 use crate::proxy::answer::GatewayError;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4).

@@ -18,4 +18,3 @@ pub use body::{Checkin, H1Body, PoolReturn};
 pub use conn::{Conn, Io, PoolKey};
 pub use error::Error;
 pub use request::{send, Failed};
-
