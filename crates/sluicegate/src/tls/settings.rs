@@ -69,7 +69,9 @@ pub fn client_config_for(
 /// only grows by the distinct TLS settings a process ever loads (a handful, even over many
 /// reloads), and is touched only while a config is built.
 fn intern(digest: [u8; 32], server_name: &str) -> u64 {
-    static IDENTITIES: Mutex<Option<HashMap<([u8; 32], String), u64>>> = Mutex::new(None);
+    /// (settings digest, server name) -> identity.
+    type Table = HashMap<([u8; 32], String), u64>;
+    static IDENTITIES: Mutex<Option<Table>> = Mutex::new(None);
     let mut table = IDENTITIES.lock().unwrap_or_else(|e| e.into_inner());
     let table = table.get_or_insert_with(HashMap::new);
     let next = FIRST_IDENTITY + table.len() as u64;
