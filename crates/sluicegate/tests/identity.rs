@@ -152,7 +152,14 @@ fn dot_segments_and_encoded_paths_cannot_reach_another_route() {
     }
     assert_eq!(s.admin.hits() + s.public.hits(), 0);
 
-    for path in ["/../admin", "/public/../../admin", "/public/%zz"] {
+    for path in [
+        "/../admin",
+        "/public/../../admin",
+        "/public/%zz",
+        "/public/..;/admin",
+        "/public\\..\\admin",
+        "/admin#/public",
+    ] {
         let (_, text) = send(
             &s.gw,
             &format!("GET {path} HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n\r\n"),

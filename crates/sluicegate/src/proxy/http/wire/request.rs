@@ -96,6 +96,19 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
         _ => Version::HTTP_11,
     };
     let target = request.path.unwrap_or_default();
+    // httparse and `Uri` let bytes above 0x7F through, but a request-target is ASCII (RFC 9112
+    // 3.2, RFC 3986 2). RFC 9112 3: "Recipients of an invalid request-line SHOULD respond with
+    // either a 400 (Bad Request) error or a 301 ... A recipient SHOULD NOT attempt to
+    // autocorrect and then process the request". Passed on raw, a server that decodes or
+    // normalises Unicode (`／` to `/`) reads another path than the one routes matched.
+    if !target.is_ascii() {
+        return Err(HeadError::Malformed("non-ASCII request target"));
+    }
+    // A fragment is never part of a request-target (RFC 9112 3.2), and `Uri` silently drops
+    // one: refused rather than forwarded as a different target than the client sent.
+    if target.contains('#') {
+        return Err(HeadError::Malformed("fragment in the request target"));
+    }
     let target_at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target_len = target.len();
     let mut spans = Spans::<MAX_FIELDS>::new(buf);
@@ -385,6 +398,58 @@ mod tests {
             "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
         ] {
             assert!(matches!(head(bad), Err(HeadError::Malformed(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bare_line_feeds_are_refused() {
+        for bad in [
+            "GET / HTTP/1.1\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n\n",
+            "GET / HTTP/1.1\nHost: x\n\n",
+            // llhttp's "Missing CR between headers": a proxy that takes the LF for part of the
+            // value sees no Content-Length, one request, and "GET /admin" as a field value.
+            "GET / HTTP/1.1\r\nHost: localhost\r\nDummy: x\nContent-Length: 23\r\n\r\n\
+             GET / HTTP/1.1\r\nDummy: GET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ] {
+            assert_eq!(
+                head(bad).unwrap_err(),
+                HeadError::Malformed("line ending without CR"),
+                "{bad:?}"
+            );
+        }
+        // Blank lines before a request are not part of its head (RFC 9112 2.2).
+        assert!(head("\n\r\nGET / HTTP/1.1\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn non_ascii_targets_are_refused() {
+        for bad in [
+            "GET /\u{3b4}\u{b6}/pope?q=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a?q=\u{fc} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /\u{ff0f}admin HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(
+                head(bad).unwrap_err(),
+                HeadError::Malformed("non-ASCII request target"),
+                "{bad:?}"
+            );
+        }
+        let mut buf = BytesMut::from(&b"GET /\xff HTTP/1.1\r\n\r\n"[..]);
+        assert!(parse(&mut buf, 1024).is_err());
+        // Percent-encoded, the same path is fine.
+        assert!(head("GET /%CE%B4 HTTP/1.1\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn fragments_are_refused_not_dropped() {
+        for bad in ["GET /a#b HTTP/1.1\r\n\r\n", "GET /a?q#b HTTP/1.1\r\n\r\n"] {
+            assert_eq!(
+                head(bad).unwrap_err(),
+                HeadError::Malformed("fragment in the request target"),
+                "{bad:?}"
+            );
         }
     }
 

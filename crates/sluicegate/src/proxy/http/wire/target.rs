@@ -231,6 +231,11 @@ pub fn normalize_path(path: &str, rules: PathRules) -> Result<Cow<'_, str>, Targ
     if is_normal(path.as_bytes(), rules) {
         return Ok(Cow::Borrowed(path));
     }
+    // A backslash is not a URI character (RFC 3986 2); some servers read it as a `/`, which
+    // would turn `/public\..\admin` into `/admin` behind a `/public` route.
+    if path.contains('\\') {
+        return Err(TargetError::Malformed("backslash in the path"));
+    }
     // 1. Percent-encodings.
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -275,6 +280,14 @@ pub fn normalize_path(path: &str, rules: PathRules) -> Result<Cow<'_, str>, Targ
                 }
                 dir = true;
             }
+            // `..;x` and `.;x` are not dot segments to RFC 3986, but servers that cut path
+            // parameters off before resolving them (Tomcat, Spring) read them as `..` and `.`:
+            // `/public/..;/admin` is their `/admin`.
+            s if s.starts_with(b"..;") || s.starts_with(b".;") => {
+                return Err(TargetError::Malformed(
+                    "dot segment with a path parameter",
+                ));
+            }
             b"" if n == last => dir = true,
             b"" if rules.merge_slashes => {}
             s => {
@@ -303,7 +316,7 @@ fn is_normal(p: &[u8], rules: PathRules) -> bool {
     let mut prev_slash = false;
     for (i, &b) in p.iter().enumerate() {
         match b {
-            b'%' => return false,
+            b'%' | b'\\' => return false,
             b'/' if prev_slash && rules.merge_slashes => return false,
             b'.' if prev_slash => {
                 let rest = &p[i..];
@@ -311,6 +324,8 @@ fn is_normal(p: &[u8], rules: PathRules) -> bool {
                     || rest == b".."
                     || rest.starts_with(b"./")
                     || rest.starts_with(b"../")
+                    || rest.starts_with(b".;")
+                    || rest.starts_with(b"..;")
                 {
                     return false;
                 }
@@ -376,6 +391,11 @@ mod tests {
             "/%4",
             "/%zz",
             "/a%g1",
+            "/public/..;/admin",
+            "/public/.;x/a",
+            "/public/%2e%2e;/admin",
+            "/public\\..\\admin",
+            "/a\\b",
         ] {
             assert!(norm(path).is_err(), "{path}");
         }
@@ -383,7 +403,7 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for path in ["/", "/a/b", "/a.b/c", "/.well-known/x", "/a/..b"] {
+        for path in ["/", "/a/b", "/a.b/c", "/.well-known/x", "/a/..b", "/a;b/c", "/a/b..;"] {
             assert!(
                 matches!(
                     normalize_path(path, PathRules::default()),
