@@ -7,7 +7,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use support::{Client, Gateway, Toml};
@@ -33,6 +33,8 @@ struct Seen {
 struct Scripted {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// The gateway's address on each connection the upstream has closed, in closing order.
+    closed: mpsc::Receiver<SocketAddr>,
 }
 
 impl Scripted {
@@ -41,18 +43,49 @@ impl Scripted {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&accepted);
+        let (closed_tx, closed) = mpsc::channel();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 let conn = counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(stream, conn, read_body, script));
+                let closed_tx = closed_tx.clone();
+                std::thread::spawn(move || {
+                    let Ok(peer) = stream.peer_addr() else { return };
+                    // `serve` owns the stream: it is closed when `serve` returns.
+                    serve(stream, conn, read_body, script);
+                    let _ = closed_tx.send(peer);
+                });
             }
         });
-        Scripted { addr, accepted }
+        Scripted {
+            addr,
+            accepted,
+            closed,
+        }
     }
 
     fn connections(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the upstream has closed its next connection and the close has reached the
+    /// gateway's end: the upstream's socket has left FIN_WAIT1, so the gateway's kernel has
+    /// acknowledged the FIN and the gateway's reactor will see it no later than anything sent
+    /// to the gateway afterwards.
+    fn wait_closed(&self) {
+        let gateway = self
+            .closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the upstream closed no connection");
+        support::wait_until(
+            "the gateway's end to acknowledge the upstream's close",
+            Duration::from_secs(10),
+            || {
+                // FIN_WAIT2, TIME_WAIT, or CLOSE/CLOSING if the gateway closed at once.
+                support::tcp_socket(self.addr, gateway)
+                    .is_some_and(|s| matches!(s.state, 0x05 | 0x06 | 0x07 | 0x0B))
+            },
+        );
     }
 }
 
@@ -285,10 +318,10 @@ fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
     let gw = gateway(&up);
     let mut c = gw.client();
     assert_eq!(c.get("/").text(), "conn0");
-    std::thread::sleep(Duration::from_millis(200));
+    up.wait_closed();
     let r = c.request("POST", "/", &[], b"payload");
     assert_eq!((r.status, r.text().as_str()), (200, "conn1"));
-    std::thread::sleep(Duration::from_millis(200));
+    up.wait_closed();
     let r = c.request("POST", "/", &[], b"payload");
     assert_eq!((r.status, r.text().as_str()), (200, "conn2"));
     assert_eq!(up.connections(), 3);

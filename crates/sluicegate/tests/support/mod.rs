@@ -266,3 +266,58 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = std::io::Read::read_to_end(&mut stream, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Polls `done` every few milliseconds until it holds, for states no event announces; fails the
+/// test, naming `what`, if it does not hold within `timeout`. The timeout only guards against a
+/// hang: it is no claim about how long anything takes, so make it generous.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A TCP socket as the kernel lists it in `/proc/net/tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// The kernel's state number: 0x01 ESTABLISHED, 0x04 FIN_WAIT1, 0x05 FIN_WAIT2,
+    /// 0x06 TIME_WAIT, 0x08 CLOSE_WAIT...
+    pub state: u8,
+    /// Bytes sent that the peer has not acknowledged yet.
+    pub unacked: u32,
+    /// Bytes received that the socket's owner has not read yet.
+    pub unread: u32,
+}
+
+/// The kernel's view of the IPv4 TCP socket at `local` connected to `remote`: lets a test wait
+/// until a process has read what was sent to it, or until a close reached it, where the process
+/// itself announces neither.
+pub fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> Option<TcpSocket> {
+    // As the kernel prints them: the address's bytes as a native-endian word, the port as is.
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => panic!("IPv4 only: {a}"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (unacked, unread) = f.get(4)?.split_once(':')?;
+        Some(TcpSocket {
+            state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+            unacked: u32::from_str_radix(unacked, 16).ok()?,
+            unread: u32::from_str_radix(unread, 16).ok()?,
+        })
+    })
+}
