@@ -246,6 +246,12 @@ impl ChunkedDecoder {
         let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
         match httparse::parse_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete((used, parsed))) => {
+                // A bare LF anywhere in the section, not only at its start: hyper, for one,
+                // reads `x: y<LF><LF>` as the start of a trailer line that runs on to the next
+                // CRLF, so a request after it would be the gateway's alone to see.
+                if self.strict && has_bare_lf(&buf[..used]) {
+                    return Err(ChunkError::InvalidTrailers);
+                }
                 let mut map = HeaderMap::with_capacity(parsed.len());
                 for field in parsed {
                     let name = HeaderName::from_bytes(field.name.as_bytes())
@@ -325,6 +331,17 @@ pub fn drop_forbidden_trailers(trailers: &mut HeaderMap) {
     for name in forbidden {
         trailers.remove(name);
     }
+}
+
+/// Whether a trailer section httparse parsed holds a LF not preceded by CR (httparse refuses a
+/// CR not followed by LF, so a bare LF shows as more LFs than CRs).
+fn has_bare_lf(section: &[u8]) -> bool {
+    let (mut cr, mut lf) = (0usize, 0usize);
+    for &b in section {
+        cr += usize::from(b == b'\r');
+        lf += usize::from(b == b'\n');
+    }
+    cr != lf
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
@@ -461,6 +478,10 @@ mod tests {
             "3;a\rb\r\nabc\r\n0\r\n\r\n",
             "3;a\x01\r\nabc\r\n0\r\n\r\n",
             "3\r\nabc\r\n0\r\n\n",
+            "3\r\nabc\r\n0\r\nx: y\n\r\n",
+            "3\r\nabc\r\n0\r\nx: y\r\n\n",
+            // hyper reads this as one trailer section ending after `Host: a`: one request.
+            "0\r\nx: y\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert!(decode_all(bad).is_err(), "{bad:?}");
         }
