@@ -391,23 +391,16 @@ pub async fn handle(
     // `settle` made `Host` the target's authority (HTTP/2's `:authority`, an absolute-form
     // target), so the origin form loses nothing.
     parts.uri = origin_form(&parts.uri);
-    let client_host = match &route.upstream_host {
+    let upstream_host = match &route.upstream_host {
         UpstreamHost::Preserve => None,
-        rewrite => {
-            let upstream = match rewrite {
-                UpstreamHost::Fixed(name) => Some(name.clone()),
-                _ => service
-                    .endpoint_names
-                    .get(index)
-                    .and_then(|n| HeaderValue::from_str(n).ok()),
-            };
-            let client = parts.headers.remove(header::HOST);
-            if let Some(upstream) = upstream {
-                parts.headers.insert(header::HOST, upstream);
-            }
-            client
-        }
+        UpstreamHost::Fixed(name) => Some(name.clone()),
+        UpstreamHost::Endpoint => service
+            .endpoint_names
+            .get(index)
+            .and_then(|n| HeaderValue::from_str(n).ok()),
     };
+    // The client's Host, when the upstream gets another: X-Forwarded-Host keeps it.
+    let client_host = upstream_host.and_then(|h| parts.headers.insert(header::HOST, h));
     // The client's server side (ours for HTTP/1.1, hyper's for HTTP/2) answers `100 Continue`
     // itself when the body is first read, so the upstream must not wait for a continue of its
     // own: `Expect` goes with the hop-by-hop ones.
