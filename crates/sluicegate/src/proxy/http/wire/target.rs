@@ -284,9 +284,7 @@ pub fn normalize_path(path: &str, rules: PathRules) -> Result<Cow<'_, str>, Targ
             // parameters off before resolving them (Tomcat, Spring) read them as `..` and `.`:
             // `/public/..;/admin` is their `/admin`.
             s if s.starts_with(b"..;") || s.starts_with(b".;") => {
-                return Err(TargetError::Malformed(
-                    "dot segment with a path parameter",
-                ));
+                return Err(TargetError::Malformed("dot segment with a path parameter"));
             }
             b"" if n == last => dir = true,
             b"" if rules.merge_slashes => {}
@@ -403,7 +401,15 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for path in ["/", "/a/b", "/a.b/c", "/.well-known/x", "/a/..b", "/a;b/c", "/a/b..;"] {
+        for path in [
+            "/",
+            "/a/b",
+            "/a.b/c",
+            "/.well-known/x",
+            "/a/..b",
+            "/a;b/c",
+            "/a/b..;",
+        ] {
             assert!(
                 matches!(
                     normalize_path(path, PathRules::default()),
