@@ -262,3 +262,22 @@ fn a_slow_head_is_closed_at_the_listeners_deadline() {
     );
     assert!(up.requests().is_empty());
 }
+
+#[test]
+fn a_declared_length_over_the_limit_is_refused_however_it_is_spelled() {
+    let up = Recorder::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let toml = Toml::new()
+        .listener("public", "max_request_body_bytes = \"1KiB\"")
+        .route("all", "app", "")
+        .service("app", &[up.addr], "")
+        .build();
+    let gw = Gateway::start(&toml);
+    for length in ["2000", "2000, 2000", "2000,2000"] {
+        let text = raw_exchange(
+            gw.addr(),
+            format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(status(&text), 413, "{length}: {text}");
+    }
+    assert!(up.requests().is_empty(), "refused before the upstream");
+}

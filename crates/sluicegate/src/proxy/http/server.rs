@@ -343,15 +343,10 @@ pub async fn handle(
 
     // 5. Declared body size.
     let limit = listener.config.max_request_body_bytes;
-    if limit != 0 {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return answer(exchange, GatewayError::PayloadTooLarge, true);
-        }
+    // The size the body's framing declares (the parsed Content-Length, whatever its spelling:
+    // `5, 5` too), not the field re-read as text.
+    if limit != 0 && http_body::Body::size_hint(&body).lower() > limit {
+        return answer(exchange, GatewayError::PayloadTooLarge, true);
     }
 
     // 6. Endpoint.

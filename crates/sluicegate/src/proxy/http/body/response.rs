@@ -83,6 +83,9 @@ pub struct ResponseBody {
     finish: Option<Box<dyn Finish>>,
 }
 
+// The upstream's body is the common case and is moved once; boxing it would cost an allocation
+// per request.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Full(Option<Bytes>),
     Upstream {
