@@ -221,7 +221,7 @@ listen l4
     return proc, {"http": port, "h2": h2, "tcp": tcp}
 
 
-def start_sluicegate(work, backend, iperf, binary):
+def start_sluicegate(work, backend, iperf, binary, listener_extra=""):
     port, tcp = free_port(), free_port()
     conf = os.path.join(work, "sluicegate.toml")
     with open(conf, "w") as f:
@@ -235,6 +235,7 @@ path = "{work}/sluicegate-access.log"
 [[listeners]]
 name = "bench"
 bind = "127.0.0.1:{port}"
+{listener_extra}
 
 [[routes]]
 name = "all"
