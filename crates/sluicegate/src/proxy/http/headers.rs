@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
-use super::wire::fields::kept_despite_connection;
+use super::wire::fields::{kept_despite_connection, put_field};
 use super::wire::{connection_options, tokens, ConnectionOption};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -244,14 +244,6 @@ impl<'a> ForwardingOnce<'a> {
     }
 }
 
-/// One `name: value` line.
-pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A client address as an `X-Forwarded-For` element (IPv4-mapped IPv6 shown as IPv4).
 pub fn client_value(ip: IpAddr) -> HeaderValue {
     // Digits, dots, colons and hex letters only: always a valid header value.
@@ -460,7 +452,7 @@ mod tests {
             let mut added = map(pairs);
             forwarding.add_to(&mut added);
             let mut expected = Vec::new();
-            crate::proxy::http::h1::request::put_fields(&mut expected, &added);
+            crate::proxy::http::wire::fields::put_fields(&mut expected, &added);
             let mut written = Vec::new();
             forwarding.put_fields(&mut written, &map(pairs));
             let lines = |b: &[u8]| {

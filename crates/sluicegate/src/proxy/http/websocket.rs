@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 
-use super::downstream::{ClientUpgrade, Upgraded};
+use super::server::h1::{ClientUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;

@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::stats::ExchangeStats;
-use crate::proxy::http::downstream::{ClientBodyError, ClientH1Body};
+use crate::proxy::http::server::h1::{ClientBodyError, ClientH1Body};
 
 /// Why a client's request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]

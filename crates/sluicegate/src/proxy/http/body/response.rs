@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::stats::ExchangeStats;
-use crate::proxy::http::h1;
+use crate::proxy::http::client::h1;
 
 /// What a response body failed with.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::proxy::http::h1::Io;
+use crate::proxy::http::client::h1::Io;
 use crate::tls::{ALPN_H2, ALPN_HTTP1};
 
 /// How a service's endpoints are reached.

@@ -1,8 +1,9 @@
-//! The upstream side's connections: opening them ([`connect`]), one way for every user.
-//!
-//! Pooling and the exchanges themselves are elsewhere for now: `pool.rs` keeps connections per
-//! worker, `h1/` is the gateway's own HTTP/1.1 client, hyper's serves HTTP/2 and upgrades.
+//! The upstream side: opening connections ([`connect`], one way for pools, tunnels and health
+//! checks), keeping them per worker ([`pool`]), and the gateway's own HTTP/1.1 client ([`h1`]);
+//! hyper's client serves HTTP/2 and upgrades.
 
 pub mod connect;
+pub mod h1;
+pub mod pool;
 
 pub use connect::{connect, ConnectError, Connected, Speak, Transport};

@@ -84,6 +84,24 @@ impl<const N: usize> Spans<N> {
     }
 }
 
+/// One `name: value` field line.
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A header map as field lines (trailer sections too). `Content-Length` is never copied: the
+/// framing is the encoder's to write.
+pub fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if name != header::CONTENT_LENGTH {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
 /// Whether a `Connection` option naming this field is ignored rather than obeyed. RFC 9110
 /// 7.6.1 lets a sender list fields in `Connection` for the next hop to drop, and says "a
 /// sender MUST NOT send a connection option corresponding to a field that is intended for all

@@ -1,9 +1,9 @@
 //! HTTP/1.1 on the wire, with no I/O: request and response heads parsed and checked, the
 //! decisions that frame a message's body (RFC 9112 6), chunked bodies decoded and encoded.
 //!
-//! This is the gateway's security code. The downstream server and the upstream client both
-//! read messages only through it, so the gateway and the servers behind it cannot disagree
-//! about where a message ends or what it says unless this module allows it. Where the RFC
+//! This is the gateway's security code. The server side (`server/h1`) and the client
+//! (`client/h1`) both read messages only through it, so the gateway and the servers behind it
+//! cannot disagree about where a message ends or what it says unless this module allows it. Where the RFC
 //! leaves room, it refuses (400, 501, 502) rather than guesses. Everything here is fuzzed
 //! (`fuzz/`), held against llhttp's vector set and hyper's parser (`tests/wire_*.rs`), and
 //! knows nothing of sockets, pools or the server.

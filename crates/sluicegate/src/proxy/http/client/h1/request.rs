@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap};
+use http::header;
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body::Body;
@@ -18,9 +18,10 @@ use super::body::{H1Body, PoolReturn};
 use super::conn::Conn;
 use super::error::Error;
 use crate::proxy::http::body::RequestBody;
-use crate::proxy::http::headers::{put_field, Forwarding};
+use crate::proxy::http::headers::Forwarding;
 use crate::proxy::http::wire::chunk_size_line;
 use crate::proxy::http::wire::chunked::drop_forbidden_trailers;
+use crate::proxy::http::wire::fields::{put_field, put_fields};
 use crate::proxy::http::wire::request::{encode_head, Upload};
 use crate::proxy::http::wire::response::{self, Head, MAX_HEAD};
 
@@ -123,16 +124,6 @@ fn encode(
             put_field(out, b"host", endpoint.to_string().as_bytes());
         }
     });
-}
-
-/// Header fields as `name: value` lines (trailers too, on the client side).
-/// `Content-Length` is never copied: the framing is the encoder's to write.
-pub(crate) fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
-        if name != header::CONTENT_LENGTH {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::Shared;
 use crate::proxy::http::body::{BodyError, ResponseBody};
-use crate::proxy::http::h1::request::put_fields;
 use crate::proxy::http::wire::chunked::drop_forbidden_trailers;
+use crate::proxy::http::wire::fields::put_fields;
 use crate::proxy::http::wire::{
     chunk_size_line, connection_options, content_length, ConnectionOption,
 };

@@ -34,14 +34,13 @@ use tokio::time::{Instant, Sleep};
 pub use conn::{ClientBodyError, ClientH1Body};
 pub use rewind::Rewind;
 
-use super::wire::request::{self as head, HeadError, RequestHead};
+use crate::proxy::http::wire::request::{self as head, HeadError, RequestHead};
 use conn::Shared;
 
-use super::body::ClientBody;
-use super::body::ResponseBody;
-use super::deadline::DeadlineTimer;
-use super::headers::new_request_id;
 use crate::proxy::answer::GatewayError;
+use crate::proxy::http::body::{ClientBody, ExchangeStats, ResponseBody};
+use crate::proxy::http::deadline::DeadlineTimer;
+use crate::proxy::http::headers::new_request_id;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -375,9 +374,7 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     let id = new_request_id();
     let response = answer
         .response(id.to_str().unwrap_or_default(), true)
-        .map(|body| {
-            super::body::ResponseBody::full(body, Rc::new(super::body::ExchangeStats::default()))
-        });
+        .map(|body| ResponseBody::full(body, Rc::new(ExchangeStats::default())));
     let asked = respond::Asked {
         head: false,
         version: Version::HTTP_11,

@@ -7,7 +7,7 @@
 //! read to its end; an HTTP/2 connection (hyper's) stays in the pool and is shared by concurrent
 //! requests. Connections the upstream closed are noticed at checkout and dropped.
 //!
-//! Connections are opened by [`client::connect`](super::client::connect) and shared only within
+//! Connections are opened by [`client::connect`](super::connect::connect) and shared only within
 //! one [`PoolKey`]: the endpoint's address and the transport's identity (cleartext HTTP/1.1,
 //! h2c, or TLS with given roots, verification and server name), so services reaching one address
 //! with different TLS settings never share a connection, and connections made under settings a
@@ -25,12 +25,12 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
-use super::client::{self, Connected, Speak};
+use super::connect::{self as client, Connected, Speak};
 use super::h1::Conn;
-use super::LocalExec;
+use crate::proxy::http::body::RequestBody;
+use crate::proxy::http::LocalExec;
 
-pub use super::client::{ConnectError, Transport};
+pub use super::connect::{ConnectError, Transport};
 
 /// Idle connections kept per endpoint per worker: enough for bursts, bounded like every buffer.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;

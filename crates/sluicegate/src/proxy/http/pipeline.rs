@@ -32,16 +32,17 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 
 use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
+use super::client::h1;
+use super::client::pool::{self, Pool, Sender, Transport};
 use super::deadline::{before, DeadlineTimer};
-use super::downstream::ClientUpgrade;
 use super::headers::{
     head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop, valid_request_id,
     Forwarding, ForwardingOnce, X_REQUEST_ID,
 };
-use super::pool::{self, Pool, Sender, Transport};
 use super::route::{request_host, strip_prefix, RequestView};
+use super::server::h1::ClientUpgrade;
 use super::wire::target::{settle, PathRules, TargetError};
-use super::{grpc, h1, websocket};
+use super::{grpc, websocket};
 use crate::config::UpstreamHost;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
