@@ -47,7 +47,6 @@ use crate::config::UpstreamHost;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
 use crate::observe::metrics::{Counter, Gauge};
-use crate::observe::names;
 use crate::proxy::answer::GatewayError;
 use crate::proxy::listener::OpenConnections;
 use crate::proxy::snapshot::{ListenerPlan, RouteRuntime, ServiceRuntime, Snapshot};
@@ -61,8 +60,9 @@ pub struct Worker {
     pub open: Rc<OpenConnections>,
     /// This worker's pending access log lines.
     pub access: Batcher,
-    /// `sluicegate_websocket_upgrades_total` and `sluicegate_websocket_connections_active`,
-    /// held for the worker's life so a reload's pruning keeps them.
+    /// `sluicegate_websocket_upgrades_total` and `sluicegate_websocket_connections_active`:
+    /// tunnels count on these handles, made once per worker (and held for its life, so a
+    /// reload's pruning keeps the series) rather than looked up by name per upgrade.
     pub websocket_upgrades: Counter,
     pub websocket_active: Gauge,
     /// This worker's copy of the current snapshot and the generation it was taken at. Requests
@@ -786,19 +786,8 @@ async fn tunnel(
     let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let metrics = &worker.shared.registries.metrics;
-        metrics
-            .counter(
-                names::WEBSOCKET_UPGRADES_TOTAL,
-                names::WEBSOCKET_UPGRADES_TOTAL_HELP,
-                &[],
-            )
-            .inc();
-        let active = metrics.gauge(
-            names::WEBSOCKET_CONNECTIONS_ACTIVE,
-            names::WEBSOCKET_CONNECTIONS_ACTIVE_HELP,
-            &[],
-        );
+        worker.websocket_upgrades.inc();
+        let active = worker.websocket_active.clone();
         let listener = exchange.listener().map_or("", |l| &*l.name);
         let held = worker.open.hold_tunnel(worker, listener, active);
         tokio::task::spawn_local(async move {
