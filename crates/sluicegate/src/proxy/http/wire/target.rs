@@ -308,13 +308,25 @@ pub fn normalize_path(path: &str, rules: PathRules) -> Result<Cow<'_, str>, Targ
         .map_err(|_| TargetError::Malformed("invalid path"))
 }
 
-/// Whether the path has nothing to normalise: no `%`, no `.` or `..` segment, and no empty
-/// segment to merge.
+/// Whether the path has nothing to normalise: no percent-encoding that normalising changes, no
+/// `.` or `..` segment (nor one with a path parameter), no backslash, and no empty segment to
+/// merge.
 fn is_normal(p: &[u8], rules: PathRules) -> bool {
     let mut prev_slash = false;
     for (i, &b) in p.iter().enumerate() {
         match b {
-            b'%' | b'\\' => return false,
+            b'\\' => return false,
+            // Already normal: upper-case hex of a character that must stay encoded.
+            b'%' => {
+                let upper =
+                    |b: Option<&u8>| b.is_some_and(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+                let normal = upper(p.get(i + 1))
+                    && upper(p.get(i + 2))
+                    && !unreserved(hex(p[i + 1]).unwrap_or(0) << 4 | hex(p[i + 2]).unwrap_or(0));
+                if !normal {
+                    return false;
+                }
+            }
             b'/' if prev_slash && rules.merge_slashes => return false,
             b'.' if prev_slash => {
                 let rest = &p[i..];
@@ -497,5 +509,53 @@ mod tests {
         .unwrap();
         assert_eq!(uri.to_string(), "http://h.test/b?q");
         assert_eq!(h[header::HOST], "h.test");
+    }
+
+    /// Paths from a small alphabet that makes dot segments, slashes and percent-encodings
+    /// collide: whatever the normal form is, it is a fixed point, holds no dot or empty
+    /// segment, and means what the input meant.
+    mod normal_form {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "/", "a", ".", "..", "%2e", "%2E", "%2f", "%41", "%7e", "~", ";", "b.", "%25",
+                ]),
+                0..12,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        proptest! {
+            #[test]
+            fn is_a_fixed_point_without_dot_or_empty_segments(p in path(), merge in any::<bool>()) {
+                let rules = PathRules { merge_slashes: merge };
+                if let Ok(normal) = normalize_path(&p, rules) {
+                    let again = normalize_path(&normal, rules).expect("a normal path is valid");
+                    prop_assert!(matches!(again, Cow::Borrowed(_)), "{} -> {}", p, normal);
+                    prop_assert!(normal.starts_with('/'));
+                    let segments: Vec<&str> = normal.split('/').skip(1).collect();
+                    for (i, s) in segments.iter().enumerate() {
+                        prop_assert!(*s != "." && *s != "..", "{} -> {}", p, normal);
+                        prop_assert!(
+                            !merge || !s.is_empty() || i + 1 == segments.len(),
+                            "{} -> {}", p, normal
+                        );
+                    }
+                    // Only unreserved characters are decoded: an encoded slash stays encoded
+                    // (a `..` may remove the segment it is in), and never becomes a separator.
+                    prop_assert!(
+                        normal.matches("%2F").count()
+                            <= p.matches("%2f").count() + p.matches("%2F").count()
+                    );
+                    prop_assert!(
+                        normal.matches('/').count() <= p.matches('/').count() + 1,
+                        "{} -> {}", p, normal
+                    );
+                }
+            }
+        }
     }
 }
