@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Writes small seed corpora for the fuzz targets into fuzz/corpus/<target>/ (not committed).
+
+A handful of handwritten messages, valid and not: the fuzzer finds the rest. Existing files
+are left alone, so a corpus grown by earlier runs is kept.
+"""
+import hashlib
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\nUser-Agent: curl/8\r\n\r\nGET",
+    b"\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+    b"PUT /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n",
+    b"PATCH /up HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+    b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    b"GET http://example.com/p?q HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"DELETE /x HTTP/1.1\nHost: x\nCookie: a=b; c=d\n\n",
+    b"GET / HTTP/1.1\r\nX-Empty:\r\nX-Tab:\tv\t\r\nX-Obs: caf\xc3\xa9\r\n\r\n",
+]
+
+RESPONSES = [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n"
+    b"x-private: 1\r\nUpgrade: h2c\r\nTrailer: x-t\r\nx-kept: yes\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nbody to the close",
+    b"HTTP/1.1 099 Odd\r\n\r\n",
+]
+
+CHUNKED = [
+    b"5\r\nhello\r\n6 ; name=value\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT",
+    b"3\r\nabc\r\n0\r\n\r\n",
+    b"3;name=v\r\nabc\r\n0\r\n\r\n",
+    b"3\nabc\n0\n\n",
+    b"3\r\nabc\n0\r\n\r\n",
+    b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+    b"A\r\n0123456789\r\n0\r\nx-sum: 42\r\nhost: evil\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    b"0\r\n\r\n",
+    b"ffffffffffffffff\r\nx",
+    b"1\t \r\na\r\n0\r\n\n",
+]
+
+
+def write(target, inputs):
+    directory = os.path.join(HERE, "corpus", target)
+    os.makedirs(directory, exist_ok=True)
+    for data in inputs:
+        name = hashlib.sha1(data).hexdigest()
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+
+
+write("request_head", REQUESTS)
+write("request_roundtrip", REQUESTS)
+# One input per method the target can pick (first byte).
+write("response_head", [bytes([m]) + r for r in RESPONSES for m in range(9)])
+# The first two bytes choose where the body is split into two reads.
+write(
+    "chunked_strict",
+    [struct.pack("<H", at) + c for c in CHUNKED for at in {0, 1, len(c) // 2, len(c) - 1}],
+)
