@@ -71,6 +71,15 @@ def write(target, inputs):
 
 write("request_head", REQUESTS)
 write("request_roundtrip", REQUESTS)
+IDENTITY = [
+    b"GET /public/../admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /public/%2e%2E/admin/%7Ex%2fy?q=/../ HTTP/1.1\r\nHost: a:80\r\n\r\n",
+    b"GET //a//b/./c/ HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+    b"GET http://a.example/x/.. HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    b"GET /p/..;/q HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+]
+# The first byte chooses merge_slashes.
+write("request_identity", [bytes([m]) + r for r in REQUESTS + IDENTITY for m in (0, 1)])
 # One input per method the target can pick (first byte).
 write("response_head", [bytes([m]) + r for r in RESPONSES for m in range(9)])
 # The first two bytes choose where the body is split into two reads.
