@@ -220,7 +220,10 @@ fn client_forwarded_fields_are_replaced_unless_the_client_is_trusted() {
     assert_eq!(seen.headers["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["x-forwarded-host"], "admin.test");
-    assert_eq!(seen.headers["forwarded"], "for=10.9.9.9;host=admin.test");
+    assert_eq!(
+        seen.headers["forwarded"],
+        "for=10.9.9.9;host=admin.test, for=127.0.0.1;proto=http;host=\"public.test\""
+    );
 }
 
 #[test]

@@ -103,8 +103,9 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, extra: Option<HeaderName>) {
 /// From a client that is not one of the listener's `trusted_proxies`, fields of that family
 /// (and `Forwarded`) are dropped and the gateway's own written instead: an upstream that reads
 /// them must be able to trust them, and any client can send them. From a trusted proxy they
-/// are kept: the client is appended to its `X-Forwarded-For`, and its `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Forwarded` stand. The gateway writes no `Forwarded` of its own.
+/// are kept: the client is appended to its `X-Forwarded-For`, the gateway's element to its
+/// `Forwarded`, and its `X-Forwarded-Proto` and `X-Forwarded-Host` stand. A request that came
+/// with no `Forwarded` gets none (the X-Forwarded-* fields carry the same).
 #[derive(Clone, Copy)]
 pub struct Forwarding<'a> {
     /// The client's address as an `X-Forwarded-For` element ([`client_value`], made once per
@@ -145,6 +146,10 @@ impl Forwarding<'_> {
         }
         let chain = self.chain(headers);
         headers.insert(X_FORWARDED_FOR, chain);
+        if headers.contains_key(header::FORWARDED) {
+            let forwarded = self.forwarded(headers);
+            headers.insert(header::FORWARDED, forwarded);
+        }
         if let Entry::Vacant(e) = headers.entry(X_FORWARDED_PROTO) {
             e.insert(HeaderValue::from_static(self.proto));
         }
@@ -172,11 +177,42 @@ impl Forwarding<'_> {
         HeaderValue::from_bytes(&joined).unwrap_or_else(|_| self.client.clone())
     }
 
+    /// `Forwarded` from a trusted proxy as it goes upstream: its elements (every field, in
+    /// order, joined) and the gateway's own (RFC 7239 4: `for`, `proto`, `host`; an IPv6
+    /// address and a host with a port are quoted, as its ABNF needs).
+    fn forwarded(&self, headers: &HeaderMap) -> HeaderValue {
+        let mut out = Vec::new();
+        for v in headers.get_all(header::FORWARDED) {
+            if !v.is_empty() {
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        let client = self.client.as_bytes();
+        out.extend_from_slice(b"for=");
+        if client.contains(&b':') {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(client);
+            out.extend_from_slice(b"]\"");
+        } else {
+            out.extend_from_slice(client);
+        }
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(self.proto.as_bytes());
+        // A Host passed the request identity checks: no quote or backslash to escape.
+        if let Some(host) = self.host.or_else(|| headers.get(header::HOST)) {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(host.as_bytes());
+            out.push(b'"');
+        }
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| self.client.clone())
+    }
+
     /// Writes `headers` as HTTP/1.1 field lines with the forwarded fields as
     /// [`add_to`](Self::add_to) would have made them, and without `Content-Length` (the
     /// framing is the encoder's to write).
     pub fn put_fields(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
-        let mut chain_done = false;
+        let (mut chain_done, mut forwarded_done) = (false, false);
         let (mut has_proto, mut has_host) = (false, false);
         let mut host = self.host;
         for (name, value) in headers {
@@ -193,6 +229,13 @@ impl Forwarding<'_> {
                     if !chain_done {
                         chain_done = true;
                         put_field(out, b"x-forwarded-for", self.chain(headers).as_bytes());
+                    }
+                    continue;
+                }
+                if name == header::FORWARDED {
+                    if !forwarded_done {
+                        forwarded_done = true;
+                        put_field(out, b"forwarded", self.forwarded(headers).as_bytes());
                     }
                     continue;
                 }
@@ -369,11 +412,22 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.example");
-        assert_eq!(h["forwarded"], "for=10.0.0.1");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1, for=127.0.0.1;proto=http;host=\"a.example\""
+        );
         let mut h = HeaderMap::new();
         let mapped = client_value("::ffff:1.2.3.4".parse().unwrap());
         forwarding(&mapped, true).add_to(&mut h);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+        assert!(!h.contains_key("forwarded"), "none made where none came");
+        let mut h = map(&[("forwarded", "for=a"), ("host", "h:8080")]);
+        let v6 = client_value("2001:db8::1".parse().unwrap());
+        forwarding(&v6, true).add_to(&mut h);
+        assert_eq!(
+            h["forwarded"],
+            "for=a, for=\"[2001:db8::1]\";proto=http;host=\"h:8080\""
+        );
     }
 
     #[test]
