@@ -7,53 +7,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Backend, Gateway, TempDir, Toml};
-
-/// A CA and a certificate for `gw.test` (and 127.0.0.1) signed by it, as PEM files.
-struct Certs {
-    _dir: std::sync::Arc<TempDir>,
-    ca: std::path::PathBuf,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
+use support::upstream::{certs_for, Certs};
+use support::{Backend, Gateway, Toml};
 
 fn certs() -> Certs {
     certs_for(&["gw.test"]).remove(0)
-}
-
-/// One CA, and a certificate (with 127.0.0.1 too) for each name, in the CA's directory.
-fn certs_for(names: &[&str]) -> Vec<Certs> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let dir = std::sync::Arc::new(TempDir::new("certs"));
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Sluicegate test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let ca = dir.write("ca.pem", &ca_cert.pem());
-    names
-        .iter()
-        .map(|name| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, *name);
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            Certs {
-                ca: ca.clone(),
-                cert: dir.write(&format!("{name}.pem"), &cert.pem()),
-                key: dir.write(&format!("{name}.key"), &key.serialize_pem()),
-                _dir: std::sync::Arc::clone(&dir),
-            }
-        })
-        .collect()
 }
 
 /// An https listener `secure` with `tls` in front of `b`.

@@ -33,6 +33,11 @@ pub struct Certs {
 
 /// A new CA, and a certificate for `name` (and 127.0.0.1) signed by it.
 pub fn certs(name: &str) -> Certs {
+    certs_for(&[name]).remove(0)
+}
+
+/// One new CA, and a certificate (with 127.0.0.1 too) for each name, in the CA's directory.
+pub fn certs_for(names: &[&str]) -> Vec<Certs> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     let dir = Arc::new(TempDir::new("certs"));
     let ca_key = KeyPair::generate().unwrap();
@@ -43,21 +48,27 @@ pub fn certs(name: &str) -> Certs {
         .push(rcgen::DnType::CommonName, "Sluicegate test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    Certs {
-        ca: dir.write("ca.pem", &ca_cert.pem()),
-        cert: dir.write(&format!("{name}.pem"), &cert.pem()),
-        key: dir.write(&format!("{name}.key"), &key.serialize_pem()),
-        _dir: dir,
-    }
+    let ca = dir.write("ca.pem", &ca_cert.pem());
+    names
+        .iter()
+        .map(|name| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *name);
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            Certs {
+                ca: ca.clone(),
+                cert: dir.write(&format!("{name}.pem"), &cert.pem()),
+                key: dir.write(&format!("{name}.key"), &key.serialize_pem()),
+                _dir: Arc::clone(&dir),
+            }
+        })
+        .collect()
 }
 
 /// The `[services.tls]` table that trusts `certs`' CA and names `server_name`.
