@@ -13,6 +13,9 @@ Scenarios (--scenarios, comma-separated; default all):
   1mib   1 MiB responses over keep-alive, wrk -c16
   tcp    layer-4 throughput with iperf3 through each proxy's TCP mode (nginx only when its
          stream module is installed)
+  idle   memory: --idle keep-alive connections (default 10,000, capped by the file-descriptor
+         limit) opened one after another, one request each, then left idle, against a fresh
+         process of each proxy: RSS growth per connection (KiB), and RSS 30 s after they close
 
 The three proxies do the same work on every request: like Sluicegate (which always does it),
 nginx and HAProxy add X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and an X-Request-Id
@@ -20,7 +23,7 @@ to the upstream request, and return the X-Request-Id to the client. `--bare-comp
 nginx and HAProxy without those headers (less work than Sluicegate does).
 
 Usage: bench/compare.py [--duration 4] [--rounds 14] [--connections 64,256] [--scenarios ...]
-                        [--show-rounds] [--bare-competitors]
+                        [--idle 10000] [--show-rounds] [--bare-competitors]
 Installs nginx, haproxy, wrk, h2load and iperf3 with apt when missing; builds Sluicegate in
 release mode.
 """
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -88,12 +92,13 @@ def exe(name):
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def nginx_conf(work, listen, body, workers):
+def nginx_conf(work, listen, body, workers, connections=4096):
     return f"""
 worker_processes {workers};
+worker_rlimit_nofile {connections * 2};
 pid {work}/nginx-{listen}.pid;
 error_log {work}/nginx-{listen}-error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log {work}/nginx-{listen}-access.log;
     keepalive_requests 1000000;
@@ -157,7 +162,7 @@ HAPROXY_FORWARDING = """
     http-response set-header X-Request-Id %[var(txn.request_id)]"""
 
 
-def start_nginx(work, backend, iperf, equal_headers):
+def start_nginx(work, backend, iperf, equal_headers, connections=4096):
     port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "nginx-proxy.conf")
     location = f"""
@@ -170,7 +175,7 @@ def start_nginx(work, backend, iperf, equal_headers):
         f.write(nginx_conf(work, port, f"""
     upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; }}{NGINX_REQUEST_ID if equal_headers else ""}
     server {{ listen 127.0.0.1:{port} reuseport; {location} }}
-    server {{ listen 127.0.0.1:{h2} http2; {location} }}""", 2))
+    server {{ listen 127.0.0.1:{h2} http2; {location} }}""", 2, connections))
     stream = os.path.exists(NGINX_STREAM)
     if stream:
         with open(conf) as f:
@@ -185,7 +190,7 @@ stream {{ server {{ listen 127.0.0.1:{tcp}; proxy_pass 127.0.0.1:{iperf}; }} }}
     return proc, {"http": port, "h2": h2, "tcp": tcp if stream else None}
 
 
-def start_haproxy(work, backend, iperf, equal_headers):
+def start_haproxy(work, backend, iperf, equal_headers, maxconn=4000):
     port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "haproxy.cfg")
     forwarding = HAPROXY_FORWARDING if equal_headers else ""
@@ -194,7 +199,7 @@ def start_haproxy(work, backend, iperf, equal_headers):
         f.write(f"""
 global
     nbthread 2
-    maxconn 4000
+    maxconn {maxconn}
 defaults
     mode http
     timeout connect 5s
@@ -464,6 +469,100 @@ def round_spread(results, other):
             f"p99 {min(p99):.2f}-{max(p99):.2f}x)")
 
 
+def tree_rss_kib(pid):
+    """Resident memory of a process and all its descendants (nginx's workers), in KiB."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+def open_idle(port, count):
+    """`count` keep-alive connections, each after one request and its answer; left open."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        data = b""
+        while not (b"\r\n\r\n" in data and data.endswith(b"ok")):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"connection closed early: {data[:200]!r}")
+            data += chunk
+        socks.append(s)
+    return socks
+
+
+def settle_rss(pid, seconds=2.0):
+    """RSS once it stopped moving (two readings `seconds` apart within 1 %), at most 10 tries."""
+    last = tree_rss_kib(pid)
+    for _ in range(10):
+        time.sleep(seconds)
+        now = tree_rss_kib(pid)
+        if abs(now - last) <= max(last // 100, 64):
+            return now
+        last = now
+    return last
+
+
+def idle_scenario(work, bport, iport, binary, equal, wanted):
+    """Memory per idle keep-alive connection, and memory given back after they close: each
+    proxy a fresh process, measured alone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Each proxy needs a descriptor per client connection, and HAProxy asks for about two per
+    # connection it may hold: stay under the machine's limit.
+    count = min(wanted, (hard - 200) // 2)
+    starts = [
+        ("nginx", lambda: start_nginx(work, bport, iport, equal, connections=count + 100)),
+        ("haproxy", lambda: start_haproxy(work, bport, iport, equal, maxconn=count + 50)),
+        ("sluicegate", lambda: start_sluicegate(work, bport, iport, binary)),
+    ]
+    rows = {}
+    for name, start in starts:
+        proc, ports = start()
+        try:
+            run_wrk(ports["http"], 16, 1)  # the upstream pool and the allocator warmed up
+            base = settle_rss(proc.pid)
+            socks = open_idle(ports["http"], count)
+            idle = settle_rss(proc.pid)
+            for s in socks:
+                s.close()
+            closed_at = time.monotonic()
+            after = base
+            while time.monotonic() - closed_at < 30:
+                time.sleep(1)
+                after = tree_rss_kib(proc.pid)
+            rows[name] = ((idle - base) / count, base / 1024, idle / 1024, after / 1024,
+                          after / base)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    print_table(
+        f"{count} idle HTTP/1.1 keep-alive connections (one request each), fresh processes",
+        [("KiB/conn", "{:>12.2f}"), ("base MiB", "{:>12.1f}"), ("idle MiB", "{:>12.1f}"),
+         ("+30s MiB", "{:>12.1f}"), ("+30s/base", "{:>12.2f}")],
+        rows,
+        [f"sluicegate / {o}: KiB per idle connection {rows['sluicegate'][0] / rows[o][0]:.2f}x"
+         for o in ("nginx", "haproxy")])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=4)
@@ -476,7 +575,10 @@ def main():
     # 20 min, more when runs are retried for steal).
     ap.add_argument("--rounds", type=int, default=14)
     ap.add_argument("--connections", default="64,256")
-    ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp")
+    ap.add_argument("--scenarios", default="http1,close,h2,1mib,tcp,idle")
+    ap.add_argument("--idle", type=int, default=10000,
+                    help="idle keep-alive connections in the idle scenario (capped by the "
+                         "file-descriptor limit)")
     ap.add_argument("--show-rounds", action="store_true",
                     help="print every round of every proxy as it ends, not only the medians")
     ap.add_argument("--bare-competitors", action="store_true",
@@ -509,6 +611,8 @@ def main():
             run_wrk(ports["http"], 16, 1)
         scenarios = args.scenarios.split(",")
 
+        if "idle" in scenarios:
+            idle_scenario(work, bport, iport, binary, equal, args.idle)
         if "http1" in scenarios:
             for conns in [int(c) for c in args.connections.split(",")]:
                 http1_scenario(proxies, args, f"HTTP/1.1 keep-alive, wrk -t1 -c{conns} -d{args.duration}s", conns)

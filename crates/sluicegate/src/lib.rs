@@ -4,6 +4,7 @@
 //! request's way through them.
 
 pub mod admin;
+pub mod allocator;
 pub mod balance;
 pub mod config;
 pub mod demo;

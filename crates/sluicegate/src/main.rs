@@ -1,10 +1,9 @@
 //! The `sluicegate` binary: parse the command line, run, map the outcome to an exit code.
 
-mod allocator;
 mod cli;
 
 #[global_allocator]
-static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
+static ALLOCATOR: sluicegate::allocator::Mimalloc = sluicegate::allocator::Mimalloc;
 
 use std::process::ExitCode;
 

@@ -231,6 +231,7 @@ fn run_worker(
                 command = commands.recv() => command,
                 _ = sweep.tick() => {
                     worker.pool.sweep();
+                    crate::allocator::release_free_memory();
                     continue;
                 }
                 _ = log_flush.tick() => {

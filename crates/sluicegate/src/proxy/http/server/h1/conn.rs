@@ -155,7 +155,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Shared<I> {
         if state.buf.capacity() - state.buf.len() < size / 2 {
             state.buf.reserve(size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut state.buf)
+        let read = tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut state.buf);
+        if read.is_pending() && state.buf.is_empty() {
+            // Nothing to read and nothing kept: the connection is idle (between requests, most
+            // often). A read that found nothing leaves the stream waiting for readiness without
+            // the buffer, so the buffer goes back to the allocator (its per-thread free lists
+            // hand it out again when bytes arrive) rather than stay with a connection that may
+            // idle for minutes.
+            state.buf = BytesMut::new();
+        }
+        read
     }
 
     pub async fn fill(&self) -> io::Result<usize> {
