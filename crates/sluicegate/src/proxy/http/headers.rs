@@ -122,11 +122,15 @@ pub struct Forwarding<'a> {
 /// Whether a field is one of the forwarded family the gateway writes itself for untrusted
 /// clients.
 fn forwarded_family(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
-        || name == header::FORWARDED
+    FORWARDED_FAMILY.contains(name)
 }
+
+const FORWARDED_FAMILY: [HeaderName; 4] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
+];
 
 impl Forwarding<'_> {
     /// Adds the fields to a header map (HTTP/2 upstreams, tunnels).
@@ -135,12 +139,7 @@ impl Forwarding<'_> {
         // one more): HTTP/2 upstreams and tunnels grow the map here once, not field by field.
         headers.reserve(3);
         if !self.trusted {
-            for name in [
-                X_FORWARDED_FOR,
-                X_FORWARDED_PROTO,
-                X_FORWARDED_HOST,
-                header::FORWARDED,
-            ] {
+            for name in FORWARDED_FAMILY {
                 headers.remove(name);
             }
         }

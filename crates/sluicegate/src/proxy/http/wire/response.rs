@@ -109,7 +109,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
         headers.remove(name);
     }
     let (framing, reusable) = framing(method, status, &fields)?;
-    if fields.codings.coding() != Coding::Absent && fields.content_length.is_some() {
+    if fields.both_framings() {
         // RFC 9112 6.3: "An intermediary that chooses to forward the message MUST first remove
         // the received Content-Length field and process the Transfer-Encoding". Left in, it
         // would frame the client's response and cut its body short.
@@ -175,6 +175,12 @@ impl FramingFields {
         )
     }
 
+    /// Both a `Transfer-Encoding` and a `Content-Length`: a sign of smuggling or response
+    /// splitting (RFC 9112 6.3).
+    fn both_framings(&self) -> bool {
+        self.codings.coding() != Coding::Absent && self.content_length.is_some()
+    }
+
     /// HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
     fn persists(&self, version: Version) -> bool {
         !self.close && (version == Version::HTTP_11 || self.keep_alive)
@@ -189,7 +195,7 @@ fn framing(
 ) -> Result<(Framing, bool), Error> {
     // Both framing fields on one message: a sign of smuggling or response splitting (RFC 9112
     // 6.3); the message is read by its Transfer-Encoding and the connection not reused.
-    let reusable = !(fields.codings.coding() != Coding::Absent && fields.content_length.is_some());
+    let reusable = !fields.both_framings();
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
