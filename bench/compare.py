@@ -13,9 +13,10 @@ Scenarios (--scenarios, comma-separated; default all):
   1mib   1 MiB responses over keep-alive, wrk -c16
   tcp    layer-4 throughput with iperf3 through each proxy's TCP mode (nginx only when its
          stream module is installed)
-  idle   memory: --idle keep-alive connections (default 10,000, capped by the file-descriptor
-         limit) opened one after another, one request each, then left idle, against a fresh
-         process of each proxy: RSS growth per connection (KiB), and RSS 30 s after they close
+  idle   memory: --idle connections (default 10,000, capped by the file-descriptor limit)
+         opened one after another, one request each, then left idle, against a fresh process of
+         each proxy: RSS growth per connection (KiB), and RSS 30 s after they close; for plain
+         HTTP/1.1, TLS, HTTP/2 and WebSocket tunnels (--idle-kinds; bench/idle.py)
 
 The three proxies do the same work on every request: like Sluicegate (which always does it),
 nginx and HAProxy add X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and an X-Request-Id
@@ -23,7 +24,8 @@ to the upstream request, and return the X-Request-Id to the client. `--bare-comp
 nginx and HAProxy without those headers (less work than Sluicegate does).
 
 Usage: bench/compare.py [--duration 4] [--rounds 14] [--connections 64,256] [--scenarios ...]
-                        [--idle 10000] [--show-rounds] [--bare-competitors]
+                        [--idle 10000] [--idle-kinds http1,tls,h2,ws] [--show-rounds]
+                        [--bare-competitors]
 Installs nginx, haproxy, wrk, h2load and iperf3 with apt when missing; builds Sluicegate in
 release mode.
 """
@@ -32,7 +34,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import socket
 import statistics
@@ -469,100 +470,6 @@ def round_spread(results, other):
             f"p99 {min(p99):.2f}-{max(p99):.2f}x)")
 
 
-def tree_rss_kib(pid):
-    """Resident memory of a process and all its descendants (nginx's workers), in KiB."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
-        except (OSError, AttributeError):
-            pass
-    return total
-
-
-def open_idle(port, count):
-    """`count` keep-alive connections, each after one request and its answer; left open."""
-    socks = []
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-        data = b""
-        while not (b"\r\n\r\n" in data and data.endswith(b"ok")):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"connection closed early: {data[:200]!r}")
-            data += chunk
-        socks.append(s)
-    return socks
-
-
-def settle_rss(pid, seconds=2.0):
-    """RSS once it stopped moving (two readings `seconds` apart within 1 %), at most 10 tries."""
-    last = tree_rss_kib(pid)
-    for _ in range(10):
-        time.sleep(seconds)
-        now = tree_rss_kib(pid)
-        if abs(now - last) <= max(last // 100, 64):
-            return now
-        last = now
-    return last
-
-
-def idle_scenario(work, bport, iport, binary, equal, wanted):
-    """Memory per idle keep-alive connection, and memory given back after they close: each
-    proxy a fresh process, measured alone."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # Each proxy needs a descriptor per client connection, and HAProxy asks for about two per
-    # connection it may hold: stay under the machine's limit.
-    count = min(wanted, (hard - 200) // 2)
-    starts = [
-        ("nginx", lambda: start_nginx(work, bport, iport, equal, connections=count + 100)),
-        ("haproxy", lambda: start_haproxy(work, bport, iport, equal, maxconn=count + 50)),
-        ("sluicegate", lambda: start_sluicegate(work, bport, iport, binary)),
-    ]
-    rows = {}
-    for name, start in starts:
-        proc, ports = start()
-        try:
-            run_wrk(ports["http"], 16, 1)  # the upstream pool and the allocator warmed up
-            base = settle_rss(proc.pid)
-            socks = open_idle(ports["http"], count)
-            idle = settle_rss(proc.pid)
-            for s in socks:
-                s.close()
-            closed_at = time.monotonic()
-            after = base
-            while time.monotonic() - closed_at < 30:
-                time.sleep(1)
-                after = tree_rss_kib(proc.pid)
-            rows[name] = ((idle - base) / count, base / 1024, idle / 1024, after / 1024,
-                          after / base)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    print_table(
-        f"{count} idle HTTP/1.1 keep-alive connections (one request each), fresh processes",
-        [("KiB/conn", "{:>12.2f}"), ("base MiB", "{:>12.1f}"), ("idle MiB", "{:>12.1f}"),
-         ("+30s MiB", "{:>12.1f}"), ("+30s/base", "{:>12.2f}")],
-        rows,
-        [f"sluicegate / {o}: KiB per idle connection {rows['sluicegate'][0] / rows[o][0]:.2f}x"
-         for o in ("nginx", "haproxy")])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=4)
@@ -579,6 +486,8 @@ def main():
     ap.add_argument("--idle", type=int, default=10000,
                     help="idle keep-alive connections in the idle scenario (capped by the "
                          "file-descriptor limit)")
+    ap.add_argument("--idle-kinds", default="http1,tls,h2,ws",
+                    help="which idle connections the idle scenario measures (bench/idle.py)")
     ap.add_argument("--show-rounds", action="store_true",
                     help="print every round of every proxy as it ends, not only the medians")
     ap.add_argument("--bare-competitors", action="store_true",
@@ -612,7 +521,8 @@ def main():
         scenarios = args.scenarios.split(",")
 
         if "idle" in scenarios:
-            idle_scenario(work, bport, iport, binary, equal, args.idle)
+            from idle import idle_scenario  # here: idle.py imports this module's helpers
+            idle_scenario(work, bport, binary, args.idle, args.idle_kinds.split(","), print_table)
         if "http1" in scenarios:
             for conns in [int(c) for c in args.connections.split(",")]:
                 http1_scenario(proxies, args, f"HTTP/1.1 keep-alive, wrk -t1 -c{conns} -d{args.duration}s", conns)

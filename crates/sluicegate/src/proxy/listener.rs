@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{self, Either, FutureExt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -231,6 +232,7 @@ fn run_worker(
                 command = commands.recv() => command,
                 _ = sweep.tick() => {
                     worker.pool.sweep();
+                    crate::proxy::spare::release();
                     crate::allocator::release_free_memory();
                     continue;
                 }
@@ -538,26 +540,30 @@ fn start_connection(
     let header_limit = plan.config.max_request_header_bytes;
     let idle = plan.config.idle_timeout;
     match &plan.kind {
+        // Combinators rather than `async` blocks, which would keep what they capture beside
+        // what they await: an idle connection's task is all it costs (docs/performance.md).
         ListenerKind::Http => {
-            tokio::task::spawn_local(async move {
-                let _guard = guard;
-                let stream = Coalesce(FirstReadNow::new(stream));
-                serve(worker, info, stream, Mode::Detect, header_limit, stop).await;
-            });
+            let stream = Coalesce(FirstReadNow::new(stream));
+            let served = serve(worker, info, stream, Mode::Detect, header_limit, stop);
+            tokio::task::spawn_local(served.map(move |()| drop(guard)));
         }
         ListenerKind::Https(acceptor) => {
             let acceptor = acceptor.clone();
-            tokio::task::spawn_local(async move {
-                let _guard = guard;
-                match tls::accept(&acceptor, FirstReadNow::new(stream), TLS_HANDSHAKE_TIMEOUT).await
-                {
-                    Ok((tls_stream, alpn)) => {
-                        let mode = Mode::from_alpn(alpn.as_deref());
-                        serve(worker, info, tls_stream, mode, header_limit, stop).await;
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            // Boxed: the handshake's state is needed only until it completes.
+            let handshake = Box::pin(async move {
+                tls::accept(&acceptor, FirstReadNow::new(stream), TLS_HANDSHAKE_TIMEOUT).await
+            });
+            let served = handshake.then(move |accepted| match accepted {
+                Ok((tls_stream, alpn)) => {
+                    let mode = Mode::from_alpn(alpn.as_deref());
+                    Either::Left(serve(worker, info, tls_stream, mode, header_limit, stop))
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    Either::Right(future::ready(()))
                 }
             });
+            tokio::task::spawn_local(served.map(move |()| drop(guard)));
         }
         ListenerKind::Tcp(service) => {
             let service = Arc::clone(service);

@@ -4,7 +4,9 @@ pub mod answer;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod relay;
 pub mod snapshot;
+pub mod spare;
 pub mod spread;
 pub mod tcp;
 

@@ -12,27 +12,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::proxy_protocol::ProxyProtocol;
-
-/// Bytes buffered per direction. 64 KiB matches the largest chunk loopback and typical socket
-/// buffers hand over in one read, so a bulk transfer costs one read and one write syscall per
-/// 64 KiB; smaller buffers multiply syscalls, larger ones only cost memory (two per connection).
-const BUFFER_SIZE: usize = 64 * 1024;
-
-/// The idle timer wakes this many times per `idle_timeout`. A connection is cut after
-/// `idle_timeout` of silence plus at most one period, i.e. up to 25% late, never early; in
-/// exchange the copy loops never read the clock.
-const IDLE_CHECKS_PER_TIMEOUT: u32 = 4;
-
-/// The shortest wake-up period of the idle timer: tokio's timer resolution.
-const MIN_IDLE_CHECK: Duration = Duration::from_millis(1);
+use super::relay::{self, RelayError};
 
 /// How to reach an upstream and how long a relayed connection may sit silent.
 #[derive(Clone, Copy, Debug)]
@@ -118,12 +104,8 @@ pub async fn connect(
 }
 
 /// Copies bytes between `client` and `upstream` in both directions at once until both have
-/// ended, then closes both.
-///
-/// Half-close is honoured: when one side's reads reach end of stream, the other side's write
-/// half is shut down (a FIN, so it sees end of stream too) and the opposite direction keeps
-/// flowing until it ends as well. A client may thus send a request, shut down its writes and
-/// still read the whole answer.
+/// ended, then closes both ([`relay::both_ways`]: half-close honoured, buffers borrowed only
+/// while bytes move).
 ///
 /// The relay ends early with [`TcpError::Idle`] when no byte moved either way for
 /// `idle_timeout` (zero disables it); a busy connection is never cut, however long it lives.
@@ -137,151 +119,13 @@ pub async fn relay(
     mut upstream: TcpStream,
     idle_timeout: Duration,
 ) -> Result<TcpStats, TcpError> {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
-
-    // One buffer per direction for the whole connection. `Vec::with_capacity` leaves it
-    // uninitialised and `read_buf` reads into that spare capacity, so nothing is zeroed and
-    // nothing is allocated per chunk.
-    let mut to_upstream = Vec::with_capacity(BUFFER_SIZE);
-    let mut to_client = Vec::with_capacity(BUFFER_SIZE);
-    let from_client = Progress::default();
-    let from_upstream = Progress::default();
-
-    let both = async {
-        tokio::try_join!(
-            pump(
-                &mut client_read,
-                &mut upstream_write,
-                &mut to_upstream,
-                &from_client
-            ),
-            pump(
-                &mut upstream_read,
-                &mut client_write,
-                &mut to_client,
-                &from_upstream
-            ),
-        )
-    };
-
-    tokio::select! {
-        // The copy loops go first, so the idle check always sees their latest progress.
-        biased;
-        done = both => done.map_err(TcpError::Io)?,
-        () = idle(idle_timeout, &from_client, &from_upstream) => return Err(TcpError::Idle),
-    };
-
-    Ok(TcpStats {
-        bytes_from_client: from_client.read.load(Ordering::Relaxed),
-        bytes_from_upstream: from_upstream.read.load(Ordering::Relaxed),
-    })
-}
-
-/// Byte counts of one direction, written only by its copy loop and read by the idle timer.
-///
-/// Atomics rather than `Cell`s keep the relay future `Send`; with one writer a relaxed load and
-/// store is a plain move, no locked instruction.
-#[derive(Default)]
-struct Progress {
-    /// Bytes read from the source: the direction's [`TcpStats`] count.
-    read: AtomicU64,
-    /// Bytes written to the destination. Counted apart so that a large chunk trickling out to a
-    /// slow reader still counts as activity for the idle timeout.
-    written: AtomicU64,
-}
-
-impl Progress {
-    fn add(counter: &AtomicU64, n: usize) {
-        let n = u64::try_from(n).unwrap_or(u64::MAX);
-        counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    fn total(&self) -> u64 {
-        self.read
-            .load(Ordering::Relaxed)
-            .wrapping_add(self.written.load(Ordering::Relaxed))
-    }
-}
-
-/// Copies one direction until the source's end of stream, then shuts down the destination's
-/// write half so the peer sees end of stream too.
-async fn pump<R, W>(
-    source: &mut R,
-    destination: &mut W,
-    buffer: &mut Vec<u8>,
-    progress: &Progress,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        buffer.clear();
-        let n = source.read_buf(buffer).await?;
-        if n == 0 {
-            // Sends a FIN; the other direction keeps going.
-            destination.shutdown().await?;
-            return Ok(());
-        }
-        Progress::add(&progress.read, n);
-
-        // `buffer` was empty before the read, so it holds exactly the `n` bytes just read.
-        let mut chunk: &[u8] = buffer;
-        while !chunk.is_empty() {
-            let written = destination.write(chunk).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            Progress::add(&progress.written, written);
-            chunk = chunk.get(written..).unwrap_or_default();
-        }
-    }
-}
-
-/// Resolves once neither direction moved a byte for `timeout`; never, when `timeout` is zero.
-///
-/// Instead of stamping a "last activity" time on every chunk, the timer wakes
-/// [`IDLE_CHECKS_PER_TIMEOUT`] times per timeout and compares the byte counts with the previous
-/// wake. Only that many consecutive wakes without change mean idle: silence for at least
-/// `timeout`, at most one period more.
-async fn idle(timeout: Duration, from_client: &Progress, from_upstream: &Progress) {
-    if timeout.is_zero() {
-        return std::future::pending().await;
-    }
-    let period = (timeout / IDLE_CHECKS_PER_TIMEOUT).max(MIN_IDLE_CHECK);
-    let checks = timeout.as_nanos().div_ceil(period.as_nanos());
-    let total = || from_client.total().wrapping_add(from_upstream.total());
-
-    let Some(first) = Instant::now().checked_add(period) else {
-        // A timeout too far in the future to represent is no timeout.
-        return std::future::pending().await;
-    };
-    let sleep = tokio::time::sleep_until(first);
-    tokio::pin!(sleep);
-    let mut last_total = total();
-    let mut silent_checks = 0;
-    loop {
-        sleep.as_mut().await;
-        let now_total = total();
-        if now_total == last_total {
-            silent_checks += 1;
-            if silent_checks >= checks {
-                return;
-            }
-        } else {
-            last_total = now_total;
-            silent_checks = 0;
-        }
-        // From now, not from the last deadline: after a stall of the worker thread, the missed
-        // checks must not fire back to back and count silence that was not observed.
-        match Instant::now().checked_add(period) {
-            Some(next) => sleep.as_mut().reset(next),
-            None => return std::future::pending().await,
-        }
+    match relay::both_ways(&mut client, &mut upstream, idle_timeout).await {
+        Ok(relayed) => Ok(TcpStats {
+            bytes_from_client: relayed.forward,
+            bytes_from_upstream: relayed.backward,
+        }),
+        Err(RelayError::Idle) => Err(TcpError::Idle),
+        Err(RelayError::Io(e)) => Err(TcpError::Io(e)),
     }
 }
 
@@ -289,6 +133,7 @@ async fn idle(timeout: Duration, from_client: &Progress, from_upstream: &Progres
 mod tests {
     use super::*;
     use socket2::{Domain, Socket, Type};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// Bounds every test so that a bug fails it instead of hanging the suite. Generous: only a

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::rc::Rc;
 
+use futures_util::future::{self, Either, FutureExt};
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -41,20 +42,27 @@ impl Mode {
 /// Serves requests on `io` until the client closes, or until `stop` turns true (then the
 /// request in progress finishes and the connection closes politely). HTTP/1.1 is served by the
 /// gateway's own server side (`h1`), HTTP/2 by hyper's (`h2`).
-pub async fn serve<I>(
+///
+/// Not an `async fn`, for the reason [`h1::serve`] is not: the stream is handed on before the
+/// future is made, so the connection's task holds it once.
+pub fn serve<I>(
     worker: Rc<Worker>,
     info: Rc<ConnInfo>,
     io: I,
     mode: Mode,
     header_limit: usize,
     stop: watch::Receiver<bool>,
-) where
+) -> impl Future<Output = ()>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Combinators, not an `async` block: a block would keep the HTTP/1.1 future it awaits
+    // twice (once as captured, once as awaited), and the handed-over stream with it.
     match mode {
-        Mode::Http2 => serve_h2(worker, info, io, header_limit, stop).await,
+        // Boxed: hyper's connection is larger than the whole HTTP/1.1 serve loop, which would
+        // otherwise carry its size on every HTTP/1.1 connection.
+        Mode::Http2 => Either::Left(Box::pin(serve_h2(worker, info, io, header_limit, stop))),
         Mode::Http1 | Mode::Detect => {
-            let detect = mode == Mode::Detect;
             let pipeline = Pipeline {
                 worker: Rc::clone(&worker),
                 info: Rc::clone(&info),
@@ -63,10 +71,14 @@ pub async fn serve<I>(
                 max_bytes: header_limit,
                 timeout: info.header_timeout,
             };
-            let handoff = h1::serve(pipeline, io, detect, limits, info.peer, stop.clone()).await;
-            if let Some(Handoff::Http2(io)) = handoff {
-                serve_h2(worker, info, io, header_limit, stop).await;
-            }
+            let detect = mode == Mode::Detect;
+            let h1 = h1::serve(pipeline, io, detect, limits, info.peer, stop.clone());
+            Either::Right(h1.then(move |handoff| match handoff {
+                Some(Handoff::Http2(io)) => {
+                    Either::Left(Box::pin(serve_h2(worker, info, io, header_limit, stop)))
+                }
+                None => Either::Right(future::ready(())),
+            }))
         }
     }
 }
@@ -91,11 +103,10 @@ impl h1::Handler for Pipeline {
             upgrade,
             Some(timer),
         );
-        async move {
-            match handling.await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        }
+        // `map`, not an `async` block, which would hold the exchange's state twice.
+        handling.map(|answer| match answer {
+            Ok(response) => response,
+            Err(never) => match never {},
+        })
     }
 }

@@ -41,6 +41,7 @@ use crate::proxy::answer::GatewayError;
 use crate::proxy::http::body::{ClientBody, ExchangeStats, ResponseBody};
 use crate::proxy::http::deadline::DeadlineTimer;
 use crate::proxy::http::headers::new_request_id;
+use crate::proxy::spare::{Buffer, WRITES};
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -99,60 +100,131 @@ pub struct HeadLimits {
 /// Serves HTTP/1.1 requests on `io` until the client closes, a request says close, or `stop`
 /// turns true. With `detect_h2`, a connection opening with the HTTP/2 preface is handed back.
 /// `peer` names the client in debug logs.
-pub async fn serve<I, H>(
+///
+/// Not an `async fn`: the stream goes into the connection's shared state before the future is
+/// made, so the future does not keep a second, dead copy of it (a TLS stream is over 1 KiB)
+/// for the connection's whole life.
+pub fn serve<I, H>(
     handler: H,
     io: I,
     detect_h2: bool,
     limits: HeadLimits,
     peer: std::net::SocketAddr,
     stop: watch::Receiver<bool>,
-) -> Option<Handoff<I>>
+) -> impl Future<Output = Option<Handoff<I>>>
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
     H: Handler,
 {
-    // hyper's bound too: the pipeline answers heads over the limit with a JSON 431 of its own;
-    // twice the limit is what the connection buffers at most while a head is incomplete.
-    let max_head = (limits.max_bytes * 2).max(16 * 1024);
-    let shared = Shared::new(io, BytesMut::new());
-    let mut out = Vec::new();
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
-    let mut deadline_timer: DeadlineTimer = None;
-    let mut sniff = detect_h2;
-    // One shutdown watch for the connection's life: once registered, polling it again between
-    // requests costs next to nothing, where a fresh `wait_for` per request cost a lock and a
-    // waiter-list insertion and removal. It is not polled after it completes: the connection
-    // closes then.
-    let mut stop_signal = stop.clone();
-    let mut stopping = pin!(async move {
-        let _ = stop_signal.wait_for(|s| *s).await;
-    });
-    loop {
-        let wait = Wait {
-            stopping: stopping.as_mut(),
-            timer: &mut timer,
-            timeout: limits.timeout,
-        };
-        let head = match next_head(&shared, max_head, wait, &mut sniff).await {
-            Next::Head(head) => head,
-            Next::Closed => {
-                close(&shared).await;
-                return None;
+    let connection = Connection {
+        shared: Shared::new(io, BytesMut::new()),
+        limits,
+        peer,
+        detect_h2,
+    };
+    connection.serve(handler, stop)
+}
+
+/// What a connection's serve loop knows of it.
+struct Connection<I> {
+    shared: Rc<Shared<I>>,
+    limits: HeadLimits,
+    peer: std::net::SocketAddr,
+    detect_h2: bool,
+}
+
+/// How one exchange ended for its connection.
+enum Ended {
+    /// The connection can carry another request.
+    KeepAlive,
+    /// The response said close (or shutdown, or an unread body): close politely.
+    Close,
+    /// The client left, or writing to it failed: nothing more to do.
+    Gone,
+    /// The connection went to a WebSocket tunnel.
+    Upgraded,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Connection<I> {
+    /// The serve loop. What it holds while waiting for the next head is all an idle
+    /// connection costs, so everything an exchange needs lives in [`Connection::exchange`]'s
+    /// future, boxed per request.
+    async fn serve<H: Handler>(
+        self,
+        handler: H,
+        stop: watch::Receiver<bool>,
+    ) -> Option<Handoff<I>> {
+        let shared = &self.shared;
+        // hyper's bound too: the pipeline answers heads over the limit with a JSON 431 of its
+        // own; twice the limit is what the connection buffers at most while a head is
+        // incomplete.
+        let max_head = (self.limits.max_bytes * 2).max(16 * 1024);
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        let mut deadline_timer: DeadlineTimer = None;
+        let mut sniff = self.detect_h2;
+        // One shutdown watch for the connection's life: once registered, polling it again
+        // between requests costs next to nothing, where a fresh `wait_for` per request cost a
+        // lock and a waiter-list insertion and removal. It is not polled after it completes:
+        // the connection closes then.
+        let mut stop_signal = stop.clone();
+        let mut stopping = pin!(async move {
+            let _ = stop_signal.wait_for(|s| *s).await;
+        });
+        loop {
+            let wait = Wait {
+                stopping: stopping.as_mut(),
+                timer: &mut timer,
+                timeout: self.limits.timeout,
+            };
+            let head = match next_head(shared, max_head, wait, &mut sniff).await {
+                Next::Head(head) => head,
+                Next::Closed => break,
+                Next::Http2 => {
+                    let mut state = shared.state.borrow_mut();
+                    let prefix = state.buf.split().freeze();
+                    return state
+                        .io
+                        .take()
+                        .map(|io| Handoff::Http2(Rewind::new(prefix, io)));
+                }
+                Next::Refused(error) => {
+                    Box::pin(refuse(shared, error)).await;
+                    return None;
+                }
+            };
+            // Boxed, and so gone between requests: the exchange's state is most of a
+            // connection task's size (about 9 KiB), which an idle keep-alive connection would
+            // otherwise carry for its whole life.
+            let exchange = self.exchange(&handler, head, &mut deadline_timer, &stop);
+            match Box::pin(exchange).await {
+                Ended::KeepAlive => continue,
+                Ended::Close => break,
+                Ended::Gone => {
+                    shared.retire();
+                    return None;
+                }
+                Ended::Upgraded => return None,
             }
-            Next::Http2 => {
-                let mut state = shared.state.borrow_mut();
-                let prefix = state.buf.split().freeze();
-                return state
-                    .io
-                    .take()
-                    .map(|io| Handoff::Http2(Rewind::new(prefix, io)));
-            }
-            Next::Refused(error) => {
-                refuse(&shared, &mut out, error).await;
-                linger(&shared).await;
-                return None;
-            }
-        };
+        }
+        shared.retire();
+        if shared.body_done() {
+            close(shared).await;
+        } else {
+            // The client may still be sending the body nobody read.
+            linger(shared).await;
+        }
+        None
+    }
+
+    /// One request and its response.
+    async fn exchange<H: Handler>(
+        &self,
+        handler: &H,
+        head: RequestHead,
+        deadline_timer: &mut DeadlineTimer,
+        stop: &watch::Receiver<bool>,
+    ) -> Ended {
+        let shared = &self.shared;
         let mut asked = respond::Asked {
             head: head.method == Method::HEAD,
             version: head.version,
@@ -165,19 +237,13 @@ where
         } else {
             (None, None)
         };
-        let request = request(&shared, head);
+        let request = request(shared, head);
         let response = {
-            // Boxed, and so gone between requests: the exchange's state is most of a
-            // connection task's size (about 9 KiB), which an idle keep-alive connection would
-            // otherwise carry for its whole life.
-            let mut handling = Box::pin(handler.handle(request, upgrade, &mut deadline_timer));
-            match until_client_leaves(&shared, handling.as_mut()).await {
+            let handling = pin!(handler.handle(request, upgrade, deadline_timer));
+            match until_client_leaves(shared, handling).await {
                 Some(response) => response,
                 // Dropping the exchange logs it as 499 and frees its upstream connection.
-                None => {
-                    shared.retire();
-                    return None;
-                }
+                None => return Ended::Gone,
             }
         };
         // A body left unread, or shutdown, ends the connection after this response; the
@@ -187,35 +253,26 @@ where
             asked.keep_alive = false;
         }
         let status = response.status();
-        let keep_alive = match respond::write(&shared, &mut out, response, &asked).await {
+        let mut out = Buffer::take(&WRITES);
+        let keep_alive = match respond::write(shared, &mut out, response, &asked).await {
             Ok(keep_alive) => keep_alive,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "writing to the client failed");
-                shared.retire();
-                return None;
+                tracing::debug!(peer = %self.peer, error = %e, "writing to the client failed");
+                return Ended::Gone;
             }
         };
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(to) = upgrade_to {
-                hand_over(&shared, to);
-                return None;
+                hand_over(shared, to);
+                return Ended::Upgraded;
             }
         }
-        if !keep_alive {
-            break;
-        }
-        if out.capacity() > 64 * 1024 {
-            out = Vec::new();
+        if keep_alive {
+            Ended::KeepAlive
+        } else {
+            Ended::Close
         }
     }
-    shared.retire();
-    if shared.body_done() {
-        close(&shared).await;
-    } else {
-        // The client may still be sending the body nobody read.
-        linger(&shared).await;
-    }
-    None
 }
 
 /// Closes the sending side politely (a TLS close_notify), bounded in time.
@@ -362,12 +419,8 @@ where
     .await
 }
 
-/// Answers a head the gateway cannot serve, then closes.
-async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Shared<I>,
-    out: &mut Vec<u8>,
-    error: HeadError,
-) {
+/// Answers a head the gateway cannot serve, then closes (lingering: see [`linger`]).
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<I>, error: HeadError) {
     tracing::debug!(%error, "refused a request head");
     let answer = match error {
         HeadError::TooLarge => GatewayError::HeadersTooLarge,
@@ -384,7 +437,8 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
         keep_alive: false,
         trailers: false,
     };
-    let _ = respond::write(shared, out, response, &asked).await;
+    let _ = respond::write(shared, &mut Buffer::take(&WRITES), response, &asked).await;
+    linger(shared).await;
 }
 
 /// Closes the sending side, then reads and drops what the client still sends for a moment: a
