@@ -14,7 +14,7 @@ they were measured (it must be none for the figure to mean anything: every proxy
 timeouts longer than the run, nginx's 75 s keep-alive default for the others).
 
 The connection count is capped by the file-descriptor limit: a proxy needs one descriptor per
-client connection, two per tunnel, and HAProxy reserves about two per connection it may hold.
+client connection, two per tunnel, and HAProxy reserves two per client connection it may hold.
 """
 
 import os
@@ -94,7 +94,7 @@ def start_haproxy(work, backend, ws, tls, count):
         f.write(f"""
 global
     nbthread 2
-    maxconn {2 * count + 100}
+    maxconn {count + 50}
 defaults
     mode http
     timeout connect 5s
@@ -305,9 +305,9 @@ def idle_scenario(work, backend, binary, wanted, kinds, print_table):
     ws, ws_port = start_ws_backend()
     try:
         for kind in kinds:
-            per_conn = 2 if kind == "ws" else 1
-            # HAProxy reserves about two descriptors per connection it may hold.
-            count = min(wanted, (hard - 400) // 2 // per_conn)
+            # HAProxy reserves two descriptors per client connection it may hold (one for its
+            # upstream side); a tunnel uses both.
+            count = min(wanted, (hard - 400) // 2)
             starts = [
                 ("nginx", lambda: start_nginx(work, backend, ws_port, tls, count)),
                 ("haproxy", lambda: start_haproxy(work, backend, ws_port, tls, count)),

@@ -22,7 +22,7 @@ mod rewind;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -170,7 +170,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Connection<I> {
         let mut stopping = pin!(async move {
             let _ = stop_signal.wait_for(|s| *s).await;
         });
-        loop {
+        // No `await` inside the matches below: a value matched on would stay in the future
+        // for as long as an arm awaits, and so in every idle connection's task.
+        let refused = loop {
             let wait = Wait {
                 stopping: stopping.as_mut(),
                 timer: &mut timer,
@@ -178,7 +180,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Connection<I> {
             };
             let head = match next_head(shared, max_head, wait, &mut sniff).await {
                 Next::Head(head) => head,
-                Next::Closed => break,
+                Next::Closed => break None,
                 Next::Http2 => {
                     let mut state = shared.state.borrow_mut();
                     let prefix = state.buf.split().freeze();
@@ -187,10 +189,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Connection<I> {
                         .take()
                         .map(|io| Handoff::Http2(Rewind::new(prefix, io)));
                 }
-                Next::Refused(error) => {
-                    Box::pin(refuse(shared, error)).await;
-                    return None;
-                }
+                Next::Refused(error) => break Some(error),
             };
             // Boxed, and so gone between requests: the exchange's state is most of a
             // connection task's size (about 9 KiB), which an idle keep-alive connection would
@@ -198,13 +197,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Connection<I> {
             let exchange = self.exchange(&handler, head, &mut deadline_timer, &stop);
             match Box::pin(exchange).await {
                 Ended::KeepAlive => continue,
-                Ended::Close => break,
+                Ended::Close => break None,
                 Ended::Gone => {
                     shared.retire();
                     return None;
                 }
                 Ended::Upgraded => return None,
             }
+        };
+        if let Some(error) = refused {
+            Box::pin(refuse(shared, error)).await;
+            return None;
         }
         shared.retire();
         if shared.body_done() {
@@ -315,6 +318,9 @@ struct Wait<'a, S> {
 }
 
 /// Waits for the next complete request head, within the header timeout and until shutdown.
+///
+/// One poll function rather than nested `async fn`s: this is what every idle connection's task
+/// holds while it waits, and each `async fn` layer would keep its own copies of its arguments.
 async fn next_head<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
     shared: &Shared<I>,
     max: usize,
@@ -326,7 +332,7 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
     // can end it have arrived, so a client dripping a large head byte by byte does not make
     // the gateway re-parse it from the start for every byte.
     let mut incomplete_at: Option<usize> = None;
-    loop {
+    poll_fn(|cx| loop {
         let unfinished = incomplete_at.is_some_and(|at| {
             let state = shared.state.borrow();
             let new = &state.buf[at.saturating_sub(3)..];
@@ -340,7 +346,7 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
                 let n = state.buf.len().min(H2_PREFACE.len());
                 if state.buf[..n] == H2_PREFACE[..n] {
                     if n == H2_PREFACE.len() {
-                        return Next::Http2;
+                        return Poll::Ready(Next::Http2);
                     }
                 } else {
                     *sniff = false;
@@ -348,54 +354,56 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
             }
             if !*sniff && !state.buf.is_empty() {
                 match head::parse(&mut state.buf, max) {
-                    Ok(Some(head)) => return Next::Head(head),
+                    Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
                     Ok(None) => incomplete_at = Some(state.buf.len()),
-                    Err(e) => return Next::Refused(e),
+                    Err(e) => return Poll::Ready(Next::Refused(e)),
                 }
             }
         }
-        if !wait_for_bytes(shared, &mut wait, &mut deadline).await {
-            return Next::Closed;
+        match poll_bytes(cx, shared, &mut wait, &mut deadline) {
+            Poll::Ready(true) => continue,
+            Poll::Ready(false) => return Poll::Ready(Next::Closed),
+            Poll::Pending => return Poll::Pending,
         }
-    }
+    })
+    .await
 }
 
-/// Reads more of a head; `false` at end of stream, on a read error, at the header timeout, or
-/// at shutdown.
-async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
+/// Reads more of a head: `Ready(true)` when bytes arrived; `Ready(false)` at end of stream, on
+/// a read error, at the header timeout, or at shutdown.
+fn poll_bytes<I: AsyncRead + AsyncWrite + Unpin, S: Future<Output = ()>>(
+    cx: &mut Context<'_>,
     shared: &Shared<I>,
     wait: &mut Wait<'_, S>,
     deadline: &mut Option<Instant>,
-) -> bool {
-    let now = Instant::now();
-    let at = *deadline.get_or_insert(now + wait.timeout);
-    // The timer keeps the waker it was last polled with, and the connection's task never
-    // changes: it needs polling only when new, when due, or when the task was woken meanwhile.
-    let mut woken = false;
-    let filled = poll_fn(|cx| {
-        if let Poll::Ready(r) = shared.poll_fill(cx, conn::READ_HEAD) {
-            return Poll::Ready(Some(r));
-        }
-        if wait.stopping.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        let due = wait.timer.as_ref().is_none_or(|t| now >= t.deadline());
-        if woken || due {
-            let sleep = wait
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            while sleep.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= at {
-                    return Poll::Ready(None);
-                }
-                sleep.as_mut().reset(at);
+) -> Poll<bool> {
+    if let Poll::Ready(r) = shared.poll_fill(cx, conn::READ_HEAD) {
+        return Poll::Ready(matches!(r, Ok(n) if n > 0));
+    }
+    if wait.stopping.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(false);
+    }
+    let at = *deadline.get_or_insert_with(|| Instant::now() + wait.timeout);
+    // The timer is armed once per connection and moved only when it fires: resetting it for
+    // every request would cost a timer-wheel update per request. It keeps the waker it was
+    // last polled with, and the connection's task never changes, so it needs polling only
+    // when new or due.
+    let due = wait
+        .timer
+        .as_ref()
+        .is_none_or(|t| Instant::now() >= t.deadline());
+    if due {
+        let sleep = wait
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= at {
+                return Poll::Ready(false);
             }
+            sleep.as_mut().reset(at);
         }
-        woken = true;
-        Poll::Pending
-    })
-    .await;
-    matches!(filled, Some(Ok(n)) if n > 0)
+    }
+    Poll::Pending
 }
 
 /// Runs the exchange, but gives up when the client closes its connection meanwhile.
