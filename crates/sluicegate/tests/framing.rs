@@ -264,6 +264,48 @@ fn a_slow_head_is_closed_at_the_listeners_deadline() {
 }
 
 #[test]
+fn the_header_deadline_starts_again_with_each_wait_on_a_keep_alive_connection() {
+    // The deadline timer is armed once per connection and moved only when it fires: a keep-alive
+    // connection whose requests come closer together than the deadline, but whose life is longer
+    // than it, must not be closed at a deadline left from an earlier wait.
+    let up = Recorder::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let toml = Toml::new()
+        .listener("public", "request_header_timeout = \"2s\"")
+        .route("all", "app", "")
+        .service("app", &[up.addr], "")
+        .build();
+    let gw = Gateway::start(&toml);
+    let mut stream = TcpStream::connect(gw.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    for round in 0..3 {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let mut got = Vec::new();
+        while !got.ends_with(b"ok") {
+            let n = stream.read(&mut answer).unwrap();
+            assert!(
+                n > 0,
+                "round {round}: closed: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&answer[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "round {round}");
+    }
+    // Then idle: closed by the deadline (the read would time out after 30 s otherwise).
+    let mut rest = Vec::new();
+    assert!(stream.read_to_end(&mut rest).is_ok() && rest.is_empty());
+    assert_eq!(up.requests().len(), 3);
+}
+
+#[test]
 fn a_declared_length_over_the_limit_is_refused_however_it_is_spelled() {
     let up = Recorder::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     let toml = Toml::new()
