@@ -5,11 +5,13 @@
 
 pub mod admin;
 pub mod allocator;
+pub mod answer;
 pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod health;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod tls;

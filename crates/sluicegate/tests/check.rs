@@ -217,3 +217,64 @@ endpoints = [{ address = "127.0.0.1:9001" }]
         assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn rate_limit_policies_are_checked() {
+    let toml = r#"[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "a"
+service = "s"
+rate_limit = "nope"
+
+[[routes]]
+name = "b"
+service = "s"
+rate_limit = "per-consumer"
+
+[[services]]
+name = "s"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[rate_limits.per-consumer]
+key = "consumer"
+capacity = 10
+refill_per_second = 1
+
+[rate_limits.broken]
+key = "header:bad name"
+capacity = 0
+refill_per_second = -1
+store = "memcached"
+on_store_error = "panic"
+burst = 3
+
+[rate_limits.shared]
+key = "route"
+capacity = 10
+refill_per_second = 0.5
+store = "redis"
+
+[rate_limits.empty]
+key = "client_ip"
+"#;
+    let (code, _, stderr) = support::check(toml);
+    assert_eq!(code, 1, "{stderr}");
+    for e in [
+        "sluicegate.toml:8:14: routes[0].rate_limit: no policy named \"nope\" in [rate_limits]",
+        "sluicegate.toml:13:14: routes[1].rate_limit: policy \"per-consumer\" counts per consumer, which needs auth on the route",
+        "sluicegate.toml:25:7: rate_limits.broken.key: \"bad name\" is not a valid header name",
+        "sluicegate.toml:26:12: rate_limits.broken.capacity: expected an integer from 1 to 1000000000",
+        "sluicegate.toml:27:21: rate_limits.broken.refill_per_second: expected a number more than 0 up to 1000000000",
+        "sluicegate.toml:28:9: rate_limits.broken.store: unknown store \"memcached\"; expected \"local\" or \"redis\"",
+        "sluicegate.toml:29:18: rate_limits.broken.on_store_error: unknown value \"panic\"",
+        "sluicegate.toml:30:1: rate_limits.broken.burst: unknown key",
+        "sluicegate.toml:36:9: rate_limits.shared.store: \"redis\" is not supported yet",
+        "rate_limits.empty.capacity: missing required key",
+        "rate_limits.empty.refill_per_second: missing required key",
+    ] {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+}

@@ -105,7 +105,26 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
             "name": l.name,
             "address": l.bound.to_string(),
         })).collect::<Vec<_>>(),
+        "routes": routes(&g.shared.snapshot.load()),
     }))
+}
+
+/// Each route once, with the policy steps it runs in their order (`"rate_limit:per-client"`).
+fn routes(snapshot: &crate::proxy::snapshot::Snapshot) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    snapshot
+        .listeners
+        .iter()
+        .flat_map(|l| l.routes.iter())
+        .filter(|r| seen.insert(std::sync::Arc::clone(&r.name)))
+        .map(|r| {
+            json!({
+                "name": &*r.name,
+                "service": &*r.service.name,
+                "policies": r.policies.describe(),
+            })
+        })
+        .collect()
 }
 
 async fn services(State(s): State<AdminState>) -> Json<Value> {

@@ -15,6 +15,7 @@ use toml::de::DeTable;
 
 use super::diagnostic::{suggest, Diagnostics};
 use super::model::*;
+use super::policies;
 use super::raw::{Reader, Table};
 use crate::balance::{is_prime, Algorithm, HashOn, MAGLEV_DEFAULT_TABLE_SIZE};
 use crate::health::{CheckKind, HealthCheckConfig, OutlierConfig, StatusRanges};
@@ -26,10 +27,10 @@ const TOP_KEYS: &[&str] = &[
     "listeners",
     "routes",
     "services",
+    "rate_limits",
 ];
 const TOP_LATER: &[&str] = &[
     "redis",
-    "rate_limits",
     "auth",
     "cache",
     "load_shedding",
@@ -78,7 +79,14 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         .filter_map(|t| route(&mut reader, t))
         .collect();
 
+    let redis = None;
+    let rate_limits = reader
+        .table(&top, "rate_limits")
+        .map(|t| policies::rate_limits(&mut reader, &t))
+        .unwrap_or_default();
+
     cross_check(&mut reader, &listeners, &services, &routes);
+    check_policies(&mut reader, &routes, &rate_limits, redis.is_some());
 
     if !reader.diags.is_empty() {
         return Err(reader.diags.finish(path));
@@ -90,7 +98,52 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
         routes: routes.into_iter().map(|r| r.config).collect(),
         services: services.into_iter().map(|(s, _)| s).collect(),
+        redis,
+        rate_limits: rate_limits.into_iter().map(|p| p.config).collect(),
     })
+}
+
+/// Routes name policies that exist and that they can use; Redis-stored policies have a Redis.
+fn check_policies(
+    r: &mut Reader<'_>,
+    routes: &[RawRoute],
+    rate_limits: &[policies::RawRateLimit],
+    has_redis: bool,
+) {
+    for policy in rate_limits {
+        if policy.config.store == LimitStore::Redis && !has_redis {
+            r.report(
+                policy.store_span.clone(),
+                format!(
+                    "rate_limits.{}.store: \"redis\" is not supported yet in this version of sluicegate",
+                    policy.config.name
+                ),
+            );
+        }
+    }
+    for route in routes {
+        let (Some(name), Some(span)) = (&route.config.rate_limit, &route.rate_limit_span) else {
+            continue;
+        };
+        match rate_limits.iter().find(|p| p.config.name == *name) {
+            None => r.report(
+                span.clone(),
+                format!(
+                    "{}.rate_limit: no policy named \"{name}\" in [rate_limits]",
+                    route.path
+                ),
+            ),
+            // Until a route can authenticate, nothing tells who the consumer is.
+            Some(p) if p.config.key == LimitKey::Consumer => r.report(
+                span.clone(),
+                format!(
+                    "{}.rate_limit: policy \"{name}\" counts per consumer, which needs auth on the route (authentication is not supported yet in this version of sluicegate)",
+                    route.path
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 fn admin(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<AdminConfig> {
@@ -321,6 +374,7 @@ struct RawRoute {
     config: RouteConfig,
     name_span: Range<usize>,
     service_span: Range<usize>,
+    rate_limit_span: Option<Range<usize>>,
     listener_spans: Vec<Range<usize>>,
     path: String,
 }
@@ -337,13 +391,13 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "timeout",
             "preserve_host",
             "host_rewrite",
+            "rate_limit",
         ],
         &[
             "priority",
             "priority_from_header",
             "auth",
             "require_scopes",
-            "rate_limit",
             "cache",
             "retry",
             "mirror",
@@ -377,6 +431,7 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
         None => Some(DEFAULT_ROUTE_TIMEOUT),
     };
     let upstream_host = upstream_host(r, t);
+    let rate_limit = r.string(t, "rate_limit");
     let (name, name_span) = name?;
     let (service, service_span) = service?;
     Some(RawRoute {
@@ -388,9 +443,11 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             strip_prefix,
             timeout,
             upstream_host,
+            rate_limit: rate_limit.as_ref().map(|(n, _)| n.to_string()),
         },
         name_span,
         service_span,
+        rate_limit_span: rate_limit.map(|(_, span)| span),
         listener_spans: listeners.into_iter().map(|(_, s)| s).collect(),
         path: t.path.clone(),
     })

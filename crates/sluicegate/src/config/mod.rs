@@ -4,6 +4,7 @@
 mod build;
 mod diagnostic;
 mod model;
+mod policies;
 mod raw;
 pub mod units;
 

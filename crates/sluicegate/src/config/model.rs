@@ -20,6 +20,11 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub services: Vec<ServiceConfig>,
+    /// `[redis]`: the store shared by every instance, for the features that say
+    /// `store = "redis"`.
+    pub redis: Option<RedisConfig>,
+    /// `[rate_limits.NAME]`, in file order.
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 /// `[admin]`: where the admin API listens.
@@ -203,6 +208,8 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     /// The `Host` the upstream is sent.
     pub upstream_host: UpstreamHost,
+    /// The name of a `[rate_limits.NAME]` policy.
+    pub rate_limit: Option<String>,
 }
 
 /// Which `Host` (HTTP/2 `:authority`) a route sends upstream.
@@ -331,3 +338,68 @@ pub struct EndpointConfig {
 
 /// Largest accepted endpoint weight; keeps smooth WRR cycles and ring sizes bounded.
 pub const MAX_WEIGHT: u32 = 1000;
+
+/// `[redis]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `url`, or the seed nodes of `urls`: `redis://` or `rediss://` (TLS).
+    pub urls: Vec<String>,
+    /// The servers form a Redis Cluster (`cluster = true`).
+    pub cluster: bool,
+    /// A call slower than this counts as a store error.
+    pub timeout: Duration,
+}
+
+/// Default `[redis] timeout`.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// `[rate_limits.NAME]`: a token bucket per key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub name: String,
+    pub key: LimitKey,
+    /// The bucket's size: the burst a key may send at once.
+    pub capacity: u64,
+    /// Tokens added per second, up to `capacity`.
+    pub refill_per_second: f64,
+    pub store: LimitStore,
+    pub on_store_error: OnStoreError,
+    /// Whether responses carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+    pub headers: bool,
+    /// The most keys the local store keeps for this policy (its memory bound).
+    pub max_keys: u64,
+}
+
+/// Default `max_keys` of a rate-limit policy.
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: u64 = 1_000_000;
+
+/// What a request is counted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's address (behind `trusted_proxies`, the address they forwarded for).
+    ClientIp,
+    /// A request header's value; requests without it share one bucket.
+    Header(HeaderName),
+    /// The authenticated consumer (needs authentication on the route).
+    Consumer,
+    /// One bucket for the whole route.
+    Route,
+}
+
+/// Where a policy's buckets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitStore {
+    /// In this process, shared by its workers.
+    Local,
+    /// In Redis, shared by every instance.
+    Redis,
+}
+
+/// What a Redis-stored policy does when Redis fails or is slower than its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Decide with this instance's own buckets (each with the full capacity).
+    Local,
+    Allow,
+    Deny,
+}

@@ -179,6 +179,43 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// A number (integer or float) within `min..=max`, where `min` itself is allowed only when
+    /// `min_inclusive`.
+    pub fn number(
+        &mut self,
+        table: &Table<'_, '_>,
+        key: &str,
+        min: f64,
+        min_inclusive: bool,
+        max: f64,
+    ) -> Option<f64> {
+        let v = table.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            _ => {
+                self.wrong_type(table, key, v, "a number");
+                return None;
+            }
+        };
+        match parsed {
+            Some(n) if n.is_finite() && n <= max && (n > min || (min_inclusive && n == min)) => {
+                Some(n)
+            }
+            _ => {
+                let lower = if min_inclusive { "from" } else { "more than" };
+                let message = format!(
+                    "{}: expected a number {lower} {min} up to {max}",
+                    table.key_path(key)
+                );
+                self.report(v.span(), message);
+                None
+            }
+        }
+    }
+
     pub fn table<'a, 'i>(&mut self, table: &Table<'a, 'i>, key: &str) -> Option<Table<'a, 'i>> {
         let v = table.get(key)?;
         match v.get_ref() {

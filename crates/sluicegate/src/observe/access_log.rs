@@ -60,6 +60,8 @@ pub struct LineEnd<'a> {
     pub duration: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Each policy step's decision, as `"step": "decision"` (`"rate_limit": "allowed"`).
+    pub decisions: &'a [(&'static str, &'static str)],
 }
 
 /// Appends the first part of a JSON line: from `{` to the path. Written by hand rather than
@@ -105,6 +107,12 @@ fn write_end(out: &mut Vec<u8>, e: &LineEnd<'_>) {
     out.extend_from_slice(n.format(e.bytes_in).as_bytes());
     out.extend_from_slice(b",\"bytes_out\":");
     out.extend_from_slice(n.format(e.bytes_out).as_bytes());
+    for (step, decision) in e.decisions {
+        out.push(b',');
+        json_string(out, step);
+        out.push(b':');
+        json_string(out, decision);
+    }
     out.push(b'}');
 }
 
@@ -457,6 +465,7 @@ mod tests {
                 duration: Duration::from_micros(1500),
                 bytes_in: 1,
                 bytes_out: 2,
+                decisions: &[("rate_limit", "allowed")],
             },
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -479,6 +488,7 @@ mod tests {
         }
         assert_eq!(v["request_id"], "id\"1");
         assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["rate_limit"], "allowed");
         assert_eq!(v["endpoint"], "127.0.0.1:9");
         assert!(v["service"].is_null());
     }
@@ -523,6 +533,7 @@ mod tests {
                     duration: Duration::from_micros(micros),
                     bytes_in: micros,
                     bytes_out: 0,
+                    decisions: &[],
                 },
             );
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -569,6 +580,7 @@ mod tests {
                     duration: Duration::ZERO,
                     bytes_in: 0,
                     bytes_out: 0,
+                    decisions: &[],
                 },
             );
         };

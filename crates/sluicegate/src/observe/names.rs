@@ -90,6 +90,12 @@ pub const HEALTH_CHECKS_TOTAL_HELP: &str = "Active health checks completed, by r
 pub const RATE_LIMIT_DECISIONS_TOTAL: &str = "sluicegate_rate_limit_decisions_total";
 pub const RATE_LIMIT_DECISIONS_TOTAL_HELP: &str = "Rate-limit decisions, by policy and decision.";
 
+/// Gauge. Labels: `policy`. Buckets a rate-limit policy's local store holds now (bounded by the
+/// policy's `max_keys`): what its memory is.
+pub const RATE_LIMIT_BUCKETS: &str = "sluicegate_rate_limit_buckets";
+pub const RATE_LIMIT_BUCKETS_HELP: &str =
+    "Buckets held by a rate-limit policy's local store, by policy.";
+
 /// Counter. Labels: `route`, `result`. Response-cache lookups. SPEC section 4 says `result` is
 /// `success` or `failure`; for the cache that reads as hit and miss.
 pub const CACHE_LOOKUPS_TOTAL: &str = "sluicegate_cache_lookups_total";

@@ -232,6 +232,7 @@ fn run_worker(
                 command = commands.recv() => command,
                 _ = sweep.tick() => {
                     worker.pool.sweep();
+                    worker.shared.registries.policies.sweep();
                     crate::proxy::spare::release();
                     crate::allocator::release_free_memory();
                     continue;

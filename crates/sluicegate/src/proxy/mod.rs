@@ -1,6 +1,5 @@
 //! The data path: listeners, worker threads, HTTP proxying and gateway-made answers.
 
-pub mod answer;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;

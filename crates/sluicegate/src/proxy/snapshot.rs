@@ -15,6 +15,7 @@ use crate::config::{Config, ListenerConfig, ListenerProtocol, UpstreamProtocol};
 use crate::health::{self, EndpointHealth, OutlierConfig};
 use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
 use crate::observe::names;
+use crate::policy;
 use crate::proxy::http::client::Transport;
 use crate::proxy::proxy_protocol::ProxyProtocol;
 
@@ -27,6 +28,8 @@ pub struct Registries {
     /// In-flight counts by (service, endpoint). Locked only while a snapshot is built.
     pub loads: Mutex<HashMap<(String, SocketAddr), Arc<EndpointLoad>>>,
     pub metrics: metrics::Registry,
+    /// Rate-limit buckets and the other state of policies, by policy name.
+    pub policies: policy::Registry,
 }
 
 impl Registries {
@@ -47,6 +50,7 @@ impl Registries {
                 .iter()
                 .any(|s| s.name == service && s.endpoints.iter().any(|e| e.address == address))
         };
+        self.policies.retain(config);
         self.health.retain(keep);
         self.loads
             .lock()
@@ -57,6 +61,9 @@ impl Registries {
             let endpoint = labels
                 .get("endpoint")
                 .and_then(|v| v.parse::<SocketAddr>().ok());
+            if let Some(policy) = labels.get("policy") {
+                return config.rate_limits.iter().any(|p| p.name == policy);
+            }
             match (service, endpoint) {
                 (Some(s), Some(e)) => keep(s, e),
                 _ => true,
@@ -98,6 +105,8 @@ pub struct RouteRuntime {
     pub timeout: Option<Duration>,
     /// The `Host` sent upstream (`preserve_host`, `host_rewrite`).
     pub upstream_host: crate::config::UpstreamHost,
+    /// The route's policy steps (`policy/`); empty when it has none.
+    pub policies: policy::Chain,
     pub requests: StatusCounters,
     pub duration: Histogram,
 }
@@ -254,6 +263,7 @@ impl Snapshot {
             .iter()
             .map(|s| (s.name.clone(), Arc::new(build_service(s, reg))))
             .collect();
+        let policies = policy::Compiled::new(&config, &reg.policies, m);
         let listeners = config
             .listeners
             .iter()
@@ -274,6 +284,7 @@ impl Snapshot {
                                 .flatten(),
                             timeout: r.timeout,
                             upstream_host: r.upstream_host.clone(),
+                            policies: policies.chain(r),
                             requests: m.status_counters(
                                 names::HTTP_REQUESTS_TOTAL,
                                 names::HTTP_REQUESTS_TOTAL_HELP,

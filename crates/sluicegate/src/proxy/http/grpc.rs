@@ -10,7 +10,7 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::headers::X_REQUEST_ID;
-use crate::proxy::answer::GatewayError;
+use crate::answer::GatewayError;
 
 /// gRPC status codes the gateway uses (grpc/doc/statuscodes.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,9 @@ pub fn code_for(error: GatewayError) -> Code {
         | GatewayError::MethodNotAllowed(_) => Code::Unimplemented,
         GatewayError::NoHealthyUpstream | GatewayError::UpstreamUnavailable => Code::Unavailable,
         GatewayError::UpstreamTimeout => Code::DeadlineExceeded,
-        GatewayError::PayloadTooLarge | GatewayError::HeadersTooLarge => Code::ResourceExhausted,
+        GatewayError::PayloadTooLarge
+        | GatewayError::HeadersTooLarge
+        | GatewayError::RateLimited => Code::ResourceExhausted,
         GatewayError::BadRequest | GatewayError::Malformed(_) => Code::Internal,
     }
 }

@@ -43,11 +43,12 @@ use super::route::{request_host, strip_prefix, RequestView};
 use super::server::h1::ClientUpgrade;
 use super::wire::target::{settle, PathRules, TargetError};
 use super::{grpc, websocket};
+use crate::answer::GatewayError;
 use crate::config::UpstreamHost;
 use crate::health::{outlier, Outcome};
 use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
 use crate::observe::metrics::{Counter, Gauge};
-use crate::proxy::answer::GatewayError;
+use crate::policy;
 use crate::proxy::listener::OpenConnections;
 use crate::proxy::snapshot::{ListenerPlan, RouteRuntime, ServiceRuntime, Snapshot};
 use crate::proxy::Shared;
@@ -153,6 +154,8 @@ struct Exchange {
     /// The status sent (0 until known); counted in the route's or the listener's metrics.
     status: u16,
     counted: bool,
+    /// What the route's policy steps decided, for the log line.
+    policies: policy::Applied,
 }
 
 impl Exchange {
@@ -204,6 +207,7 @@ impl Finish for Exchange {
                 duration: elapsed,
                 bytes_in: self.stats.bytes_in.get(),
                 bytes_out: self.stats.bytes_out.get(),
+                decisions: self.policies.decisions(),
             };
             self.worker.access.end(line, &end);
         }
@@ -287,6 +291,7 @@ pub async fn handle(
         stats: Rc::clone(&stats),
         status: 0,
         counted: false,
+        policies: policy::Applied::default(),
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
@@ -350,7 +355,23 @@ pub async fn handle(
         return answer(exchange, GatewayError::PayloadTooLarge, true);
     }
 
-    // 6. Endpoint.
+    // 6. The route's policy steps (policy/), in their fixed order; any may answer instead.
+    if !route.policies.is_empty() {
+        let cx = policy::RequestCx {
+            peer: conn.peer.ip(),
+            trusted_proxies: conn.trusted.then_some(&listener.config.trusted_proxies[..]),
+            headers: &parts.headers,
+            now: started,
+        };
+        let flow = route.policies.on_request(&cx, &mut exchange.policies).await;
+        if let policy::Flow::Answer(refusal) = flow {
+            let Ok(mut response) = answer(exchange, refusal.error, false);
+            response.headers_mut().extend(refusal.headers);
+            return Ok(response);
+        }
+    }
+
+    // 7. Endpoint.
     let key = service
         .hash_on
         .as_ref()
@@ -380,7 +401,7 @@ pub async fn handle(
     endpoint.load.begin();
     exchange.endpoint = Some(index);
 
-    // 7. Forward.
+    // 8. Forward.
     if let Some(prefix) = &route.strip_prefix {
         parts.uri = rewrite_path(&parts.uri, prefix);
     }
@@ -510,7 +531,7 @@ pub async fn handle(
         }
     };
 
-    // 8. Response.
+    // 9. Response.
     let (mut head, upstream_body) = response.into_parts();
     // The HTTP/1.1 client drops hop-by-hop fields while parsing; hyper's HTTP/2 one does not.
     if !matches!(upstream_body, UpstreamBody::H1(_)) {
@@ -520,6 +541,7 @@ pub async fn handle(
     if let Some(cookie) = pin {
         head.headers.append(header::SET_COOKIE, cookie);
     }
+    exchange.policies.on_response(&mut head.headers);
     exchange.status = head.status.as_u16();
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
     body.on_finish(exchange);

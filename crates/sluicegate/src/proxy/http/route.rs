@@ -165,6 +165,11 @@ impl<R> RouteTable<R> {
         self.entries.get(index).map(|(_, r)| r)
     }
 
+    /// The routes in precedence order.
+    pub fn iter(&self) -> impl Iterator<Item = &R> {
+        self.entries.iter().map(|(_, r)| r)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -37,7 +37,7 @@ pub use rewind::Rewind;
 use crate::proxy::http::wire::request::{self as head, HeadError, RequestHead};
 use conn::Shared;
 
-use crate::proxy::answer::GatewayError;
+use crate::answer::GatewayError;
 use crate::proxy::http::body::{ClientBody, ExchangeStats, ResponseBody};
 use crate::proxy::http::deadline::DeadlineTimer;
 use crate::proxy::http::headers::new_request_id;

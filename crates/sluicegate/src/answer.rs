@@ -1,7 +1,11 @@
-//! Errors the gateway answers itself (SPEC 5), rendered to their JSON body in one place.
+//! Errors the gateway answers itself (SPEC 5), rendered to their JSON body in one place. Below
+//! both the proxy and the policy steps, which answer with them.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
+
+/// Every answer names the request it answers (SPEC 5).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A response the gateway produces instead of forwarding one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +31,8 @@ pub enum GatewayError {
     NoHealthyUpstream,
     #[error("the upstream did not answer within the route's timeout")]
     UpstreamTimeout,
+    #[error("too many requests: the route's rate limit refused this one; retry after the time Retry-After gives")]
+    RateLimited,
 }
 
 impl GatewayError {
@@ -41,6 +47,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -56,6 +63,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::RateLimited => "rate_limited",
         }
     }
 
@@ -79,7 +87,7 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(super::http::headers::X_REQUEST_ID, v);
+            headers.insert(X_REQUEST_ID, v);
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

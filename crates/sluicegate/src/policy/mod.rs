@@ -1,0 +1,193 @@
+//! The gateway's policy steps: what happens to a request between routing and forwarding, and to
+//! its response on the way back. The proxy knows only [`Chain`]; each step is one module here.
+//!
+//! A route's chain is compiled when a config snapshot is built (policies resolved by name, keys
+//! parsed, stores taken from the [`Registry`] so their state survives reloads); a route without
+//! policies has an empty chain and runs no step code at all.
+//!
+//! The order is fixed, and written once, in `Chain::new`:
+//! 1. **shed** (load shedding) — first, because a shed request must cost almost nothing;
+//! 2. **auth** (authenticate, then authorize) — who the consumer is, before anything counts
+//!    per consumer;
+//! 3. **rate limit** (`rate_limit.rs`) — after auth, so a bucket can be the consumer's, and so
+//!    unauthenticated floods are refused by auth without spending tokens;
+//! 4. **cache** — a hit is answered without the upstream, but only for requests the steps
+//!    above let through;
+//! 5. **faults** (chaos experiments) — on what would really be forwarded;
+//! 6. then forwarding (retries, breakers) and mirroring.
+//!
+//! On the way back, steps see the response head in reverse order (cache fill, the rate-limit
+//! headers), and the access log records each step's decision (`"rate_limit": "allowed"`).
+//! Only rate limiting exists yet; the others are the issues that follow.
+
+pub mod rate_limit;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::answer::GatewayError;
+use crate::config::{Cidr, Config, RouteConfig};
+use crate::observe::metrics;
+
+/// The live state of every policy (buckets, later caches and breakers), kept across reloads by
+/// policy name.
+#[derive(Default)]
+pub struct Registry {
+    pub rate_limits: rate_limit::Registry,
+}
+
+impl Registry {
+    /// Forgets the state of policies `config` no longer has.
+    pub fn retain(&self, config: &Config) {
+        self.rate_limits.retain(config);
+    }
+
+    /// Periodic upkeep (dropping expired state); cheap to call often, from any worker.
+    pub fn sweep(&self) {
+        self.rate_limits.sweep();
+    }
+}
+
+/// Every policy of a config, compiled once per snapshot; routes take theirs by name.
+pub struct Compiled {
+    rate_limits: HashMap<String, Arc<rate_limit::Limiter>>,
+}
+
+impl Compiled {
+    pub fn new(config: &Config, registry: &Registry, metrics: &metrics::Registry) -> Compiled {
+        Compiled {
+            rate_limits: config
+                .rate_limits
+                .iter()
+                .map(|p| {
+                    let limiter = registry.rate_limits.limiter(p, metrics);
+                    (p.name.clone(), Arc::new(limiter))
+                })
+                .collect(),
+        }
+    }
+
+    /// The chain of `route` (validation guarantees the policies it names exist).
+    pub fn chain(&self, route: &RouteConfig) -> Chain {
+        let rate_limit = route
+            .rate_limit
+            .as_ref()
+            .and_then(|name| self.rate_limits.get(name))
+            .cloned();
+        Chain::new(rate_limit)
+    }
+}
+
+/// What a step may read of the request.
+pub struct RequestCx<'a> {
+    /// The connection's peer.
+    pub peer: IpAddr,
+    /// The listener's `trusted_proxies` when the peer is one of them: the client is then the
+    /// last `X-Forwarded-For` address they do not cover.
+    pub trusted_proxies: Option<&'a [Cidr]>,
+    pub headers: &'a HeaderMap,
+    /// When the request arrived.
+    pub now: Instant,
+}
+
+/// What a step tells the pipeline.
+pub enum Flow {
+    /// Go on to the next step, then the upstream.
+    Continue,
+    /// Answer the request with this instead.
+    Answer(Refusal),
+}
+
+/// A step's own answer: one of the gateway's errors (SPEC 5; a gRPC status for gRPC requests),
+/// with the headers the step adds (`Retry-After`, `RateLimit-*`).
+pub struct Refusal {
+    pub error: GatewayError,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One step's decision for the access log, as `"step": "decision"`.
+pub type Decision = (&'static str, &'static str);
+
+/// Steps in a chain at most: one of each kind.
+const MAX_STEPS: usize = 6;
+
+/// What the steps decided for one request, and what they add to its response.
+#[derive(Default)]
+pub struct Applied {
+    decisions: [Decision; MAX_STEPS],
+    count: usize,
+    rate_limit: Option<rate_limit::Quota>,
+}
+
+impl Applied {
+    fn decide(&mut self, decision: Decision) {
+        if let Some(slot) = self.decisions.get_mut(self.count) {
+            *slot = decision;
+            self.count += 1;
+        }
+    }
+
+    /// The decisions, in the order the steps ran.
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions[..self.count]
+    }
+
+    /// Adds what the steps say on the way back to a response's headers.
+    pub fn on_response(&self, headers: &mut HeaderMap) {
+        if let Some(quota) = &self.rate_limit {
+            quota.add_to(headers);
+        }
+    }
+}
+
+/// One step of a chain.
+enum Step {
+    RateLimit(Arc<rate_limit::Limiter>),
+}
+
+/// A route's steps, in the fixed order.
+#[derive(Default)]
+pub struct Chain {
+    steps: Box<[Step]>,
+}
+
+impl Chain {
+    /// The chain of a route with these policies (`None` where the route has none of a kind).
+    fn new(rate_limit: Option<Arc<rate_limit::Limiter>>) -> Chain {
+        let steps: Vec<Step> = rate_limit.into_iter().map(Step::RateLimit).collect();
+        Chain {
+            steps: steps.into_boxed_slice(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The steps' names, for `/api/v1/status` (`"rate_limit:per-client"`).
+    pub fn describe(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|step| match step {
+                Step::RateLimit(l) => format!("{}:{}", rate_limit::STEP, l.name()),
+            })
+            .collect()
+    }
+
+    /// Runs the request side of every step, in order, until one answers.
+    pub async fn on_request(&self, cx: &RequestCx<'_>, applied: &mut Applied) -> Flow {
+        for step in self.steps.iter() {
+            let flow = match step {
+                Step::RateLimit(limiter) => limiter.on_request(cx, applied).await,
+            };
+            if let Flow::Answer(_) = flow {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+}

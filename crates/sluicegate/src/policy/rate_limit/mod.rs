@@ -1,0 +1,334 @@
+//! Rate limiting (SPEC 2.2): a token bucket per key (`gcra.rs`), kept in this process
+//! (`local.rs`, shared by every worker). Where a request is refused for its rate: [`Limiter::on_request`].
+//!
+//! The key is the client's address (behind `trusted_proxies`, the address they forwarded for),
+//! a header's value, or the route. A request without the header is counted under one shared
+//! "anonymous" bucket of the policy: leaving the header out is not a way around the limit.
+//! Keys are hashed with a per-process seed before they are stored, so their length and bytes
+//! (64 KiB of header, bytes that are not UTF-8) cost nothing more than an address.
+//!
+//! A refused request gets 429 `rate_limited` (gRPC: `RESOURCE_EXHAUSTED`) with `Retry-After`;
+//! refused and allowed responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
+//! `RateLimit-Reset` unless the policy says `headers = false`.
+
+mod gcra;
+mod local;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+
+use super::{Applied, Flow, Refusal, RequestCx};
+use crate::answer::GatewayError;
+use crate::config::{Config, LimitKey, RateLimitConfig};
+use crate::observe::metrics::{self, Counter};
+use crate::observe::names;
+use gcra::{Gcra, Verdict};
+use local::LocalStore;
+
+pub use local::BYTES_PER_KEY;
+
+/// The step's name in the access log and in `/api/v1/status`.
+pub const STEP: &str = "rate_limit";
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// How often passed buckets are dropped, at most.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The live state of every rate-limit policy, kept across reloads by policy name.
+pub struct Registry {
+    local: Mutex<HashMap<String, Arc<LocalStore>>>,
+    /// Seeds every key hash: chosen at random per process, so keys that collide cannot be
+    /// chosen from outside.
+    seed: u64,
+    /// Nanoseconds since `epoch` of the last sweep.
+    swept: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            local: Mutex::default(),
+            seed: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+            swept: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Registry {
+    /// The policy's limiter, with the buckets it had in the previous config if it was there.
+    pub fn limiter(&self, policy: &RateLimitConfig, metrics: &metrics::Registry) -> Limiter {
+        let store = {
+            let mut stores = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            let store = stores
+                .entry(policy.name.clone())
+                .or_insert_with(|| Arc::new(LocalStore::new(policy.max_keys)));
+            store.set_max_keys(policy.max_keys);
+            Arc::clone(store)
+        };
+        let held = Arc::clone(&store);
+        metrics.gauge_fn(
+            names::RATE_LIMIT_BUCKETS,
+            names::RATE_LIMIT_BUCKETS_HELP,
+            &[(names::label::POLICY, policy.name.as_str())],
+            Arc::new(move || i64::try_from(held.len()).unwrap_or(i64::MAX)),
+        );
+        let counter = |decision: &str| {
+            metrics.counter(
+                names::RATE_LIMIT_DECISIONS_TOTAL,
+                names::RATE_LIMIT_DECISIONS_TOTAL_HELP,
+                &[
+                    (names::label::POLICY, policy.name.as_str()),
+                    (names::label::DECISION, decision),
+                ],
+            )
+        };
+        Limiter {
+            name: Arc::from(policy.name.as_str()),
+            key: policy.key.clone(),
+            gcra: Gcra::new(policy.capacity, policy.refill_per_second),
+            headers: policy.headers,
+            store,
+            seed: self.seed,
+            allowed: counter("allowed"),
+            limited: counter("limited"),
+        }
+    }
+
+    /// Forgets the buckets of policies `config` no longer has.
+    pub fn retain(&self, config: &Config) {
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| config.rate_limits.iter().any(|p| p.name == *name));
+    }
+
+    /// Drops buckets that are full again, at most once per [`SWEEP_INTERVAL`] whoever calls.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let at = u64::try_from(now.duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let last = self.swept.load(Ordering::Relaxed);
+        let due = last == 0 || at.saturating_sub(last) >= SWEEP_INTERVAL.as_nanos() as u64;
+        if !due
+            || self
+                .swept
+                .compare_exchange(last, at.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let stores: Vec<Arc<LocalStore>> = self
+            .local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for store in stores {
+            store.sweep(now);
+        }
+    }
+
+    /// Buckets held by a policy's local store now (tests, status).
+    pub fn buckets(&self, policy: &str) -> usize {
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(policy)
+            .map_or(0, |s| s.len())
+    }
+}
+
+/// One policy, compiled: what it counts by, its bucket, and where the buckets live.
+pub struct Limiter {
+    name: Arc<str>,
+    key: LimitKey,
+    gcra: Gcra,
+    headers: bool,
+    store: Arc<LocalStore>,
+    seed: u64,
+    allowed: Counter,
+    limited: Counter,
+}
+
+impl Limiter {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes a token for the request, or refuses it with 429.
+    pub(super) async fn on_request(&self, cx: &RequestCx<'_>, applied: &mut Applied) -> Flow {
+        let key = self.key_hash(cx);
+        let verdict = self.store.check(&self.gcra, key, cx.now);
+        self.conclude(&verdict, applied)
+    }
+
+    /// Counts the verdict, records it for the log and the response, and refuses if it says so.
+    fn conclude(&self, verdict: &Verdict, applied: &mut Applied) -> Flow {
+        let quota = Quota::of(&self.gcra, verdict);
+        if verdict.allowed {
+            self.allowed.inc();
+            applied.decide((STEP, "allowed"));
+            if self.headers {
+                applied.rate_limit = Some(quota);
+            }
+            return Flow::Continue;
+        }
+        self.limited.inc();
+        applied.decide((STEP, "limited"));
+        let retry_after = verdict.retry_after_ns.div_ceil(1_000_000_000).max(1);
+        let mut headers = vec![(http::header::RETRY_AFTER, HeaderValue::from(retry_after))];
+        if self.headers {
+            headers.extend(quota.fields());
+        }
+        Flow::Answer(Refusal {
+            error: GatewayError::RateLimited,
+            headers,
+        })
+    }
+
+    /// The request's key, hashed with the process's seed. Each kind of key is tagged, so a
+    /// header value can never share a bucket with the anonymous one.
+    fn key_hash(&self, cx: &RequestCx<'_>) -> u64 {
+        match &self.key {
+            LimitKey::ClientIp => match client_ip(cx) {
+                IpAddr::V4(ip) => xxh3_64_with_seed(&ip.octets(), self.seed),
+                IpAddr::V6(ip) => xxh3_64_with_seed(&ip.octets(), self.seed),
+            },
+            LimitKey::Header(name) => {
+                let mut values = cx.headers.get_all(name).iter().peekable();
+                if values.peek().is_none() {
+                    return xxh3_64_with_seed(b"\0anonymous", self.seed);
+                }
+                let mut hasher = Xxh3::with_seed(self.seed);
+                hasher.update(b"\x01");
+                for value in values {
+                    hasher.update(value.as_bytes());
+                    hasher.update(b",");
+                }
+                hasher.digest()
+            }
+            // Validation refuses consumer keys until routes can authenticate; were one to get
+            // here, the route's single bucket is the conservative reading.
+            LimitKey::Route | LimitKey::Consumer => xxh3_64_with_seed(b"\x02route", self.seed),
+        }
+    }
+}
+
+/// The client's address: the peer's, or behind trusted proxies the last `X-Forwarded-For`
+/// address that is not one of them (each proxy appends the address it received from, so
+/// everything left of the last trusted hop could have been written by the client).
+fn client_ip(cx: &RequestCx<'_>) -> IpAddr {
+    let peer = cx.peer.to_canonical();
+    let Some(trusted) = cx.trusted_proxies else {
+        return peer;
+    };
+    let mut client = peer;
+    for value in cx.headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for element in text.rsplit(',') {
+            let Ok(ip) = element.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip.to_canonical();
+            if !trusted.iter().any(|c| c.contains(client)) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// What the `RateLimit-*` fields say about a key's bucket after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    limit: u64,
+    remaining: u64,
+    /// Seconds until the bucket is full again.
+    reset: u64,
+}
+
+impl Quota {
+    fn of(gcra: &Gcra, verdict: &Verdict) -> Quota {
+        Quota {
+            limit: gcra.capacity,
+            remaining: verdict.remaining,
+            reset: verdict.reset_ns.div_ceil(1_000_000_000),
+        }
+    }
+
+    fn fields(&self) -> [(HeaderName, HeaderValue); 3] {
+        [
+            (RATELIMIT_LIMIT, HeaderValue::from(self.limit)),
+            (RATELIMIT_REMAINING, HeaderValue::from(self.remaining)),
+            (RATELIMIT_RESET, HeaderValue::from(self.reset)),
+        ]
+    }
+
+    pub(super) fn add_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields() {
+            headers.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cidr;
+
+    fn cx<'a>(peer: &str, headers: &'a HeaderMap, trusted: Option<&'a [Cidr]>) -> RequestCx<'a> {
+        RequestCx {
+            peer: peer.parse().unwrap(),
+            trusted_proxies: trusted,
+            headers,
+            now: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_last_untrusted_hop() {
+        let trusted = [Cidr {
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix: 8,
+        }];
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, "6.6.6.6, 1.2.3.4".parse().unwrap());
+        headers.append(X_FORWARDED_FOR, "10.0.0.9".parse().unwrap());
+        let from_proxy = cx("10.0.0.1", &headers, Some(&trusted));
+        assert_eq!(client_ip(&from_proxy), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // From anyone else, the header is the client's own say: ignored.
+        let direct = cx("192.0.2.7", &headers, None);
+        assert_eq!(client_ip(&direct), "192.0.2.7".parse::<IpAddr>().unwrap());
+        // A v4-mapped peer is the same client as its v4 form.
+        let mapped = cx("::ffff:192.0.2.7", &headers, None);
+        assert_eq!(client_ip(&mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn quota_fields() {
+        let g = Gcra::new(10, 1.0);
+        let (v, _) = g.check(0, 5_000_000_000);
+        let mut headers = HeaderMap::new();
+        Quota::of(&g, &v).add_to(&mut headers);
+        assert_eq!(headers["ratelimit-limit"], "10");
+        assert_eq!(headers["ratelimit-remaining"], "9");
+        assert_eq!(headers["ratelimit-reset"], "1");
+    }
+}
