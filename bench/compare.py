@@ -13,6 +13,9 @@ Scenarios (--scenarios, comma-separated; default all):
   1mib   1 MiB responses over keep-alive, wrk -c16
   tcp    layer-4 throughput with iperf3 through each proxy's TCP mode (nginx only when its
          stream module is installed)
+  ratelimit  a route with a local rate limit (64 keys in turn, never refusing) against the
+         same proxy's plain route, beside HAProxy's stick table and nginx's limit_req
+         (bench/ratelimit.py; not in the default set: it adds the limited route to every proxy)
   idle   memory: --idle connections (default 10,000, capped by the file-descriptor limit)
          opened one after another, one request each, then left idle, against a fresh process of
          each proxy: RSS growth per connection (KiB), and RSS 30 s after they close; for plain
@@ -163,17 +166,26 @@ HAPROXY_FORWARDING = """
     http-response set-header X-Request-Id %[var(txn.request_id)]"""
 
 
-def start_nginx(work, backend, iperf, equal_headers, connections=4096):
+def start_nginx(work, backend, iperf, equal_headers, connections=4096, rate_limit=False):
     port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "nginx-proxy.conf")
-    location = f"""
-        location / {{
+    proxying = f"""
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";{NGINX_FORWARDING if equal_headers else ""}
+            proxy_set_header Connection "";{NGINX_FORWARDING if equal_headers else ""}"""
+    location = f"""
+        location / {{{proxying}
+        }}"""
+    zone = ""
+    if rate_limit:
+        # A limit far above the load, so nothing is refused.
+        zone = "\n    limit_req_zone $http_x_key zone=rl:10m rate=1000000r/s;"
+        location += f"""
+        location /rl {{
+            limit_req zone=rl burst=1000000 nodelay;{proxying}
         }}"""
     with open(conf, "w") as f:
-        f.write(nginx_conf(work, port, f"""
+        f.write(nginx_conf(work, port, f"""{zone}
     upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; }}{NGINX_REQUEST_ID if equal_headers else ""}
     server {{ listen 127.0.0.1:{port} reuseport; {location} }}
     server {{ listen 127.0.0.1:{h2} http2; {location} }}""", 2, connections))
@@ -191,10 +203,16 @@ stream {{ server {{ listen 127.0.0.1:{tcp}; proxy_pass 127.0.0.1:{iperf}; }} }}
     return proc, {"http": port, "h2": h2, "tcp": tcp if stream else None}
 
 
-def start_haproxy(work, backend, iperf, equal_headers, maxconn=4000):
+def start_haproxy(work, backend, iperf, equal_headers, maxconn=4000, rate_limit=False):
     port, h2, tcp = free_port(), free_port(), free_port()
     conf = os.path.join(work, "haproxy.cfg")
     forwarding = HAPROXY_FORWARDING if equal_headers else ""
+    if rate_limit:
+        # A stick table counting each key's request rate, and a deny far above the load.
+        forwarding = """
+    stick-table type string len 64 size 100k expire 30s store http_req_rate(10s)
+    http-request track-sc0 req.hdr(x-key) if { path_beg /rl }
+    http-request deny deny_status 429 if { path_beg /rl } { sc_http_req_rate(0) gt 1000000000 }""" + forwarding
     forwardfor = "\n    option forwardfor" if equal_headers else ""  # in HTTP sections only
     with open(conf, "w") as f:
         f.write(f"""
@@ -227,7 +245,21 @@ listen l4
     return proc, {"http": port, "h2": h2, "tcp": tcp}
 
 
-def start_sluicegate(work, backend, iperf, binary, listener_extra=""):
+RATE_LIMITED_ROUTE = """
+[[routes]]
+name = "limited"
+match = { path_prefix = "/rl" }
+service = "backend"
+rate_limit = "bench"
+
+[rate_limits.bench]
+key = "header:x-key"
+capacity = 1000000000
+refill_per_second = 1000000000
+"""
+
+
+def start_sluicegate(work, backend, iperf, binary, listener_extra="", rate_limit=False):
     port, tcp = free_port(), free_port()
     conf = os.path.join(work, "sluicegate.toml")
     with open(conf, "w") as f:
@@ -261,7 +293,7 @@ service = "iperf"
 name = "iperf"
 protocol = "tcp"
 endpoints = [{{ address = "127.0.0.1:{iperf}" }}]
-""")
+""" + (RATE_LIMITED_ROUTE if rate_limit else ""))
     proc = subprocess.Popen([binary, "run", "-c", conf], stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
@@ -296,8 +328,8 @@ def parse_latency(text, label):
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, connections, duration, path="/", headers=()):
-    extra = [a for h in headers for a in ("-H", h)]
+def run_wrk(port, connections, duration, path="/", headers=(), script=None):
+    extra = [a for h in headers for a in ("-H", h)] + (["-s", script] if script else [])
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
          f"http://127.0.0.1:{port}{path}"],
@@ -510,16 +542,22 @@ def main():
         iperf, iport = start_iperf(work)
         procs.append(iperf)
         proxies = {}
-        for name, start in [("nginx", lambda: start_nginx(work, bport, iport, equal)),
-                            ("haproxy", lambda: start_haproxy(work, bport, iport, equal)),
-                            ("sluicegate", lambda: start_sluicegate(work, bport, iport, binary))]:
+        scenarios = args.scenarios.split(",")
+        limited = "ratelimit" in scenarios
+        for name, start in [
+                ("nginx", lambda: start_nginx(work, bport, iport, equal, rate_limit=limited)),
+                ("haproxy", lambda: start_haproxy(work, bport, iport, equal, rate_limit=limited)),
+                ("sluicegate", lambda: start_sluicegate(work, bport, iport, binary,
+                                                        rate_limit=limited))]:
             proc, ports = start()
             procs.append(proc)
             proxies[name] = (proc, ports)
         for _, (_, ports) in proxies.items():  # warm up pools
             run_wrk(ports["http"], 16, 1)
-        scenarios = args.scenarios.split(",")
 
+        if "ratelimit" in scenarios:
+            from ratelimit import ratelimit_scenario  # here: it imports this module's helpers
+            ratelimit_scenario(proxies, args, work)
         if "idle" in scenarios:
             from idle import idle_scenario  # here: idle.py imports this module's helpers
             idle_scenario(work, bport, binary, args.idle, args.idle_kinds.split(","), print_table)
