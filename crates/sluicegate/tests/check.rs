@@ -104,8 +104,8 @@ fn invalid_toml_syntax_is_reported_with_position() {
 #[test]
 fn later_features_are_refused_not_ignored() {
     let toml = r#"
-[redis]
-url = "redis://127.0.0.1:6379"
+[auth.users]
+type = "api_key"
 
 [[listeners]]
 name = "db"
@@ -121,7 +121,7 @@ tls = { cert = "missing.pem", key = "missing.key" }
 "#;
     let (code, _, stderr) = support::check(toml);
     assert_eq!(code, 1);
-    assert!(stderr.contains("redis: not supported yet"), "{stderr}");
+    assert!(stderr.contains("auth: not supported yet"), "{stderr}");
     assert!(
         stderr.contains("protocol \"postgres\" is not supported yet"),
         "{stderr}"
@@ -271,10 +271,33 @@ key = "client_ip"
         "sluicegate.toml:28:9: rate_limits.broken.store: unknown store \"memcached\"; expected \"local\" or \"redis\"",
         "sluicegate.toml:29:18: rate_limits.broken.on_store_error: unknown value \"panic\"",
         "sluicegate.toml:30:1: rate_limits.broken.burst: unknown key",
-        "sluicegate.toml:36:9: rate_limits.shared.store: \"redis\" is not supported yet",
+        "sluicegate.toml:36:9: rate_limits.shared.store: \"redis\" needs a [redis] table with the server's url",
         "rate_limits.empty.capacity: missing required key",
         "rate_limits.empty.refill_per_second: missing required key",
     ] {
         assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
     }
+}
+
+#[test]
+fn redis_settings_are_checked() {
+    let toml = r#"[redis]
+url = "http://127.0.0.1:6379"
+urls = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+timeout = "0s"
+"#;
+    let (code, _, stderr) = support::check(toml);
+    assert_eq!(code, 1, "{stderr}");
+    for e in [
+        "redis.timeout: must be more than zero",
+        "redis: give either url or urls (the seed nodes of a cluster), not both",
+        "redis.urls: several servers are the seed nodes of a Redis Cluster; add cluster = true",
+        "sluicegate.toml:2:7: redis: unsupported scheme \"http\"; expected redis:// or rediss:// (TLS)",
+    ] {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+    let (code, _, stderr) = support::check(
+        "[redis]\nurls = [\"redis://a:7000\", \"rediss://b:7000\"]\ncluster = true\ntimeout = \"50ms\"\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
 }

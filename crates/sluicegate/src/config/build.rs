@@ -27,16 +27,10 @@ const TOP_KEYS: &[&str] = &[
     "listeners",
     "routes",
     "services",
+    "redis",
     "rate_limits",
 ];
-const TOP_LATER: &[&str] = &[
-    "redis",
-    "auth",
-    "cache",
-    "load_shedding",
-    "slos",
-    "experiments",
-];
+const TOP_LATER: &[&str] = &["auth", "cache", "load_shedding", "slos", "experiments"];
 
 /// Parses and validates a config file's text; `path` is used in the diagnostics.
 pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
@@ -79,14 +73,21 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         .filter_map(|t| route(&mut reader, t))
         .collect();
 
-    let redis = None;
+    let redis = reader
+        .table(&top, "redis")
+        .and_then(|t| policies::redis(&mut reader, &t));
     let rate_limits = reader
         .table(&top, "rate_limits")
         .map(|t| policies::rate_limits(&mut reader, &t))
         .unwrap_or_default();
 
     cross_check(&mut reader, &listeners, &services, &routes);
-    check_policies(&mut reader, &routes, &rate_limits, redis.is_some());
+    check_policies(
+        &mut reader,
+        &routes,
+        &rate_limits,
+        top.get("redis").is_some(),
+    );
 
     if !reader.diags.is_empty() {
         return Err(reader.diags.finish(path));
@@ -115,7 +116,7 @@ fn check_policies(
             r.report(
                 policy.store_span.clone(),
                 format!(
-                    "rate_limits.{}.store: \"redis\" is not supported yet in this version of sluicegate",
+                    "rate_limits.{}.store: \"redis\" needs a [redis] table with the server's url",
                     policy.config.name
                 ),
             );

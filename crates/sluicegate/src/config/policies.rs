@@ -1,11 +1,13 @@
-//! `[rate_limits.NAME]`: the rate-limit policies that routes name with `rate_limit = "NAME"`.
+//! `[redis]` and `[rate_limits.NAME]`: the store shared across instances, and the rate-limit
+//! policies that routes name with `rate_limit = "NAME"`.
 
 use std::ops::Range;
 
 use http::HeaderName;
 
 use super::model::{
-    LimitKey, LimitStore, OnStoreError, RateLimitConfig, DEFAULT_RATE_LIMIT_MAX_KEYS,
+    LimitKey, LimitStore, OnStoreError, RateLimitConfig, RedisConfig, DEFAULT_RATE_LIMIT_MAX_KEYS,
+    DEFAULT_REDIS_TIMEOUT,
 };
 use super::raw::{Reader, Table};
 
@@ -13,6 +15,86 @@ use super::raw::{Reader, Table};
 /// low enough that the bucket arithmetic (nanoseconds in 64 bits) cannot overflow.
 const MAX_CAPACITY: i64 = 1_000_000_000;
 const MAX_REFILL_PER_SECOND: f64 = 1_000_000_000.0;
+
+/// `[redis]`.
+pub fn redis(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RedisConfig> {
+    r.check_keys(t, &["url", "urls", "cluster", "timeout"], &[]);
+    let cluster = r.bool(t, "cluster").unwrap_or(false);
+    let timeout = match r.duration(t, "timeout") {
+        Some(d) if d.is_zero() => {
+            let span = t.get("timeout").map(|v| v.span()).unwrap_or(t.span.clone());
+            r.report(
+                span,
+                format!("{}: must be more than zero", t.key_path("timeout")),
+            );
+            DEFAULT_REDIS_TIMEOUT
+        }
+        Some(d) => d,
+        None => DEFAULT_REDIS_TIMEOUT,
+    };
+    let mut urls = Vec::new();
+    if let Some((url, span)) = r.string(t, "url") {
+        urls.push((url, span));
+    }
+    if let Some(list) = r.strings(t, "urls") {
+        urls.extend(list);
+    }
+    if t.get("url").is_some() && t.get("urls").is_some() {
+        r.report(
+            t.span.clone(),
+            format!(
+                "{}: give either url or urls (the seed nodes of a cluster), not both",
+                t.path
+            ),
+        );
+    }
+    if urls.is_empty() {
+        r.missing(t, "url", "a redis:// or rediss:// URL");
+        return None;
+    }
+    if urls.len() > 1 && !cluster {
+        let span = t.get("urls").map(|v| v.span()).unwrap_or(t.span.clone());
+        r.report(
+            span,
+            format!(
+                "{}: several servers are the seed nodes of a Redis Cluster; add cluster = true",
+                t.key_path("urls")
+            ),
+        );
+    }
+    let mut ok = true;
+    for (url, span) in &urls {
+        if let Err(why) = check_url(url) {
+            r.report(span.clone(), format!("{}: {why}", t.path));
+            ok = false;
+        }
+    }
+    ok.then(|| RedisConfig {
+        urls: urls.iter().map(|(u, _)| u.to_string()).collect(),
+        cluster,
+        timeout,
+    })
+}
+
+/// `redis://[user:password@]host:port[/db]` or `rediss://…`.
+fn check_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "\"{url}\" is not a URL; expected redis://HOST:PORT"
+        ));
+    };
+    if scheme != "redis" && scheme != "rediss" {
+        return Err(format!(
+            "unsupported scheme \"{scheme}\"; expected redis:// or rediss:// (TLS)"
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err(format!("\"{url}\" names no host"));
+    }
+    Ok(())
+}
 
 /// A policy with where it was declared, for cross-checks against the routes that name it.
 pub struct RawRateLimit {

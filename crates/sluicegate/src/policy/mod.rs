@@ -64,7 +64,9 @@ impl Compiled {
                 .rate_limits
                 .iter()
                 .map(|p| {
-                    let limiter = registry.rate_limits.limiter(p, metrics);
+                    let limiter = registry
+                        .rate_limits
+                        .limiter(p, config.redis.as_ref(), metrics);
                     (p.name.clone(), Arc::new(limiter))
                 })
                 .collect(),

@@ -2,7 +2,7 @@
 //! "theoretical arrival time" (TAT) at which the bucket will be full again, instead of a token
 //! count and a refill timestamp. Same decisions as a token bucket of `capacity` tokens refilled
 //! at `refill_per_second`, but a single integer to store, compare and swap — in this process's
-//! map or in Redis (where the same arithmetic runs as a script, `redis.rs`).
+//! map or in Redis (where the same arithmetic runs as a script, `redis_store.rs`).
 //!
 //! Times are nanoseconds on a monotonic clock whose origin the store chooses. A key never seen,
 //! or whose TAT has passed, has a full bucket: so an entry may be forgotten as soon as its TAT

@@ -1,5 +1,12 @@
 //! Rate limiting (SPEC 2.2): a token bucket per key (`gcra.rs`), kept in this process
-//! (`local.rs`, shared by every worker). Where a request is refused for its rate: [`Limiter::on_request`].
+//! (`local.rs`, shared by every worker) or in Redis (`redis_store.rs`, shared by every instance).
+//! Where a request is refused for its rate: [`Limiter::on_request`].
+//!
+//! When Redis fails (or answers later than `[redis] timeout`), `on_store_error` decides:
+//! `"local"` counts the request in this instance's own bucket for the key, with the policy's
+//! full capacity (so during an outage N instances let through up to N × the limit); `"allow"`
+//! lets it through; `"deny"` refuses it with 429. Those decisions are counted and logged as
+//! `error_allowed` / `error_denied`.
 //!
 //! The key is the client's address (behind `trusted_proxies`, the address they forwarded for),
 //! a header's value, or the route. A request without the header is counted under one shared
@@ -13,6 +20,7 @@
 
 mod gcra;
 mod local;
+mod redis_store;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -26,11 +34,12 @@ use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
 use super::{Applied, Flow, Refusal, RequestCx};
 use crate::answer::GatewayError;
-use crate::config::{Config, LimitKey, RateLimitConfig};
+use crate::config::{Config, LimitKey, LimitStore, OnStoreError, RateLimitConfig, RedisConfig};
 use crate::observe::metrics::{self, Counter};
 use crate::observe::names;
 use gcra::{Gcra, Verdict};
 use local::LocalStore;
+use redis_store::{Bucket, RedisStore};
 
 pub use local::BYTES_PER_KEY;
 
@@ -48,6 +57,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// The live state of every rate-limit policy, kept across reloads by policy name.
 pub struct Registry {
     local: Mutex<HashMap<String, Arc<LocalStore>>>,
+    /// The `[redis]` store, kept while its settings stay the same (its connections with it).
+    redis: Mutex<Option<Arc<RedisStore>>>,
     /// Seeds every key hash: chosen at random per process, so keys that collide cannot be
     /// chosen from outside.
     seed: u64,
@@ -60,6 +71,7 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             local: Mutex::default(),
+            redis: Mutex::default(),
             seed: std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish(),
@@ -71,7 +83,25 @@ impl Default for Registry {
 
 impl Registry {
     /// The policy's limiter, with the buckets it had in the previous config if it was there.
-    pub fn limiter(&self, policy: &RateLimitConfig, metrics: &metrics::Registry) -> Limiter {
+    /// The store of `[redis]`, the same one as long as its settings do not change.
+    fn redis(&self, config: &RedisConfig) -> Arc<RedisStore> {
+        let mut current = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            Some(store) if store.config() == config => Arc::clone(store),
+            _ => {
+                let store = Arc::new(RedisStore::new(config.clone()));
+                *current = Some(Arc::clone(&store));
+                store
+            }
+        }
+    }
+
+    pub fn limiter(
+        &self,
+        policy: &RateLimitConfig,
+        redis: Option<&RedisConfig>,
+        metrics: &metrics::Registry,
+    ) -> Limiter {
         let store = {
             let mut stores = self.local.lock().unwrap_or_else(|e| e.into_inner());
             let store = stores
@@ -97,15 +127,27 @@ impl Registry {
                 ],
             )
         };
+        let shared = match (policy.store, redis) {
+            (LimitStore::Redis, Some(config)) => Some(Shared {
+                store: self.redis(config),
+                bucket: Bucket::new(policy.capacity, policy.refill_per_second),
+                on_error: policy.on_store_error,
+                prefix: format!("sluicegate:rl:{}:", policy.name).into_bytes(),
+            }),
+            _ => None,
+        };
         Limiter {
             name: Arc::from(policy.name.as_str()),
             key: policy.key.clone(),
             gcra: Gcra::new(policy.capacity, policy.refill_per_second),
             headers: policy.headers,
-            store,
+            local: store,
+            shared,
             seed: self.seed,
             allowed: counter("allowed"),
             limited: counter("limited"),
+            error_allowed: counter("error_allowed"),
+            error_denied: counter("error_denied"),
         }
     }
 
@@ -159,10 +201,33 @@ pub struct Limiter {
     key: LimitKey,
     gcra: Gcra,
     headers: bool,
-    store: Arc<LocalStore>,
+    /// This process's buckets: the store of a local policy, the fallback of a Redis one.
+    local: Arc<LocalStore>,
+    /// For `store = "redis"`.
+    shared: Option<Shared>,
     seed: u64,
     allowed: Counter,
     limited: Counter,
+    error_allowed: Counter,
+    error_denied: Counter,
+}
+
+/// A policy's buckets in Redis.
+struct Shared {
+    store: Arc<RedisStore>,
+    bucket: Bucket,
+    on_error: OnStoreError,
+    /// `sluicegate:rl:POLICY:`, before the key's digest.
+    prefix: Vec<u8>,
+}
+
+/// How a verdict was reached, for the metric and the log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// By the policy's store.
+    Store,
+    /// Without it: Redis failed, and `on_store_error` decided.
+    Fallback,
 }
 
 impl Limiter {
@@ -172,24 +237,60 @@ impl Limiter {
 
     /// Takes a token for the request, or refuses it with 429.
     pub(super) async fn on_request(&self, cx: &RequestCx<'_>, applied: &mut Applied) -> Flow {
-        let key = self.key_hash(cx);
-        let verdict = self.store.check(&self.gcra, key, cx.now);
-        self.conclude(&verdict, applied)
+        let Some(shared) = &self.shared else {
+            let verdict = self.local.check(&self.gcra, self.key_hash(cx), cx.now);
+            return self.conclude(&verdict, Source::Store, applied);
+        };
+        let key = self.redis_key(shared, cx);
+        match shared.store.check(&key, shared.bucket).await {
+            Ok(verdict) => self.conclude(&verdict, Source::Store, applied),
+            Err(_) => match shared.on_error {
+                OnStoreError::Local => {
+                    let verdict = self.local.check(&self.gcra, self.key_hash(cx), cx.now);
+                    self.conclude(&verdict, Source::Fallback, applied)
+                }
+                OnStoreError::Allow => {
+                    self.error_allowed.inc();
+                    applied.decide((STEP, "error_allowed"));
+                    Flow::Continue
+                }
+                OnStoreError::Deny => {
+                    let refused = Verdict {
+                        allowed: false,
+                        remaining: 0,
+                        reset_ns: 0,
+                        retry_after_ns: 1_000_000_000,
+                    };
+                    self.conclude(&refused, Source::Fallback, applied)
+                }
+            },
+        }
     }
 
     /// Counts the verdict, records it for the log and the response, and refuses if it says so.
-    fn conclude(&self, verdict: &Verdict, applied: &mut Applied) -> Flow {
+    fn conclude(&self, verdict: &Verdict, source: Source, applied: &mut Applied) -> Flow {
         let quota = Quota::of(&self.gcra, verdict);
+        let fallback = source == Source::Fallback;
         if verdict.allowed {
-            self.allowed.inc();
-            applied.decide((STEP, "allowed"));
+            let (counter, decision) = if fallback {
+                (&self.error_allowed, "error_allowed")
+            } else {
+                (&self.allowed, "allowed")
+            };
+            counter.inc();
+            applied.decide((STEP, decision));
             if self.headers {
                 applied.rate_limit = Some(quota);
             }
             return Flow::Continue;
         }
-        self.limited.inc();
-        applied.decide((STEP, "limited"));
+        let (counter, decision) = if fallback {
+            (&self.error_denied, "error_denied")
+        } else {
+            (&self.limited, "limited")
+        };
+        counter.inc();
+        applied.decide((STEP, decision));
         let retry_after = verdict.retry_after_ns.div_ceil(1_000_000_000).max(1);
         let mut headers = vec![(http::header::RETRY_AFTER, HeaderValue::from(retry_after))];
         if self.headers {
@@ -201,30 +302,60 @@ impl Limiter {
         })
     }
 
-    /// The request's key, hashed with the process's seed. Each kind of key is tagged, so a
-    /// header value can never share a bucket with the anonymous one.
+    /// The request's key for this process's buckets, hashed with the process's seed.
     fn key_hash(&self, cx: &RequestCx<'_>) -> u64 {
-        match &self.key {
-            LimitKey::ClientIp => match client_ip(cx) {
+        if let LimitKey::ClientIp = self.key {
+            // The common case, in one call.
+            return match client_ip(cx) {
                 IpAddr::V4(ip) => xxh3_64_with_seed(&ip.octets(), self.seed),
                 IpAddr::V6(ip) => xxh3_64_with_seed(&ip.octets(), self.seed),
+            };
+        }
+        let mut hasher = Xxh3::with_seed(self.seed);
+        self.feed_key(cx, &mut |bytes| hasher.update(bytes));
+        hasher.digest()
+    }
+
+    /// The request's bucket in Redis: `sluicegate:rl:POLICY:` and 32 hex digits of the key's
+    /// SHA-256, the same in every instance whatever the key's length or bytes (and not
+    /// something a client can aim at another client's bucket, as a fast hash with a known seed
+    /// would be).
+    fn redis_key(&self, shared: &Shared, cx: &RequestCx<'_>) -> Vec<u8> {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        self.feed_key(cx, &mut |bytes| digest.update(bytes));
+        let digest = digest.finalize();
+        let mut key = Vec::with_capacity(shared.prefix.len() + 32);
+        key.extend_from_slice(&shared.prefix);
+        for b in &digest[..16] {
+            key.extend_from_slice(format!("{b:02x}").as_bytes());
+        }
+        key
+    }
+
+    /// The key's bytes, each kind tagged so that a header value never shares a bucket with the
+    /// anonymous one, nor an address with a header.
+    fn feed_key(&self, cx: &RequestCx<'_>, sink: &mut dyn FnMut(&[u8])) {
+        match &self.key {
+            LimitKey::ClientIp => match client_ip(cx) {
+                IpAddr::V4(ip) => sink(&ip.octets()),
+                IpAddr::V6(ip) => sink(&ip.octets()),
             },
             LimitKey::Header(name) => {
                 let mut values = cx.headers.get_all(name).iter().peekable();
                 if values.peek().is_none() {
-                    return xxh3_64_with_seed(b"\0anonymous", self.seed);
+                    sink(b"\0anonymous");
+                    return;
                 }
-                let mut hasher = Xxh3::with_seed(self.seed);
-                hasher.update(b"\x01");
+                sink(b"\x01");
                 for value in values {
-                    hasher.update(value.as_bytes());
-                    hasher.update(b",");
+                    sink(value.as_bytes());
+                    sink(b",");
                 }
-                hasher.digest()
             }
             // Validation refuses consumer keys until routes can authenticate; were one to get
             // here, the route's single bucket is the conservative reading.
-            LimitKey::Route | LimitKey::Consumer => xxh3_64_with_seed(b"\x02route", self.seed),
+            LimitKey::Route | LimitKey::Consumer => sink(b"\x02route"),
         }
     }
 }

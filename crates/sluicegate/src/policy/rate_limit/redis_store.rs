@@ -1,0 +1,255 @@
+//! The Redis store: one bucket per key across every gateway instance, decided atomically inside
+//! Redis by a Lua script (the GCRA of `gcra.rs`, on Redis's own clock), loaded once per server
+//! and called by its SHA (`EVALSHA`; loaded again only when a server answers `NOSCRIPT`).
+//! One round trip per limited request.
+//!
+//! Each worker thread has its own multiplexed connection (tokio's connection manager for one
+//! server, the cluster client for a Redis Cluster), made on first use: no connection per
+//! request, and no lock is held across a call. Every call has the `[redis] timeout`; a slower
+//! answer counts as an error.
+//!
+//! While Redis fails, the store does not queue requests behind it or retry in a tight loop:
+//! after a failure, calls are skipped (each request gets the policy's `on_store_error` at once)
+//! until a backoff passes — 100 ms doubling up to 2 s — and then the next request tries again.
+//! The state change is logged once each way, not per request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::Script;
+
+use super::gcra::Verdict;
+use crate::config::RedisConfig;
+
+/// The bucket script. KEYS[1]: the bucket. ARGV[1]: a token's interval, ARGV[2]: the
+/// tolerance (capacity × interval), both in microseconds. Returns {allowed, remaining,
+/// reset_us, retry_after_us}. Redis's `TIME` is the clock, so every instance agrees on it.
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
+if tat < now then tat = now end
+local next = tat + interval
+local ahead = next - now
+if ahead > tolerance then
+  return {0, 0, tat - now, ahead - tolerance}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil(ahead / 1000) + 1000)
+return {1, math.floor((tolerance - ahead) / interval), ahead, 0}
+";
+
+/// The first wait after a failure, and the longest.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Why the store could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis is unavailable; next attempt after a backoff")]
+    BackingOff,
+    #[error("Redis did not answer within the timeout")]
+    Timeout,
+    #[error("Redis failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis answered something the bucket script does not return")]
+    Unexpected,
+}
+
+/// A bucket's parameters in the script's units.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub interval_us: u64,
+    pub tolerance_us: u64,
+}
+
+impl Bucket {
+    pub fn new(capacity: u64, refill_per_second: f64) -> Bucket {
+        let interval_us = ((1e6 / refill_per_second).round() as u64).max(1);
+        Bucket {
+            interval_us,
+            tolerance_us: interval_us.saturating_mul(capacity),
+        }
+    }
+}
+
+/// One `[redis]`: its clients, and whether it is failing.
+pub struct RedisStore {
+    config: RedisConfig,
+    /// Tells this store's connections apart in each worker's table.
+    id: u64,
+    script: Script,
+    health: Mutex<Health>,
+}
+
+/// Whether Redis answers, and when to try again when it does not.
+struct Health {
+    up: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A worker's connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+thread_local! {
+    /// Each worker's connections, by store id: made on the worker's own runtime, where their
+    /// background tasks run.
+    static CONNS: RefCell<HashMap<u64, Rc<tokio::sync::OnceCell<Conn>>>> =
+        RefCell::new(HashMap::new());
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl RedisStore {
+    pub fn new(config: RedisConfig) -> RedisStore {
+        RedisStore {
+            config,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            script: Script::new(SCRIPT),
+            health: Mutex::new(Health {
+                up: true,
+                failures: 0,
+                retry_at: None,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Decides one request for the bucket `key`, within the timeout.
+    pub async fn check(&self, key: &[u8], bucket: Bucket) -> Result<Verdict, StoreError> {
+        if self.backing_off() {
+            return Err(StoreError::BackingOff);
+        }
+        let call = async {
+            let mut conn = self.connection().await?;
+            let mut invocation = self.script.key(key);
+            invocation.arg(bucket.interval_us).arg(bucket.tolerance_us);
+            let answer: Vec<i64> = match &mut conn {
+                Conn::Single(c) => invocation.invoke_async(c).await?,
+                Conn::Cluster(c) => invocation.invoke_async(c).await?,
+            };
+            Ok::<_, StoreError>(answer)
+        };
+        let result = match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(answer)) => verdict(&answer).ok_or(StoreError::Unexpected),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        match &result {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    /// This worker's connection, made on first use (concurrent first uses wait for one attempt).
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        let cell = CONNS.with(|conns| {
+            Rc::clone(
+                conns
+                    .borrow_mut()
+                    .entry(self.id)
+                    .or_insert_with(|| Rc::new(tokio::sync::OnceCell::new())),
+            )
+        });
+        let conn = cell.get_or_try_init(|| self.connect()).await?;
+        Ok(conn.clone())
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let timeout = self.config.timeout;
+        if self.config.cluster {
+            let client = ClusterClientBuilder::new(self.config.urls.clone())
+                .connection_timeout(timeout.max(Duration::from_millis(100)))
+                .response_timeout(timeout)
+                .retries(1)
+                .build()?;
+            return Ok(Conn::Cluster(client.get_async_connection().await?));
+        }
+        let url = self
+            .config
+            .urls
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(BACKOFF_MAX);
+        Ok(Conn::Single(
+            client.get_connection_manager_with_config(config).await?,
+        ))
+    }
+
+    fn backing_off(&self) -> bool {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        !health.up && health.retry_at.is_some_and(|at| Instant::now() < at)
+    }
+
+    fn succeeded(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if !health.up {
+            tracing::info!(
+                redis = %self.config.urls.join(","),
+                "Redis answers again: rate limits use the shared buckets"
+            );
+        }
+        *health = Health {
+            up: true,
+            failures: 0,
+            retry_at: None,
+        };
+    }
+
+    fn failed(&self, error: &StoreError) {
+        if matches!(error, StoreError::BackingOff) {
+            return;
+        }
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if health.up {
+            tracing::warn!(
+                redis = %self.config.urls.join(","),
+                %error,
+                "Redis is unavailable: rate limits follow their on_store_error until it is back"
+            );
+        }
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << health.failures.min(5))
+            .min(BACKOFF_MAX);
+        health.up = false;
+        health.failures = health.failures.saturating_add(1);
+        health.retry_at = Some(Instant::now() + backoff);
+    }
+}
+
+/// The script's answer as a verdict (microseconds to nanoseconds).
+fn verdict(answer: &[i64]) -> Option<Verdict> {
+    let [allowed, remaining, reset_us, retry_us] = answer else {
+        return None;
+    };
+    let ns = |us: &i64| u64::try_from(*us).unwrap_or(0).saturating_mul(1_000);
+    Some(Verdict {
+        allowed: *allowed == 1,
+        remaining: u64::try_from(*remaining).unwrap_or(0),
+        reset_ns: ns(reset_us),
+        retry_after_ns: ns(retry_us),
+    })
+}
