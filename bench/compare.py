@@ -14,8 +14,10 @@ Scenarios (--scenarios, comma-separated; default all):
   tcp    layer-4 throughput with iperf3 through each proxy's TCP mode (nginx only when its
          stream module is installed)
   ratelimit  a route with a local rate limit (64 keys in turn, never refusing) against the
-         same proxy's plain route, beside HAProxy's stick table and nginx's limit_req
-         (bench/ratelimit.py; not in the default set: it adds the limited route to every proxy)
+         same proxy's plain route, beside HAProxy's stick table and nginx's limit_req; then
+         Sluicegate's Redis store (redis-server on loopback) against its plain route, with
+         Redis's count of script calls per request (bench/ratelimit.py; not in the default
+         set: it adds the limited route to every proxy)
   idle   memory: --idle connections (default 10,000, capped by the file-descriptor limit)
          opened one after another, one request each, then left idle, against a fresh process of
          each proxy: RSS growth per connection (KiB), and RSS 30 s after they close; for plain
@@ -293,7 +295,7 @@ service = "iperf"
 name = "iperf"
 protocol = "tcp"
 endpoints = [{{ address = "127.0.0.1:{iperf}" }}]
-""" + (RATE_LIMITED_ROUTE if rate_limit else ""))
+""" + (rate_limit if isinstance(rate_limit, str) else RATE_LIMITED_ROUTE if rate_limit else ""))
     proc = subprocess.Popen([binary, "run", "-c", conf], stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
@@ -557,7 +559,7 @@ def main():
 
         if "ratelimit" in scenarios:
             from ratelimit import ratelimit_scenario  # here: it imports this module's helpers
-            ratelimit_scenario(proxies, args, work)
+            ratelimit_scenario(proxies, args, work, bport, binary)
         if "idle" in scenarios:
             from idle import idle_scenario  # here: idle.py imports this module's helpers
             idle_scenario(work, bport, binary, args.idle, args.idle_kinds.split(","), print_table)

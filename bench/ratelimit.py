@@ -11,8 +11,9 @@ rate limiting, and the limited rows compare the proxies doing the same work.
 
 import os
 import statistics
+import subprocess
 
-from compare import measure, print_table, run_wrk
+from compare import free_port, measure, print_table, run_wrk, start_sluicegate, wait_port
 
 SCRIPT = """
 local n = 0
@@ -23,7 +24,7 @@ end
 """
 
 
-def ratelimit_scenario(proxies, args, work):
+def ratelimit_scenario(proxies, args, work, backend, binary):
     script = os.path.join(work, "keys.lua")
     with open(script, "w") as f:
         f.write(SCRIPT)
@@ -65,3 +66,87 @@ def ratelimit_scenario(proxies, args, work):
     print_table(f"{title}, median of {args.rounds} interleaved rounds",
                 [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
                  ("CPU us/req", "{:>12.1f}")], summary, ratios)
+    redis_store(args, work, backend, binary, script)
+
+
+REDIS_ROUTE = """
+[[routes]]
+name = "shared"
+match = {{ path_prefix = "/rr" }}
+service = "backend"
+rate_limit = "shared"
+
+[redis]
+url = "redis://127.0.0.1:{port}"
+
+[rate_limits.shared]
+key = "header:x-key"
+capacity = 1000000000
+refill_per_second = 1000000
+store = "redis"
+"""
+
+
+def redis_store(args, work, backend, binary, script, conns=64):
+    """Sluicegate's Redis store against its plain route, in one process, interleaved; with
+    Redis's own count of script calls per limited request."""
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        proc, ports = start_sluicegate(work, backend, backend, binary,
+                                       rate_limit=REDIS_ROUTE.format(port=port))
+        try:
+            run_wrk(ports["http"], 16, 1, "/rr", script=script)  # connections made, script loaded
+            before = script_calls(port)
+            paths = {"sluicegate": "/", "sluicegate+redis": "/rr"}
+            limited_requests = 0
+
+            def run(name, ports):
+                nonlocal limited_requests
+                requests, rps, p50, p99, errors = run_wrk(ports["http"], conns, args.duration,
+                                                          paths[name], script=script)
+                if name == "sluicegate+redis":
+                    limited_requests += requests
+                return (rps, p50, p99, errors, requests)
+
+            title = f"Redis rate limit (one redis-server on loopback), wrk -t1 -c{conns}"
+            results = measure({n: (proc, ports) for n in paths}, args.rounds, run,
+                              ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"),
+                              title, args.show_rounds)
+            calls = script_calls(port) - before
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
+    summary = {n: (statistics.median(r[0] for r in rows),
+                   statistics.median(r[2] for r in rows),
+                   sum(r[3] for r in rows),
+                   statistics.median(cpu[n]))
+               for n, rows in results.items()}
+    per_round = [r / p for r, p in zip(cpu["sluicegate+redis"], cpu["sluicegate"])]
+    print_table(f"{title}, median of {args.rounds} interleaved rounds",
+                [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
+                 ("CPU us/req", "{:>12.1f}")], summary,
+                [f"Redis round trips per limited request: {calls / max(limited_requests, 1):.3f} "
+                 f"({calls} script calls for {limited_requests} requests)",
+                 f"sluicegate+redis / plain: CPU per request {statistics.median(per_round):.2f}x "
+                 f"(rounds {min(per_round):.2f}-{max(per_round):.2f}x; the gateway's CPU only, "
+                 "not Redis's)"])
+
+
+def script_calls(port):
+    """EVALSHA and EVAL calls Redis has served (INFO commandstats)."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"],
+                         capture_output=True, text=True).stdout
+    total = 0
+    for line in out.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            fields = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
+            total += int(fields["calls"])
+    return total

@@ -228,3 +228,58 @@ fn a_route_without_policies_carries_no_rate_limit_fields() {
     assert_eq!(r.status, 200);
     assert!(r.header("ratelimit-limit").is_none());
 }
+
+/// curl over HTTP/2 by prior knowledge; returns the response head (lower-case) and body.
+fn curl_h2(url: &str, extra: &[&str]) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-D", "-"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_lowercase(), body.to_string())
+}
+
+#[test]
+fn http2_and_grpc_requests_are_limited_alike() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&limited(
+        &b,
+        "key = \"route\"\ncapacity = 2\nrefill_per_second = 0.001",
+        "",
+    ));
+    let url = format!("http://{}/", gw.addr());
+    for remaining in ["1", "0"] {
+        let (head, body) = curl_h2(&url, &[]);
+        assert!(head.starts_with("http/2 200"), "{head}");
+        assert!(
+            head.contains(&format!("ratelimit-remaining: {remaining}")),
+            "{head}"
+        );
+        assert_eq!(body, "b");
+    }
+    let (head, body) = curl_h2(&url, &[]);
+    assert!(head.starts_with("http/2 429"), "{head}");
+    assert!(head.contains("retry-after:"), "{head}");
+    assert!(body.contains("\"rate_limited\""), "{body}");
+    // gRPC: a status in the trailers-only answer, not a JSON body.
+    let (head, body) = curl_h2(
+        &format!("http://{}/grpc.health.v1.Health/Check", gw.addr()),
+        &["-X", "POST", "-H", "content-type: application/grpc"],
+    );
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 8"), "{head}");
+    assert!(
+        head.contains("grpc-message:") && head.contains("rate_limited"),
+        "{head}"
+    );
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(b.hits(), 2);
+}
