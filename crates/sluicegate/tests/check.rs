@@ -285,10 +285,13 @@ fn redis_settings_are_checked() {
 url = "http://127.0.0.1:6379"
 urls = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
 timeout = "0s"
+ca = "missing-ca.pem"
 "#;
     let (code, _, stderr) = support::check(toml);
     assert_eq!(code, 1, "{stderr}");
     for e in [
+        "redis.ca: a CA is for rediss:// (TLS) servers",
+        "redis.ca: cannot read missing-ca.pem",
         "redis.timeout: must be more than zero",
         "redis: give either url or urls (the seed nodes of a cluster), not both",
         "redis.urls: several servers are the seed nodes of a Redis Cluster; add cluster = true",

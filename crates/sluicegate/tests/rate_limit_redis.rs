@@ -196,3 +196,24 @@ fn a_frozen_redis_costs_a_request_at_most_the_timeout() {
         metric(&gw, "allowed") > before
     });
 }
+
+#[test]
+fn rediss_with_a_ca_of_its_own() {
+    let certs = support::upstream::certs("redis.test");
+    let redis = RedisServer::start_tls(&certs.cert, &certs.key, &certs.ca);
+    let b = Backend::start("b");
+    let gw = Gateway::start(&config(
+        &b,
+        &format!(
+            "url = \"rediss://127.0.0.1:{}\"\nca = \"{}\"",
+            redis.port,
+            certs.ca.display()
+        ),
+        "key = \"route\"\ncapacity = 2\nrefill_per_second = 0.001\non_store_error = \"allow\"",
+    ));
+    let mut c = gw.client();
+    let statuses: Vec<u16> = (0..3).map(|_| c.get("/").status).collect();
+    assert_eq!(statuses, [200, 200, 429], "{}", gw.stderr_text());
+    assert_eq!(metric(&gw, "allowed"), 2, "decided by Redis over TLS");
+    assert_eq!(metric(&gw, "error_allowed"), 0);
+}

@@ -348,6 +348,9 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// A call slower than this counts as a store error.
     pub timeout: Duration,
+    /// `ca`: the roots a `rediss://` server's certificate must chain to, as PEM (read and
+    /// checked when the config loads); `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Default `[redis] timeout`.

@@ -18,7 +18,7 @@ const MAX_REFILL_PER_SECOND: f64 = 1_000_000_000.0;
 
 /// `[redis]`.
 pub fn redis(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RedisConfig> {
-    r.check_keys(t, &["url", "urls", "cluster", "timeout"], &[]);
+    r.check_keys(t, &["url", "urls", "cluster", "timeout", "ca"], &[]);
     let cluster = r.bool(t, "cluster").unwrap_or(false);
     let timeout = match r.duration(t, "timeout") {
         Some(d) if d.is_zero() => {
@@ -69,10 +69,37 @@ pub fn redis(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RedisConfig> {
             ok = false;
         }
     }
+    let ca = match r.string(t, "ca") {
+        None => None,
+        Some((path, span)) => {
+            if !urls.iter().all(|(u, _)| u.starts_with("rediss://")) {
+                r.report(
+                    span.clone(),
+                    format!(
+                        "{}: a CA is for rediss:// (TLS) servers; the URLs here are not all rediss://",
+                        t.key_path("ca")
+                    ),
+                );
+            }
+            // Read and checked as the gateway's own TLS clients check theirs.
+            let checked = crate::tls::client_config(Some(std::path::Path::new(path)), false, &[])
+                .map_err(|e| e.to_string())
+                .and_then(|_| std::fs::read(path).map_err(|e| e.to_string()));
+            match checked {
+                Ok(pem) => Some(pem),
+                Err(why) => {
+                    r.report(span, format!("{}: {why}", t.key_path("ca")));
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
     ok.then(|| RedisConfig {
         urls: urls.iter().map(|(u, _)| u.to_string()).collect(),
         cluster,
         timeout,
+        ca,
     })
 }
 

@@ -13,6 +13,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Serves TLS only (`--tls-port`): readiness is a TCP connect, not a PING.
+    tls: bool,
     dir: TempDir,
 }
 
@@ -28,11 +30,43 @@ impl RedisServer {
         Self::with_args(&[])
     }
 
+    /// A server that speaks only TLS, with `cert` and `key` (PEM files).
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra: vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            tls: true,
+            dir: TempDir::new("redis-tls"),
+        };
+        server.resume();
+        server
+    }
+
     fn with_args(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
             dir: TempDir::new("redis"),
         };
         server.resume();
@@ -94,7 +128,14 @@ impl RedisServer {
             .expect("redis-server is needed for these tests (apt install redis-server; scripts/test installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while command(self.port, &["PING"]).as_deref() != Some("+PONG") {
+        let ready = |port: u16| {
+            if self.tls {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                command(port, &["PING"]).as_deref() == Some("+PONG")
+            }
+        };
+        while !ready(self.port) {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

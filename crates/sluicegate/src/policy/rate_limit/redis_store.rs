@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::Script;
+use redis::{Script, TlsCertificates};
 
 use super::gcra::Verdict;
 use crate::config::RedisConfig;
@@ -174,13 +174,22 @@ impl RedisStore {
 
     async fn connect(&self) -> Result<Conn, StoreError> {
         let timeout = self.config.timeout;
+        // A `ca` replaces the system's roots for rediss:// servers.
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: self.config.ca.clone(),
+        };
         if self.config.cluster {
-            let client = ClusterClientBuilder::new(self.config.urls.clone())
+            let mut builder = ClusterClientBuilder::new(self.config.urls.clone())
                 .connection_timeout(timeout.max(Duration::from_millis(100)))
                 .response_timeout(timeout)
-                .retries(1)
-                .build()?;
-            return Ok(Conn::Cluster(client.get_async_connection().await?));
+                .retries(1);
+            if self.config.ca.is_some() {
+                builder = builder.certs(certs());
+            }
+            return Ok(Conn::Cluster(
+                builder.build()?.get_async_connection().await?,
+            ));
         }
         let url = self
             .config
@@ -188,7 +197,10 @@ impl RedisStore {
             .first()
             .map(String::as_str)
             .unwrap_or_default();
-        let client = redis::Client::open(url)?;
+        let client = match self.config.ca {
+            Some(_) => redis::Client::build_with_tls(url, certs())?,
+            None => redis::Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(timeout))
