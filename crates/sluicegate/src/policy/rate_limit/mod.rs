@@ -184,15 +184,6 @@ impl Registry {
             store.sweep(now);
         }
     }
-
-    /// Buckets held by a policy's local store now (tests, status).
-    pub fn buckets(&self, policy: &str) -> usize {
-        self.local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(policy)
-            .map_or(0, |s| s.len())
-    }
 }
 
 /// One policy, compiled: what it counts by, its bucket, and where the buckets live.

@@ -161,9 +161,14 @@ impl RedisStore {
     /// This worker's connection, made on first use (concurrent first uses wait for one attempt).
     async fn connection(&self) -> Result<Conn, StoreError> {
         let cell = CONNS.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            if !conns.contains_key(&self.id) {
+                // A reload that changed `[redis]` made this store; the connections of the ones
+                // before it close here (ids only grow).
+                conns.retain(|id, _| *id > self.id);
+            }
             Rc::clone(
                 conns
-                    .borrow_mut()
                     .entry(self.id)
                     .or_insert_with(|| Rc::new(tokio::sync::OnceCell::new())),
             )
