@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -47,6 +47,10 @@ redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil(ahead / 
 return {1, math.floor((tolerance - ahead) / interval), ahead, 0}
 ";
 
+/// How long a connection (TCP, TLS, the cluster's slot map) may take to be made, in the
+/// background: requests wait for it only as long as their own timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The first wait after a failure, and the longest.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -62,6 +66,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("Redis answered something the bucket script does not return")]
     Unexpected,
+    #[error("no connection to Redis could be made")]
+    Unavailable,
 }
 
 /// A bucket's parameters in the script's units.
@@ -104,11 +110,27 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// A worker's connection to one store, made in the background: a request waits for it no
+/// longer than its own timeout, and a slow connect (a TLS handshake on a busy machine) is not
+/// cancelled by the requests that gave up on it.
+#[derive(Default)]
+struct Slot {
+    state: RefCell<SlotState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Idle,
+    Connecting,
+    Ready(Conn),
+}
+
 thread_local! {
     /// Each worker's connections, by store id: made on the worker's own runtime, where their
     /// background tasks run.
-    static CONNS: RefCell<HashMap<u64, Rc<tokio::sync::OnceCell<Conn>>>> =
-        RefCell::new(HashMap::new());
+    static CONNS: RefCell<HashMap<u64, Rc<Slot>>> = RefCell::new(HashMap::new());
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -132,7 +154,11 @@ impl RedisStore {
     }
 
     /// Decides one request for the bucket `key`, within the timeout.
-    pub async fn check(&self, key: &[u8], bucket: Bucket) -> Result<Verdict, StoreError> {
+    pub async fn check(
+        self: &Arc<Self>,
+        key: &[u8],
+        bucket: Bucket,
+    ) -> Result<Verdict, StoreError> {
         if self.backing_off() {
             return Err(StoreError::BackingOff);
         }
@@ -158,23 +184,48 @@ impl RedisStore {
         result
     }
 
-    /// This worker's connection, made on first use (concurrent first uses wait for one attempt).
-    async fn connection(&self) -> Result<Conn, StoreError> {
-        let cell = CONNS.with(|conns| {
+    /// This worker's connection: made on first use by a task of its own (concurrent first
+    /// uses wait for that one attempt); a failed attempt leaves the next to the backoff.
+    async fn connection(self: &Arc<Self>) -> Result<Conn, StoreError> {
+        let slot = CONNS.with(|conns| {
             let mut conns = conns.borrow_mut();
             if !conns.contains_key(&self.id) {
                 // A reload that changed `[redis]` made this store; the connections of the ones
                 // before it close here (ids only grow).
                 conns.retain(|id, _| *id > self.id);
             }
-            Rc::clone(
-                conns
-                    .entry(self.id)
-                    .or_insert_with(|| Rc::new(tokio::sync::OnceCell::new())),
-            )
+            Rc::clone(conns.entry(self.id).or_default())
         });
-        let conn = cell.get_or_try_init(|| self.connect()).await?;
-        Ok(conn.clone())
+        loop {
+            let notified = slot.ready.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let start = match &*slot.state.borrow() {
+                SlotState::Ready(conn) => return Ok(conn.clone()),
+                SlotState::Connecting => false,
+                SlotState::Idle => true,
+            };
+            if start {
+                *slot.state.borrow_mut() = SlotState::Connecting;
+                let store = Arc::clone(self);
+                let slot = Rc::clone(&slot);
+                tokio::task::spawn_local(async move {
+                    let made = store.connect().await;
+                    *slot.state.borrow_mut() = match made {
+                        Ok(conn) => SlotState::Ready(conn),
+                        Err(e) => {
+                            store.failed(&e);
+                            SlotState::Idle
+                        }
+                    };
+                    slot.ready.notify_waiters();
+                });
+            }
+            notified.await;
+            if let SlotState::Idle = &*slot.state.borrow() {
+                return Err(StoreError::Unavailable);
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
@@ -186,7 +237,7 @@ impl RedisStore {
         };
         if self.config.cluster {
             let mut builder = ClusterClientBuilder::new(self.config.urls.clone())
-                .connection_timeout(timeout.max(Duration::from_millis(100)))
+                .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(timeout)
                 .retries(1);
             if self.config.ca.is_some() {
@@ -207,7 +258,7 @@ impl RedisStore {
             None => redis::Client::open(url)?,
         };
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(BACKOFF_MAX);
@@ -237,7 +288,8 @@ impl RedisStore {
     }
 
     fn failed(&self, error: &StoreError) {
-        if matches!(error, StoreError::BackingOff) {
+        // Backing off is no new failure, and a failed connect was counted by its own task.
+        if matches!(error, StoreError::BackingOff | StoreError::Unavailable) {
             return;
         }
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
