@@ -16,8 +16,10 @@
 //! 5. **faults** (chaos experiments) — on what would really be forwarded;
 //! 6. then forwarding (retries, breakers) and mirroring.
 //!
-//! On the way back, steps see the response head in reverse order (cache fill, the rate-limit
-//! headers), and the access log records each step's decision (`"rate_limit": "allowed"`).
+//! A step may answer the request itself ([`Flow::Answer`]), add fields to the request sent
+//! upstream ([`Applied::on_forward`]), and see the response head on the way back, in reverse
+//! order (cache fill, the rate-limit headers); the access log records each step's decision
+//! (`"rate_limit": "allowed"`).
 //! Only rate limiting exists yet; the others are the issues that follow.
 
 pub mod rate_limit;
@@ -123,9 +125,26 @@ pub struct Applied {
     decisions: [Decision; MAX_STEPS],
     count: usize,
     rate_limit: Option<rate_limit::Quota>,
+    /// Fields steps add to the request that goes upstream (an authenticated consumer's name,
+    /// for one); empty, and never allocated, when no step adds any.
+    upstream_fields: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Applied {
+    /// Has `name: value` sent upstream with the request, replacing any field of that name the
+    /// client sent (a client must not be able to pass for what a step asserts).
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn add_upstream_field(&mut self, name: HeaderName, value: HeaderValue) {
+        self.upstream_fields.push((name, value));
+    }
+
+    /// Writes the fields the steps added into the request going upstream.
+    pub fn on_forward(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in self.upstream_fields.drain(..) {
+            headers.insert(name, value);
+        }
+    }
+
     fn decide(&mut self, decision: Decision) {
         if let Some(slot) = self.decisions.get_mut(self.count) {
             *slot = decision;
@@ -191,5 +210,28 @@ impl Chain {
             }
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_a_step_adds_replace_the_clients_on_the_way_upstream() {
+        let mut applied = Applied::default();
+        applied.add_upstream_field(
+            HeaderName::from_static("x-consumer"),
+            HeaderValue::from_static("alice"),
+        );
+        let mut headers = HeaderMap::new();
+        headers.append("x-consumer", HeaderValue::from_static("mallory"));
+        headers.append("x-consumer", HeaderValue::from_static("eve"));
+        applied.on_forward(&mut headers);
+        let values: Vec<_> = headers.get_all("x-consumer").iter().collect();
+        assert_eq!(values, ["alice"]);
+        // Applied once: a second call adds nothing.
+        applied.on_forward(&mut headers);
+        assert_eq!(headers.get_all("x-consumer").iter().count(), 1);
     }
 }

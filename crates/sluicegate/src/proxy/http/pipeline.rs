@@ -437,6 +437,7 @@ pub async fn handle(
         host: client_host.as_ref(),
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    exchange.policies.on_forward(&mut parts.headers);
 
     let mut deadline = route
         .timeout
