@@ -304,3 +304,29 @@ ca = "missing-ca.pem"
     );
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn rate_limit_buckets_must_fit_their_arithmetic() {
+    let toml = r#"[redis]
+url = "redis://127.0.0.1:6379"
+
+[rate_limits.glacial]
+key = "route"
+capacity = 1000
+refill_per_second = 0.000001
+
+[rate_limits.too-fast-for-redis]
+key = "route"
+capacity = 10
+refill_per_second = 2000000
+store = "redis"
+"#;
+    let (code, _, stderr) = support::check(toml);
+    assert_eq!(code, 1, "{stderr}");
+    for e in [
+        "rate_limits.glacial.refill_per_second: an empty bucket would take more than 10 years to fill",
+        "rate_limits.too-fast-for-redis.refill_per_second: a Redis bucket counts in microseconds, so at most 1000000 tokens per second",
+    ] {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+}

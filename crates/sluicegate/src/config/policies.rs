@@ -15,6 +15,10 @@ use super::raw::{Reader, Table};
 /// low enough that the bucket arithmetic (nanoseconds in 64 bits) cannot overflow.
 const MAX_CAPACITY: i64 = 1_000_000_000;
 const MAX_REFILL_PER_SECOND: f64 = 1_000_000_000.0;
+/// The longest an empty bucket may take to fill: ten years.
+const MAX_FILL_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
+/// Redis buckets count in microseconds.
+const MAX_REDIS_REFILL_PER_SECOND: f64 = 1_000_000.0;
 
 /// `[redis]`.
 pub fn redis(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RedisConfig> {
@@ -239,6 +243,36 @@ fn rate_limit(r: &mut Reader<'_>, t: &Table<'_, '_>, name: &str) -> Option<RawRa
             OnStoreError::Local
         }
     };
+    if let (Some(capacity), Some(refill)) = (capacity, refill) {
+        // The bucket's arithmetic is in nanoseconds (microseconds in Redis) in 64 bits: a
+        // bucket that takes longer than this to fill is a mistake, and would overflow it.
+        if capacity as f64 / refill > MAX_FILL_SECONDS {
+            let span = t
+                .get("refill_per_second")
+                .map(|v| v.span())
+                .unwrap_or(t.span.clone());
+            r.report(
+                span,
+                format!(
+                    "{}: an empty bucket would take more than 10 years to fill ({capacity} / {refill} seconds); raise refill_per_second",
+                    t.key_path("refill_per_second")
+                ),
+            );
+        }
+        if store == LimitStore::Redis && refill > MAX_REDIS_REFILL_PER_SECOND {
+            let span = t
+                .get("refill_per_second")
+                .map(|v| v.span())
+                .unwrap_or(t.span.clone());
+            r.report(
+                span,
+                format!(
+                    "{}: a Redis bucket counts in microseconds, so at most {MAX_REDIS_REFILL_PER_SECOND} tokens per second",
+                    t.key_path("refill_per_second")
+                ),
+            );
+        }
+    }
     let headers = r.bool(t, "headers").unwrap_or(true);
     let max_keys = r
         .integer(t, "max_keys", 1_000, 1_000_000_000)

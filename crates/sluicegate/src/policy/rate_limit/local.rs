@@ -3,7 +3,8 @@
 //!
 //! A bucket is a key's 64-bit hash and its TAT (`gcra.rs`): 16 bytes in a hash map, whatever
 //! the key's length — a 64 KiB header value costs what an IP address does. The hash is seeded
-//! per process, so clients cannot pick keys that share a bucket with someone else's. The map is
+//! per process, so which keys share a bucket cannot be worked out in advance (and to aim at
+//! someone else's bucket a client would need that client's key in the first place). The map is
 //! split into shards, each behind its own lock, held only for one lookup and update (never
 //! across an `.await`).
 //!
@@ -95,8 +96,9 @@ impl LocalStore {
     }
 
     fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
-        // The top bits pick the shard; the map uses the low ones.
-        let index = (key >> 58) as usize % SHARDS;
+        // Middle bits pick the shard: the map itself uses the low ones for the slot and the
+        // top seven for its tags, which must stay varied within a shard.
+        let index = (key >> 32) as usize % SHARDS;
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -110,10 +112,14 @@ impl LocalStore {
 /// shard's live ones (in the map's order, which the per-process hash seed makes arbitrary).
 fn make_room(shard: &mut Shard, now: u64, limit: usize) {
     shard.retain(|_, tat| *tat > now);
-    if shard.len() < limit {
+    // Down to 7/8 of the limit whatever the scan freed, so the next full-shard scan is at least
+    // an eighth of the shard's inserts away (a trickle of expiring keys must not make every
+    // insert scan the shard).
+    let target = limit - limit / 8;
+    if shard.len() < target {
         return;
     }
-    let excess = shard.len() + 1 - limit + limit / 8;
+    let excess = shard.len() - target + 1;
     let victims: Vec<u64> = shard.keys().take(excess).copied().collect();
     for key in victims {
         shard.remove(&key);

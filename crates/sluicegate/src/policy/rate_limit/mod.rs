@@ -11,8 +11,9 @@
 //! The key is the client's address (behind `trusted_proxies`, the address they forwarded for),
 //! a header's value, or the route. A request without the header is counted under one shared
 //! "anonymous" bucket of the policy: leaving the header out is not a way around the limit.
-//! Keys are hashed with a per-process seed before they are stored, so their length and bytes
-//! (64 KiB of header, bytes that are not UTF-8) cost nothing more than an address.
+//! Keys are hashed before they are stored (with a per-process seed here, SHA-256 in Redis), so
+//! their length and bytes (64 KiB of header, bytes that are not UTF-8) cost nothing more than an
+//! address.
 //!
 //! A refused request gets 429 `rate_limited` (gRPC: `RESOURCE_EXHAUSTED`) with `Retry-After`;
 //! refused and allowed responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
@@ -59,8 +60,8 @@ pub struct Registry {
     local: Mutex<HashMap<String, Arc<LocalStore>>>,
     /// The `[redis]` store, kept while its settings stay the same (its connections with it).
     redis: Mutex<Option<Arc<RedisStore>>>,
-    /// Seeds every key hash: chosen at random per process, so keys that collide cannot be
-    /// chosen from outside.
+    /// Seeds every key hash: chosen at random per process, so which keys collide cannot be
+    /// worked out in advance.
     seed: u64,
     /// Nanoseconds since `epoch` of the last sweep.
     swept: AtomicU64,

@@ -68,6 +68,8 @@ pub enum StoreError {
     Unexpected,
     #[error("no connection to Redis could be made")]
     Unavailable,
+    #[error("the connection to Redis is still being made")]
+    Connecting,
 }
 
 /// A bucket's parameters in the script's units.
@@ -127,6 +129,21 @@ enum SlotState {
     Ready(Conn),
 }
 
+/// Ends a connect attempt: a slot still `Connecting` goes back to `Idle` (the next request,
+/// after the backoff, tries again), and whoever waits is woken.
+struct Reset(Rc<Slot>);
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        let mut state = self.0.state.borrow_mut();
+        if let SlotState::Connecting = *state {
+            *state = SlotState::Idle;
+        }
+        drop(state);
+        self.0.ready.notify_waiters();
+    }
+}
+
 thread_local! {
     /// Each worker's connections, by store id: made on the worker's own runtime, where their
     /// background tasks run.
@@ -162,8 +179,10 @@ impl RedisStore {
         if self.backing_off() {
             return Err(StoreError::BackingOff);
         }
+        let connected = std::cell::Cell::new(false);
         let call = async {
             let mut conn = self.connection().await?;
+            connected.set(true);
             let mut invocation = self.script.key(key);
             invocation.arg(bucket.interval_us).arg(bucket.tolerance_us);
             let answer: Vec<i64> = match &mut conn {
@@ -175,6 +194,9 @@ impl RedisStore {
         let result = match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(answer)) => verdict(&answer).ok_or(StoreError::Unexpected),
             Ok(Err(e)) => Err(e),
+            // Still waiting for this worker's connection: not Redis's failure (the connect
+            // task reports its own), but this request cannot wait longer.
+            Err(_) if !connected.get() => Err(StoreError::Connecting),
             Err(_) => Err(StoreError::Timeout),
         };
         match &result {
@@ -210,15 +232,17 @@ impl RedisStore {
                 let store = Arc::clone(self);
                 let slot = Rc::clone(&slot);
                 tokio::task::spawn_local(async move {
-                    let made = store.connect().await;
-                    *slot.state.borrow_mut() = match made {
-                        Ok(conn) => SlotState::Ready(conn),
-                        Err(e) => {
-                            store.failed(&e);
-                            SlotState::Idle
-                        }
-                    };
-                    slot.ready.notify_waiters();
+                    // Back to Idle however the attempt ends: an error, the bound below, or the
+                    // task dropped with its runtime.
+                    let guard = Reset(Rc::clone(&slot));
+                    let made = tokio::time::timeout(CONNECT_TIMEOUT * 2, store.connect())
+                        .await
+                        .unwrap_or(Err(StoreError::Timeout));
+                    match made {
+                        Ok(conn) => *slot.state.borrow_mut() = SlotState::Ready(conn),
+                        Err(e) => store.failed(&e),
+                    }
+                    drop(guard);
                 });
             }
             notified.await;
@@ -288,8 +312,11 @@ impl RedisStore {
     }
 
     fn failed(&self, error: &StoreError) {
-        // Backing off is no new failure, and a failed connect was counted by its own task.
-        if matches!(error, StoreError::BackingOff | StoreError::Unavailable) {
+        // Backing off is no new failure, and a connect is judged by its own task.
+        if matches!(
+            error,
+            StoreError::BackingOff | StoreError::Unavailable | StoreError::Connecting
+        ) {
             return;
         }
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());

@@ -303,6 +303,8 @@ pub async fn handle(
         };
         exchange.status = response.status().as_u16();
         let mut response = response.map(|bytes| ResponseBody::full(bytes, stats));
+        // An allowed request the gateway answers itself (502, 504) still says its quota.
+        exchange.policies.on_response(response.headers_mut());
         response.body_mut().on_finish(exchange);
         Ok(response)
     };
@@ -806,6 +808,7 @@ async fn tunnel(
     };
     report_outcome(service, index, Upstream::Success, now);
     exchange.status = response.status().as_u16();
+    exchange.policies.on_response(response.headers_mut());
     let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
