@@ -362,11 +362,10 @@ fn client_ip(cx: &RequestCx<'_>) -> IpAddr {
     };
     let mut client = peer;
     for value in cx.headers.get_all(X_FORWARDED_FOR).iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return client;
-        };
-        for element in text.rsplit(',') {
-            let Ok(ip) = element.trim().parse::<IpAddr>() else {
+        for element in value.as_bytes().rsplit(|&b| b == b',') {
+            // An element no address can be read from ends what can be trusted: the last
+            // trusted hop is then the client as far as the gateway can tell.
+            let Some(ip) = forwarded_ip(element) else {
                 return client;
             };
             client = ip.to_canonical();
@@ -376,6 +375,28 @@ fn client_ip(cx: &RequestCx<'_>) -> IpAddr {
         }
     }
     client
+}
+
+/// The address in one `X-Forwarded-For` element: `1.2.3.4`, `2001:db8::1`, and the forms some
+/// proxies write with a port, `1.2.3.4:5678`, `[2001:db8::1]` and `[2001:db8::1]:5678`.
+fn forwarded_ip(element: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(element).ok()?.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        return port_ok.then(|| inside.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))?;
+    }
+    let (host, port) = text.split_once(':')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// What the `RateLimit-*` fields say about a key's bucket after a request.
@@ -442,6 +463,31 @@ mod tests {
         // A v4-mapped peer is the same client as its v4 form.
         let mapped = cx("::ffff:192.0.2.7", &headers, None);
         assert_eq!(client_ip(&mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn forwarded_elements_with_ports_and_brackets() {
+        let ip = |s: &str| forwarded_ip(s.as_bytes());
+        assert_eq!(ip(" 1.2.3.4 "), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(ip("1.2.3.4:5678"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(ip("2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(ip("[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            ip("[2001:db8::1]:443"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        for bad in [
+            "unknown",
+            "1.2.3.4:",
+            "1.2.3.4:x",
+            "[1.2.3.4]",
+            "[::1]x",
+            "\u{e9}",
+            "",
+        ] {
+            assert_eq!(ip(bad), None, "{bad:?}");
+        }
+        assert_eq!(forwarded_ip(b"\xff1.2.3.4"), None);
     }
 
     #[test]

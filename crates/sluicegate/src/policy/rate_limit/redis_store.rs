@@ -10,7 +10,8 @@
 //!
 //! While Redis fails, the store does not queue requests behind it or retry in a tight loop:
 //! after a failure, calls are skipped (each request gets the policy's `on_store_error` at once)
-//! until a backoff passes — 100 ms doubling up to 2 s — and then the next request tries again.
+//! until a backoff passes — 100 ms doubling up to 2 s — and then the next request, alone, tries
+//! again.
 //! The state change is logged once each way, not per request.
 
 use std::cell::RefCell;
@@ -291,9 +292,22 @@ impl RedisStore {
         ))
     }
 
+    /// Whether calls are skipped now. When a backoff has just run out, the caller that finds
+    /// it so is the one probe: it pushes the next try past its own timeout, so the requests
+    /// meanwhile keep skipping instead of each waiting out the timeout on a Redis still down.
     fn backing_off(&self) -> bool {
-        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        !health.up && health.retry_at.is_some_and(|at| Instant::now() < at)
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if health.up {
+            return false;
+        }
+        let now = Instant::now();
+        match health.retry_at {
+            Some(at) if now < at => true,
+            _ => {
+                health.retry_at = Some(now + self.config.timeout + BACKOFF_MIN);
+                false
+            }
+        }
     }
 
     fn succeeded(&self) {
