@@ -24,6 +24,22 @@ end
 """
 
 
+COLUMNS = [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
+           ("CPU us/req", "{:>12.1f}")]
+
+
+def summarise(results):
+    """Each run's CPU per request, and per proxy the medians (req/s, p99, CPU) and summed
+    errors of its rounds."""
+    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
+    summary = {n: (statistics.median(r[0] for r in rows),
+                   statistics.median(r[2] for r in rows),
+                   sum(r[3] for r in rows),
+                   statistics.median(cpu[n]))
+               for n, rows in results.items()}
+    return cpu, summary
+
+
 def ratelimit_scenario(proxies, args, work, backend, binary):
     script = os.path.join(work, "keys.lua")
     with open(script, "w") as f:
@@ -45,12 +61,7 @@ def ratelimit_scenario(proxies, args, work, backend, binary):
     results = measure(runs, args.rounds, run,
                       ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), title,
                       args.show_rounds)
-    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
-    summary = {n: (statistics.median(r[0] for r in rows),
-                   statistics.median(r[2] for r in rows),
-                   sum(r[3] for r in rows),
-                   statistics.median(cpu[n]))
-               for n, rows in results.items()}
+    cpu, summary = summarise(results)
     ratios = []
     for name in proxies:
         plain, limited = cpu[name], cpu[name + "+rl"]
@@ -64,8 +75,7 @@ def ratelimit_scenario(proxies, args, work, backend, binary):
                       f"{statistics.median(per_round):.2f}x "
                       f"(rounds {min(per_round):.2f}-{max(per_round):.2f}x)")
     print_table(f"{title}, median of {args.rounds} interleaved rounds",
-                [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
-                 ("CPU us/req", "{:>12.1f}")], summary, ratios)
+                COLUMNS, summary, ratios)
     redis_store(args, work, backend, binary, script)
 
 
@@ -123,16 +133,10 @@ def redis_store(args, work, backend, binary, script, conns=64):
     finally:
         redis.terminate()
         redis.wait(timeout=10)
-    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
-    summary = {n: (statistics.median(r[0] for r in rows),
-                   statistics.median(r[2] for r in rows),
-                   sum(r[3] for r in rows),
-                   statistics.median(cpu[n]))
-               for n, rows in results.items()}
+    cpu, summary = summarise(results)
     per_round = [r / p for r, p in zip(cpu["sluicegate+redis"], cpu["sluicegate"])]
     print_table(f"{title}, median of {args.rounds} interleaved rounds",
-                [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
-                 ("CPU us/req", "{:>12.1f}")], summary,
+                COLUMNS, summary,
                 [f"Redis round trips per limited request: {calls / max(limited_requests, 1):.3f} "
                  f"({calls} script calls for {limited_requests} requests)",
                  f"sluicegate+redis / plain: CPU per request {statistics.median(per_round):.2f}x "

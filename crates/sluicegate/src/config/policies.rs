@@ -246,30 +246,20 @@ fn rate_limit(r: &mut Reader<'_>, t: &Table<'_, '_>, name: &str) -> Option<RawRa
     if let (Some(capacity), Some(refill)) = (capacity, refill) {
         // The bucket's arithmetic is in nanoseconds (microseconds in Redis) in 64 bits: a
         // bucket that takes longer than this to fill is a mistake, and would overflow it.
-        if capacity as f64 / refill > MAX_FILL_SECONDS {
-            let span = t
-                .get("refill_per_second")
-                .map(|v| v.span())
-                .unwrap_or(t.span.clone());
+        let too_slow = capacity as f64 / refill > MAX_FILL_SECONDS;
+        let too_fast = store == LimitStore::Redis && refill > MAX_REDIS_REFILL_PER_SECOND;
+        let problems = [
+            too_slow.then(|| format!("an empty bucket would take more than 10 years to fill ({capacity} / {refill} seconds); raise refill_per_second")),
+            too_fast.then(|| format!("a Redis bucket counts in microseconds, so at most {MAX_REDIS_REFILL_PER_SECOND} tokens per second")),
+        ];
+        let span = t
+            .get("refill_per_second")
+            .map(|v| v.span())
+            .unwrap_or(t.span.clone());
+        for why in problems.into_iter().flatten() {
             r.report(
-                span,
-                format!(
-                    "{}: an empty bucket would take more than 10 years to fill ({capacity} / {refill} seconds); raise refill_per_second",
-                    t.key_path("refill_per_second")
-                ),
-            );
-        }
-        if store == LimitStore::Redis && refill > MAX_REDIS_REFILL_PER_SECOND {
-            let span = t
-                .get("refill_per_second")
-                .map(|v| v.span())
-                .unwrap_or(t.span.clone());
-            r.report(
-                span,
-                format!(
-                    "{}: a Redis bucket counts in microseconds, so at most {MAX_REDIS_REFILL_PER_SECOND} tokens per second",
-                    t.key_path("refill_per_second")
-                ),
+                span.clone(),
+                format!("{}: {why}", t.key_path("refill_per_second")),
             );
         }
     }
