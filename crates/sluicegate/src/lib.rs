@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod health;
+pub mod jose;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
