@@ -33,6 +33,12 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("too many requests: the route's rate limit refused this one; retry after the time Retry-After gives")]
     RateLimited,
+    #[error("authentication failed: {0}")]
+    Unauthenticated(&'static str),
+    #[error("the credentials do not grant a scope this route requires")]
+    Forbidden,
+    #[error("credentials cannot be checked now: the identity provider's key set has not been loaded yet; retry after the time Retry-After gives")]
+    AuthUnavailable,
 }
 
 impl GatewayError {
@@ -48,6 +54,9 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden => StatusCode::FORBIDDEN,
+            GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,6 +73,9 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RateLimited => "rate_limited",
+            GatewayError::Unauthenticated(_) => "unauthenticated",
+            GatewayError::Forbidden => "forbidden",
+            GatewayError::AuthUnavailable => "auth_unavailable",
         }
     }
 

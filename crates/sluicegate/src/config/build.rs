@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use toml::de::DeTable;
 
+use super::auth;
 use super::diagnostic::{suggest, Diagnostics};
 use super::model::*;
 use super::policies;
@@ -29,8 +30,9 @@ const TOP_KEYS: &[&str] = &[
     "services",
     "redis",
     "rate_limits",
+    "auth",
 ];
-const TOP_LATER: &[&str] = &["auth", "cache", "load_shedding", "slos", "experiments"];
+const TOP_LATER: &[&str] = &["cache", "load_shedding", "slos", "experiments"];
 
 /// Parses and validates a config file's text; `path` is used in the diagnostics.
 pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
@@ -81,11 +83,17 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         .map(|t| policies::rate_limits(&mut reader, &t))
         .unwrap_or_default();
 
+    let auth = reader
+        .table(&top, "auth")
+        .map(|t| auth::policies(&mut reader, &t))
+        .unwrap_or_default();
+
     cross_check(&mut reader, &listeners, &services, &routes);
     check_policies(
         &mut reader,
         &routes,
         &rate_limits,
+        &auth,
         top.get("redis").is_some(),
     );
 
@@ -101,6 +109,7 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         services: services.into_iter().map(|(s, _)| s).collect(),
         redis,
         rate_limits: rate_limits.into_iter().map(|p| p.config).collect(),
+        auth: auth.into_iter().map(|p| p.config).collect(),
     })
 }
 
@@ -109,6 +118,7 @@ fn check_policies(
     r: &mut Reader<'_>,
     routes: &[RawRoute],
     rate_limits: &[policies::RawRateLimit],
+    auth: &[auth::RawAuth],
     has_redis: bool,
 ) {
     for policy in rate_limits {
@@ -123,6 +133,23 @@ fn check_policies(
         }
     }
     for route in routes {
+        if let (Some(name), Some(span)) = (&route.config.auth, &route.auth_span) {
+            if !auth.iter().any(|p| p.config.name == *name) {
+                r.report(
+                    span.clone(),
+                    format!("{}.auth: no policy named \"{name}\" in [auth]", route.path),
+                );
+            }
+        }
+        if let (None, Some(span)) = (&route.config.auth, &route.scopes_span) {
+            r.report(
+                span.clone(),
+                format!(
+                    "{}.require_scopes: scopes are checked on an authenticated consumer; add auth = \"NAME\" to the route",
+                    route.path
+                ),
+            );
+        }
         let (Some(name), Some(span)) = (&route.config.rate_limit, &route.rate_limit_span) else {
             continue;
         };
@@ -134,14 +161,14 @@ fn check_policies(
                     route.path
                 ),
             ),
-            // Until a route can authenticate, nothing tells who the consumer is.
-            Some(p) if p.config.key == LimitKey::Consumer => r.report(
-                span.clone(),
-                format!(
-                    "{}.rate_limit: policy \"{name}\" counts per consumer, which needs auth on the route (authentication is not supported yet in this version of sluicegate)",
-                    route.path
+            Some(p) if p.config.key == LimitKey::Consumer && route.config.auth.is_none() => r
+                .report(
+                    span.clone(),
+                    format!(
+                        "{}.rate_limit: policy \"{name}\" counts per consumer, which needs auth on the route (auth = \"NAME\")",
+                        route.path
+                    ),
                 ),
-            ),
             Some(_) => {}
         }
     }
@@ -376,6 +403,8 @@ struct RawRoute {
     name_span: Range<usize>,
     service_span: Range<usize>,
     rate_limit_span: Option<Range<usize>>,
+    auth_span: Option<Range<usize>>,
+    scopes_span: Option<Range<usize>>,
     listener_spans: Vec<Range<usize>>,
     path: String,
 }
@@ -393,12 +422,12 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "preserve_host",
             "host_rewrite",
             "rate_limit",
+            "auth",
+            "require_scopes",
         ],
         &[
             "priority",
             "priority_from_header",
-            "auth",
-            "require_scopes",
             "cache",
             "retry",
             "mirror",
@@ -433,6 +462,12 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
     };
     let upstream_host = upstream_host(r, t);
     let rate_limit = r.string(t, "rate_limit");
+    let auth = r.string(t, "auth");
+    let scopes = r.strings(t, "require_scopes");
+    let scopes_span = t
+        .get("require_scopes")
+        .filter(|_| scopes.as_ref().is_some_and(|s| !s.is_empty()))
+        .map(|v| v.span());
     let (name, name_span) = name?;
     let (service, service_span) = service?;
     Some(RawRoute {
@@ -445,10 +480,18 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             timeout,
             upstream_host,
             rate_limit: rate_limit.as_ref().map(|(n, _)| n.to_string()),
+            auth: auth.as_ref().map(|(n, _)| n.to_string()),
+            require_scopes: scopes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, _)| s.to_string())
+                .collect(),
         },
         name_span,
         service_span,
         rate_limit_span: rate_limit.map(|(_, span)| span),
+        auth_span: auth.map(|(_, span)| span),
+        scopes_span,
         listener_spans: listeners.into_iter().map(|(_, s)| s).collect(),
         path: t.path.clone(),
     })

@@ -1,6 +1,7 @@
 //! Configuration: the TOML model of SPEC 2, its validation with `file:line:col` diagnostics, and
 //! loading from disk. What the rest of the gateway sees is the validated [`Config`].
 
+mod auth;
 mod build;
 mod diagnostic;
 mod model;
@@ -10,6 +11,7 @@ pub mod units;
 
 use std::path::Path;
 
+pub use auth::{parse_api_keys, read_api_keys};
 pub use build::build;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use model::*;

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use crate::balance::{Algorithm, HashOn};
 use crate::health::{HealthCheckConfig, OutlierConfig};
+use crate::jose;
 
 /// A whole configuration file.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// `[rate_limits.NAME]`, in file order.
     pub rate_limits: Vec<RateLimitConfig>,
+    /// `[auth.NAME]`, in file order.
+    pub auth: Vec<AuthConfig>,
 }
 
 /// `[admin]`: where the admin API listens.
@@ -210,6 +213,10 @@ pub struct RouteConfig {
     pub upstream_host: UpstreamHost,
     /// The name of a `[rate_limits.NAME]` policy.
     pub rate_limit: Option<String>,
+    /// The name of an `[auth.NAME]` policy.
+    pub auth: Option<String>,
+    /// Scopes the authenticated consumer must all hold (needs `auth`).
+    pub require_scopes: Vec<String>,
 }
 
 /// Which `Host` (HTTP/2 `:authority`) a route sends upstream.
@@ -405,4 +412,109 @@ pub enum OnStoreError {
     Local,
     Allow,
     Deny,
+}
+
+/// `[auth.NAME]`: how a route's requests prove who sends them.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub name: String,
+    pub kind: AuthKind,
+    /// Whether the credential (the Authorization header, the API key) is removed before the
+    /// request goes upstream.
+    pub strip_credentials: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthKind {
+    ApiKey(ApiKeyConfig),
+    Jwt(Box<JwtConfig>),
+}
+
+/// `type = "api_key"`.
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    pub from: ApiKeyFrom,
+    /// The keys written in the config.
+    pub keys: Vec<ApiKeyEntry>,
+    /// `keys_file`: more keys, re-read whenever the file changes.
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Where a request carries its API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyFrom {
+    Header(HeaderName),
+    /// A query parameter (`query = "api_key"`).
+    Query(String),
+}
+
+/// One API key: only its SHA-256 is ever configured or kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyEntry {
+    pub sha256: [u8; 32],
+    pub consumer: String,
+    pub scopes: Vec<String>,
+}
+
+/// `type = "jwt"`.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// `algorithms`: the only ones a token may use.
+    pub algorithms: Vec<jose::Algorithm>,
+    pub keys: JwtKeys,
+    pub from: TokenFrom,
+    /// `issuer`, `audience`, `leeway`, `require_exp`.
+    pub rules: jose::claims::Rules,
+    /// The claim that names the consumer (`consumer_claim`, default `sub`).
+    pub consumer_claim: String,
+    /// The claim that holds the scopes (`scopes_claim`, default `scope`).
+    pub scopes_claim: String,
+    /// `forward_claims`: request fields sent upstream, each from a claim.
+    pub forward_claims: Vec<(HeaderName, String)>,
+    pub jwks_min_refresh: Duration,
+    pub jwks_max_refresh: Duration,
+}
+
+/// Defaults of the JWKS refresh bounds.
+pub const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+pub const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// Default `leeway` on `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Where a JWT policy's keys come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKeys {
+    /// `secret`: an HMAC secret (HS256/384/512 only).
+    Secret(Vec<u8>),
+    /// `keys_file`: a JWK set on disk, re-read whenever it changes.
+    File(PathBuf),
+    /// `jwks_url`: a JWK set fetched from the identity provider; `ca` verifies its certificate
+    /// (default: the system's roots).
+    Url { url: http::Uri, ca: Option<PathBuf> },
+}
+
+/// Never prints a secret.
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKeys::Secret(_) => f.write_str("Secret(..)"),
+            JwtKeys::File(path) => f.debug_tuple("File").field(path).finish(),
+            JwtKeys::Url { url, ca } => f
+                .debug_struct("Url")
+                .field("url", url)
+                .field("ca", ca)
+                .finish(),
+        }
+    }
+}
+
+/// Where a request carries its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFrom {
+    /// `Authorization: Bearer TOKEN` (RFC 6750 §2.1), the default.
+    Bearer,
+    /// A header holding the token alone.
+    Header(HeaderName),
+    /// A cookie holding the token.
+    Cookie(String),
 }

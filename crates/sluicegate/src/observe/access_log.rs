@@ -62,6 +62,8 @@ pub struct LineEnd<'a> {
     pub bytes_out: u64,
     /// Each policy step's decision, as `"step": "decision"` (`"rate_limit": "allowed"`).
     pub decisions: &'a [(&'static str, &'static str)],
+    /// The authenticated consumer, on routes with auth.
+    pub consumer: Option<&'a str>,
 }
 
 /// Appends the first part of a JSON line: from `{` to the path. Written by hand rather than
@@ -112,6 +114,10 @@ fn write_end(out: &mut Vec<u8>, e: &LineEnd<'_>) {
         json_string(out, step);
         out.push(b':');
         json_string(out, decision);
+    }
+    if let Some(consumer) = e.consumer {
+        out.extend_from_slice(b",\"consumer\":");
+        json_string(out, consumer);
     }
     out.push(b'}');
 }
@@ -466,6 +472,7 @@ mod tests {
                 bytes_in: 1,
                 bytes_out: 2,
                 decisions: &[("rate_limit", "allowed")],
+                consumer: Some("acme"),
             },
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -489,6 +496,7 @@ mod tests {
         assert_eq!(v["request_id"], "id\"1");
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["rate_limit"], "allowed");
+        assert_eq!(v["consumer"], "acme");
         assert_eq!(v["endpoint"], "127.0.0.1:9");
         assert!(v["service"].is_null());
     }
@@ -534,6 +542,7 @@ mod tests {
                     bytes_in: micros,
                     bytes_out: 0,
                     decisions: &[],
+                    consumer: None,
                 },
             );
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -581,6 +590,7 @@ mod tests {
                     bytes_in: 0,
                     bytes_out: 0,
                     decisions: &[],
+                    consumer: None,
                 },
             );
         };

@@ -96,6 +96,24 @@ pub const RATE_LIMIT_BUCKETS: &str = "sluicegate_rate_limit_buckets";
 pub const RATE_LIMIT_BUCKETS_HELP: &str =
     "Buckets held by a rate-limit policy's local store, by policy.";
 
+/// Counter. Labels: `policy`, `result` (`success` | `failure`), `reason`. Authentication
+/// decisions: `reason` is how a request passed (`verified`, `cached`, `api_key`) or why it was
+/// refused (`missing`, `expired`, `bad_signature`, `insufficient_scope`, `unavailable`, ...;
+/// docs/configuration.md lists them all).
+pub const AUTH_DECISIONS_TOTAL: &str = "sluicegate_auth_decisions_total";
+pub const AUTH_DECISIONS_TOTAL_HELP: &str =
+    "Authentication decisions, by policy, result and reason.";
+
+/// Counter. Labels: `policy`, `result` (`success` | `failure`). Fetches of a `jwt` policy's key
+/// set from its `jwks_url`; a failure keeps the last good set.
+pub const JWKS_FETCHES_TOTAL: &str = "sluicegate_jwks_fetches_total";
+pub const JWKS_FETCHES_TOTAL_HELP: &str = "Key-set (JWKS) fetches, by policy and result.";
+
+/// Gauge. Labels: `policy`. Keys in the set a `jwt` policy verifies with now; 0 while no set has
+/// been loaded (requests then get 503 `auth_unavailable`).
+pub const JWKS_KEYS: &str = "sluicegate_jwks_keys";
+pub const JWKS_KEYS_HELP: &str = "Keys in the key set a jwt policy verifies with now, by policy.";
+
 /// Counter. Labels: `route`, `result`. Response-cache lookups. SPEC section 4 says `result` is
 /// `success` or `failure`; for the cache that reads as hit and miss.
 pub const CACHE_LOOKUPS_TOTAL: &str = "sluicegate_cache_lookups_total";
@@ -162,6 +180,9 @@ pub const ALL: &[(&str, &str)] = &[
     (CONNECTIONS_ACTIVE, CONNECTIONS_ACTIVE_HELP),
     (HEALTH_CHECKS_TOTAL, HEALTH_CHECKS_TOTAL_HELP),
     (RATE_LIMIT_DECISIONS_TOTAL, RATE_LIMIT_DECISIONS_TOTAL_HELP),
+    (AUTH_DECISIONS_TOTAL, AUTH_DECISIONS_TOTAL_HELP),
+    (JWKS_FETCHES_TOTAL, JWKS_FETCHES_TOTAL_HELP),
+    (JWKS_KEYS, JWKS_KEYS_HELP),
     (CACHE_LOOKUPS_TOTAL, CACHE_LOOKUPS_TOTAL_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
     (CIRCUIT_BREAKER_STATE, CIRCUIT_BREAKER_STATE_HELP),
@@ -188,6 +209,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 16);
+        assert_eq!(ALL.len(), 19);
     }
 }

@@ -20,8 +20,9 @@
 //! upstream ([`Applied::on_forward`]), and see the response head on the way back, in reverse
 //! order (cache fill, the rate-limit headers); the access log records each step's decision
 //! (`"rate_limit": "allowed"`).
-//! Only rate limiting exists yet; the others are the issues that follow.
+//! Authentication (`auth/`) and rate limiting exist; the others are the issues that follow.
 
+pub mod auth;
 pub mod rate_limit;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::answer::GatewayError;
 use crate::config::{Cidr, Config, RouteConfig};
@@ -40,12 +41,14 @@ use crate::observe::metrics;
 #[derive(Default)]
 pub struct Registry {
     pub rate_limits: rate_limit::Registry,
+    pub auth: auth::Registry,
 }
 
 impl Registry {
     /// Forgets the state of policies `config` no longer has.
     pub fn retain(&self, config: &Config) {
         self.rate_limits.retain(config);
+        self.auth.retain(config);
     }
 
     /// Periodic upkeep (dropping expired state); cheap to call often, from any worker.
@@ -57,6 +60,7 @@ impl Registry {
 /// Every policy of a config, compiled once per snapshot; routes take theirs by name.
 pub struct Compiled {
     rate_limits: HashMap<String, Arc<rate_limit::Limiter>>,
+    auth: HashMap<String, Arc<auth::Authenticator>>,
 }
 
 impl Compiled {
@@ -72,6 +76,14 @@ impl Compiled {
                     (p.name.clone(), Arc::new(limiter))
                 })
                 .collect(),
+            auth: config
+                .auth
+                .iter()
+                .map(|p| {
+                    let authenticator = registry.auth.authenticator(p, metrics);
+                    (p.name.clone(), Arc::new(authenticator))
+                })
+                .collect(),
         }
     }
 
@@ -82,7 +94,12 @@ impl Compiled {
             .as_ref()
             .and_then(|name| self.rate_limits.get(name))
             .cloned();
-        Chain::new(rate_limit)
+        let auth = route
+            .auth
+            .as_ref()
+            .and_then(|name| self.auth.get(name))
+            .map(|a| auth::Guard::new(Arc::clone(a), &route.require_scopes));
+        Chain::new(auth, rate_limit)
     }
 }
 
@@ -94,6 +111,8 @@ pub struct RequestCx<'a> {
     /// last `X-Forwarded-For` address they do not cover.
     pub trusted_proxies: Option<&'a [Cidr]>,
     pub headers: &'a HeaderMap,
+    /// The request target (API keys may travel in its query).
+    pub uri: &'a Uri,
     /// When the request arrived.
     pub now: Instant,
 }
@@ -125,24 +144,33 @@ pub struct Applied {
     decisions: [Decision; MAX_STEPS],
     count: usize,
     rate_limit: Option<rate_limit::Quota>,
-    /// Fields steps add to the request that goes upstream (an authenticated consumer's name,
-    /// for one); empty, and never allocated, when no step adds any.
-    upstream_fields: Vec<(HeaderName, HeaderValue)>,
+    /// The policy that authenticated the request, and who it says sent it.
+    auth: Option<(Arc<auth::Authenticator>, Arc<auth::Identity>)>,
 }
 
 impl Applied {
-    /// Has `name: value` sent upstream with the request, replacing any field of that name the
-    /// client sent (a client must not be able to pass for what a step asserts).
-    #[cfg_attr(not(test), allow(dead_code))]
-    fn add_upstream_field(&mut self, name: HeaderName, value: HeaderValue) {
-        self.upstream_fields.push((name, value));
+    /// Writes what the steps decided into the request going upstream. A client's own
+    /// `x-consumer` never reaches an upstream, on any route: only the gateway says who the
+    /// consumer is.
+    pub fn on_forward(&mut self, headers: &mut HeaderMap, uri: &mut Uri) {
+        headers.remove(auth::X_CONSUMER);
+        if let Some((policy, identity)) = &self.auth {
+            policy.forward(identity, headers, uri);
+        }
     }
 
-    /// Writes the fields the steps added into the request going upstream.
-    pub fn on_forward(&mut self, headers: &mut HeaderMap) {
-        for (name, value) in self.upstream_fields.drain(..) {
-            headers.insert(name, value);
-        }
+    /// Who the auth step says sent the request.
+    fn identity(&self) -> Option<Arc<auth::Identity>> {
+        self.auth.as_ref().map(|(_, identity)| Arc::clone(identity))
+    }
+
+    /// The authenticated consumer's name, if the route authenticates and the credential names
+    /// one.
+    pub fn consumer(&self) -> Option<&str> {
+        self.auth
+            .as_ref()
+            .and_then(|(_, identity)| identity.consumer.as_ref())
+            .map(|(name, _)| &**name)
     }
 
     fn decide(&mut self, decision: Decision) {
@@ -167,6 +195,7 @@ impl Applied {
 
 /// One step of a chain.
 enum Step {
+    Auth(auth::Guard),
     RateLimit(Arc<rate_limit::Limiter>),
 }
 
@@ -178,8 +207,12 @@ pub struct Chain {
 
 impl Chain {
     /// The chain of a route with these policies (`None` where the route has none of a kind).
-    fn new(rate_limit: Option<Arc<rate_limit::Limiter>>) -> Chain {
-        let steps: Vec<Step> = rate_limit.into_iter().map(Step::RateLimit).collect();
+    fn new(auth: Option<auth::Guard>, rate_limit: Option<Arc<rate_limit::Limiter>>) -> Chain {
+        let steps: Vec<Step> = auth
+            .map(Step::Auth)
+            .into_iter()
+            .chain(rate_limit.map(Step::RateLimit))
+            .collect();
         Chain {
             steps: steps.into_boxed_slice(),
         }
@@ -194,6 +227,7 @@ impl Chain {
         self.steps
             .iter()
             .map(|step| match step {
+                Step::Auth(g) => format!("{}:{}", auth::STEP, g.name()),
                 Step::RateLimit(l) => format!("{}:{}", rate_limit::STEP, l.name()),
             })
             .collect()
@@ -203,6 +237,7 @@ impl Chain {
     pub async fn on_request(&self, cx: &RequestCx<'_>, applied: &mut Applied) -> Flow {
         for step in self.steps.iter() {
             let flow = match step {
+                Step::Auth(guard) => guard.on_request(cx, applied).await,
                 Step::RateLimit(limiter) => limiter.on_request(cx, applied).await,
             };
             if let Flow::Answer(_) = flow {
@@ -218,20 +253,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_a_step_adds_replace_the_clients_on_the_way_upstream() {
+    fn a_clients_x_consumer_never_goes_upstream() {
         let mut applied = Applied::default();
-        applied.add_upstream_field(
-            HeaderName::from_static("x-consumer"),
-            HeaderValue::from_static("alice"),
-        );
         let mut headers = HeaderMap::new();
+        let mut uri = Uri::from_static("/");
         headers.append("x-consumer", HeaderValue::from_static("mallory"));
         headers.append("x-consumer", HeaderValue::from_static("eve"));
-        applied.on_forward(&mut headers);
-        let values: Vec<_> = headers.get_all("x-consumer").iter().collect();
-        assert_eq!(values, ["alice"]);
-        // Applied once: a second call adds nothing.
-        applied.on_forward(&mut headers);
-        assert_eq!(headers.get_all("x-consumer").iter().count(), 1);
+        applied.on_forward(&mut headers, &mut uri);
+        assert!(headers.get("x-consumer").is_none());
+        assert_eq!(applied.consumer(), None);
     }
 }

@@ -514,6 +514,23 @@ fn spec_metrics_render_valid_text() {
             &[(label::POLICY, "per-client"), (label::DECISION, "allow")],
         ),
         r.counter(
+            names::AUTH_DECISIONS_TOTAL,
+            names::AUTH_DECISIONS_TOTAL_HELP,
+            &[
+                (label::POLICY, "users-jwt"),
+                (label::RESULT, names::value::FAILURE),
+                (label::REASON, "expired"),
+            ],
+        ),
+        r.counter(
+            names::JWKS_FETCHES_TOTAL,
+            names::JWKS_FETCHES_TOTAL_HELP,
+            &[
+                (label::POLICY, "users-jwt"),
+                (label::RESULT, names::value::SUCCESS),
+            ],
+        ),
+        r.counter(
             names::CACHE_LOOKUPS_TOTAL,
             names::CACHE_LOOKUPS_TOTAL_HELP,
             &[
@@ -559,6 +576,11 @@ fn spec_metrics_render_valid_text() {
             names::ACCESS_LOG_DROPPED_TOTAL_HELP,
             &[],
         ),
+    );
+    let _keys = r.gauge(
+        names::JWKS_KEYS,
+        names::JWKS_KEYS_HELP,
+        &[(label::POLICY, "users-jwt")],
     );
     r.gauge_fn(
         names::ENDPOINT_IN_FLIGHT,

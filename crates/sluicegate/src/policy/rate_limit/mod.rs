@@ -229,16 +229,29 @@ impl Limiter {
 
     /// Takes a token for the request, or refuses it with 429.
     pub(super) async fn on_request(&self, cx: &RequestCx<'_>, applied: &mut Applied) -> Flow {
+        // Counting per consumer reads the identity the auth step (which runs first) set.
+        let identity = match self.key {
+            LimitKey::Consumer => applied.identity(),
+            _ => None,
+        };
+        let consumer = identity
+            .as_ref()
+            .and_then(|i| i.consumer.as_ref())
+            .map(|(name, _)| name.as_bytes());
         let Some(shared) = &self.shared else {
-            let verdict = self.local.check(&self.gcra, self.key_hash(cx), cx.now);
+            let verdict = self
+                .local
+                .check(&self.gcra, self.key_hash(cx, consumer), cx.now);
             return self.conclude(&verdict, Source::Store, applied);
         };
-        let key = self.redis_key(shared, cx);
+        let key = self.redis_key(shared, cx, consumer);
         match shared.store.check(&key, shared.bucket).await {
             Ok(verdict) => self.conclude(&verdict, Source::Store, applied),
             Err(_) => match shared.on_error {
                 OnStoreError::Local => {
-                    let verdict = self.local.check(&self.gcra, self.key_hash(cx), cx.now);
+                    let verdict = self
+                        .local
+                        .check(&self.gcra, self.key_hash(cx, consumer), cx.now);
                     self.conclude(&verdict, Source::Fallback, applied)
                 }
                 OnStoreError::Allow => {
@@ -295,7 +308,7 @@ impl Limiter {
     }
 
     /// The request's key for this process's buckets, hashed with the process's seed.
-    fn key_hash(&self, cx: &RequestCx<'_>) -> u64 {
+    fn key_hash(&self, cx: &RequestCx<'_>, consumer: Option<&[u8]>) -> u64 {
         if let LimitKey::ClientIp = self.key {
             // The common case, in one call.
             return match client_ip(cx) {
@@ -304,7 +317,7 @@ impl Limiter {
             };
         }
         let mut hasher = Xxh3::with_seed(self.seed);
-        self.feed_key(cx, &mut |bytes| hasher.update(bytes));
+        self.feed_key(cx, consumer, &mut |bytes| hasher.update(bytes));
         hasher.digest()
     }
 
@@ -312,10 +325,10 @@ impl Limiter {
     /// SHA-256, the same in every instance whatever the key's length or bytes (and not
     /// something a client can aim at another client's bucket, as a fast hash with a known seed
     /// would be).
-    fn redis_key(&self, shared: &Shared, cx: &RequestCx<'_>) -> Vec<u8> {
+    fn redis_key(&self, shared: &Shared, cx: &RequestCx<'_>, consumer: Option<&[u8]>) -> Vec<u8> {
         use sha2::Digest;
         let mut digest = sha2::Sha256::new();
-        self.feed_key(cx, &mut |bytes| digest.update(bytes));
+        self.feed_key(cx, consumer, &mut |bytes| digest.update(bytes));
         let digest = digest.finalize();
         let mut key = Vec::with_capacity(shared.prefix.len() + 32);
         key.extend_from_slice(&shared.prefix);
@@ -326,8 +339,8 @@ impl Limiter {
     }
 
     /// The key's bytes, each kind tagged so that a header value never shares a bucket with the
-    /// anonymous one, nor an address with a header.
-    fn feed_key(&self, cx: &RequestCx<'_>, sink: &mut dyn FnMut(&[u8])) {
+    /// anonymous one, nor an address with a header. `consumer` is the authenticated consumer.
+    fn feed_key(&self, cx: &RequestCx<'_>, consumer: Option<&[u8]>, sink: &mut dyn FnMut(&[u8])) {
         match &self.key {
             LimitKey::ClientIp => match client_ip(cx) {
                 IpAddr::V4(ip) => sink(&ip.octets()),
@@ -345,9 +358,16 @@ impl Limiter {
                     sink(b",");
                 }
             }
-            // Validation refuses consumer keys until routes can authenticate; were one to get
-            // here, the route's single bucket is the conservative reading.
-            LimitKey::Route | LimitKey::Consumer => sink(b"\x02route"),
+            // Validation requires auth on a route counting per consumer. A credential that
+            // names no consumer (a token without the claim) counts in one shared bucket.
+            LimitKey::Consumer => match consumer {
+                Some(name) => {
+                    sink(b"\x03");
+                    sink(name);
+                }
+                None => sink(b"\0anonymous-consumer"),
+            },
+            LimitKey::Route => sink(b"\x02route"),
         }
     }
 }
@@ -437,11 +457,15 @@ mod tests {
     use super::*;
     use crate::config::Cidr;
 
+    static ROOT: std::sync::LazyLock<http::Uri> =
+        std::sync::LazyLock::new(|| http::Uri::from_static("/"));
+
     fn cx<'a>(peer: &str, headers: &'a HeaderMap, trusted: Option<&'a [Cidr]>) -> RequestCx<'a> {
         RequestCx {
             peer: peer.parse().unwrap(),
             trusted_proxies: trusted,
             headers,
+            uri: &ROOT,
             now: Instant::now(),
         }
     }

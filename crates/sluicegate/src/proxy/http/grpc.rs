@@ -17,10 +17,12 @@ use crate::answer::GatewayError;
 #[repr(u8)]
 pub enum Code {
     DeadlineExceeded = 4,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
+    Unauthenticated = 16,
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc` or `application/grpc+proto` …).
@@ -56,7 +58,11 @@ pub fn code_for(error: GatewayError) -> Code {
         GatewayError::NoRoute
         | GatewayError::NotImplemented(_)
         | GatewayError::MethodNotAllowed(_) => Code::Unimplemented,
-        GatewayError::NoHealthyUpstream | GatewayError::UpstreamUnavailable => Code::Unavailable,
+        GatewayError::NoHealthyUpstream
+        | GatewayError::UpstreamUnavailable
+        | GatewayError::AuthUnavailable => Code::Unavailable,
+        GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+        GatewayError::Forbidden => Code::PermissionDenied,
         GatewayError::UpstreamTimeout => Code::DeadlineExceeded,
         GatewayError::PayloadTooLarge
         | GatewayError::HeadersTooLarge

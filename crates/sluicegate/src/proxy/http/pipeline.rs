@@ -208,6 +208,7 @@ impl Finish for Exchange {
                 bytes_in: self.stats.bytes_in.get(),
                 bytes_out: self.stats.bytes_out.get(),
                 decisions: self.policies.decisions(),
+                consumer: self.policies.consumer(),
             };
             self.worker.access.end(line, &end);
         }
@@ -363,6 +364,7 @@ pub async fn handle(
             peer: conn.peer.ip(),
             trusted_proxies: conn.trusted.then_some(&listener.config.trusted_proxies[..]),
             headers: &parts.headers,
+            uri: &parts.uri,
             now: started,
         };
         let flow = route.policies.on_request(&cx, &mut exchange.policies).await;
@@ -439,7 +441,9 @@ pub async fn handle(
         host: client_host.as_ref(),
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    exchange.policies.on_forward(&mut parts.headers);
+    exchange
+        .policies
+        .on_forward(&mut parts.headers, &mut parts.uri);
 
     let mut deadline = route
         .timeout
