@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 
 use super::Rejection;
 
+/// 9999-12-31T23:59:59Z in seconds since the Unix epoch: the largest NumericDate read.
+pub const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
 /// What a policy requires of a token's claims.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
@@ -80,11 +83,17 @@ impl Claims {
         Ok(exp)
     }
 
-    /// A NumericDate claim: a JSON number of seconds (fractions allowed, §2).
+    /// A NumericDate claim: a JSON number of seconds (fractions allowed, §2), within the years
+    /// 0000 to 9999 ([`MAX_NUMERIC_DATE`]). Beyond that a value is a mistake or an attack (an
+    /// `exp` of 1e300 would make a token eternal), and past 2^53 a double cannot even hold it
+    /// to the second; it is refused rather than read.
     fn numeric_date(&self, name: &str) -> Result<Option<f64>, Rejection> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(Rejection::BadClaims),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(t) if t.abs() <= MAX_NUMERIC_DATE => Ok(Some(t)),
+                _ => Err(Rejection::BadClaims),
+            },
             Some(_) => Err(Rejection::BadClaims),
         }
     }
@@ -215,9 +224,13 @@ mod tests {
         ] {
             assert_eq!(check(payload, 950.0), Err(why), "{payload}");
         }
-        // Huge but finite expiries are just far away.
-        let far = r#"{"iss":"https://idp","aud":"api","exp":1e300}"#;
-        assert_eq!(check(far, 950.0), Ok(Some(1e300)));
+        // Dates past the year 9999 are refused, not read as "never".
+        for exp in ["1e300", "253402300800", "99999999999999999999999", "-1e20"] {
+            let payload = format!(r#"{{"iss":"https://idp","aud":"api","exp":{exp}}}"#);
+            assert_eq!(check(&payload, 950.0), Err(Rejection::BadClaims), "{exp}");
+        }
+        let last = r#"{"iss":"https://idp","aud":"api","exp":253402300799}"#;
+        assert_eq!(check(last, 950.0), Ok(Some(MAX_NUMERIC_DATE)));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn parse<'a>(token: &'a [u8], accepted: &[Algorithm]) -> Result<Jws<'a>, Rej
         &token[first + 1..second],
         &token[second + 1..],
     );
-    if header.is_empty() || signature.is_empty() {
+    if header.is_empty() {
         return Err(Rejection::Malformed);
     }
     let header = decode(header)?;
@@ -77,6 +77,10 @@ pub fn parse<'a>(token: &'a [u8], accepted: &[Algorithm]) -> Result<Jws<'a>, Rej
     let alg = Algorithm::from_name(&header.alg)
         .filter(|a| accepted.contains(a))
         .ok_or(Rejection::Algorithm)?;
+    // Checked after the algorithm, so that an unsigned `alg: none` token says so.
+    if signature.is_empty() {
+        return Err(Rejection::Malformed);
+    }
     Ok(Jws {
         alg,
         kid: header.kid,

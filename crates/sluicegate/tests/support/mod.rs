@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod idp;
 pub mod redis;
 pub mod toml;
 pub mod upstream;
