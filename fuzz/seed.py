@@ -87,3 +87,21 @@ write(
     "chunked_strict",
     [struct.pack("<H", at) + c for c in CHUNKED for at in {0, 1, len(c) // 2, len(c) - 1}],
 )
+
+# Tokens as clients send them (first byte 0), and header/claims pairs the target signs (first
+# byte 1, split at 0xff).
+TOKENS = [
+    b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+    b"eyJhbGciOiJub25lIn0.e30.",
+    b"e30.e30.e30.e30",
+    b"eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJleHAiOjF9.AAAA",
+    b'{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"},{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}',
+]
+SIGNED = [
+    (b'{"alg":"HS256"}', b'{"iss":"https://idp/","aud":"api","exp":1800000000,"sub":"a","scope":"x y"}'),
+    (b'{"alg":"HS256","crit":["b64"],"b64":false}', b"{}"),
+    (b'{"alg":"HS256","alg":"HS256"}', b'{"exp":1e400}'),
+    (b'{"alg":"HS256"}', b'{"aud":["api",1],"nbf":1800000000,"exp":1800000001,"exp":2}'),
+    (b'{"alg":"HS512","kid":"x"}', b'{"iss":"https://idp/","aud":"api","exp":-1}'),
+]
+write("jwt_token", [b"\x00" + t for t in TOKENS] + [b"\x01" + h + b"\xff" + c for h, c in SIGNED])

@@ -173,3 +173,79 @@ fn rewrite_request_headers(bencher: Bencher) {
             headers
         });
 }
+
+/// What a JWT's first use costs (`jwt` policy, before its verified-token cache): the compact
+/// JWS split and decoded, an RS256 signature checked with a 2048-bit key, the claims read and
+/// checked. Signed with a Project Wycheproof RSA key (`../shared/vectors/`).
+#[divan::bench]
+fn jwt_rs256_first_use(bencher: Bencher) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use sluicegate::jose::claims::{Claims, Rules};
+    use sluicegate::jose::jwk::{Key, KeySet, Secrets};
+    use sluicegate::jose::{jws, Algorithm};
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/vectors/wycheproof/json_web_signature_test.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json");
+    let jwk = doc["testGroups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g.get("private"))
+        .find(|k| k["kid"] == "kid-rsa-sign")
+        .expect("RSA key")
+        .clone();
+    let part = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().expect("member"))
+            .expect("base64")
+    };
+    let pair = ring::signature::RsaKeyPair::from_components(&ring::rsa::KeyPairComponents {
+        public_key: ring::rsa::PublicKeyComponents {
+            n: part("n"),
+            e: part("e"),
+        },
+        d: part("d"),
+        p: part("p"),
+        q: part("q"),
+        dP: part("dp"),
+        dQ: part("dq"),
+        qInv: part("qi"),
+    })
+    .expect("key pair");
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT","kid":"kid-rsa-sign"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(
+        br#"{"iss":"https://idp/","aud":"api","sub":"alice","exp":4000000000,"scope":"read write"}"#,
+    );
+    let input = format!("{header}.{claims}");
+    let mut signature = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut signature,
+    )
+    .expect("sign");
+    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature));
+    let mut public = jwk.clone();
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        public.as_object_mut().expect("object").remove(private);
+    }
+    let keys = KeySet::single(Key::from_jwk(&public, Secrets::Refuse).expect("public key"));
+    let rules = Rules {
+        issuer: Some("https://idp/".into()),
+        audiences: vec!["api".into()],
+        leeway: std::time::Duration::from_secs(30),
+        require_exp: true,
+    };
+    bencher.bench_local(|| {
+        let parsed = jws::parse(black_box(token.as_bytes()), &[Algorithm::RS256]).expect("parse");
+        parsed.verify(&keys).expect("verify");
+        let claims = Claims::parse(parsed.payload()).expect("claims");
+        claims.check(&rules, 1_800_000_000.0).expect("check")
+    });
+}

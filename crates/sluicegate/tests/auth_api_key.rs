@@ -41,7 +41,11 @@ fn keys_are_checked_by_digest_and_the_consumer_goes_upstream() {
         "require_scopes = [\"users:read\"]",
         "",
     )
-    .replacen("path = \"off\"", &format!("path = \"{}\"", log.display()), 1);
+    .replacen(
+        "path = \"off\"",
+        &format!("path = \"{}\"", log.display()),
+        1,
+    );
     let gw = Gateway::start(&toml);
     let mut c = gw.client();
     let r = c.request(
@@ -54,17 +58,26 @@ fn keys_are_checked_by_digest_and_the_consumer_goes_upstream() {
     let seen = b.last_seen();
     let consumers: Vec<_> = seen.headers.get_all("x-consumer").iter().collect();
     assert_eq!(consumers, ["acme"]);
-    assert_eq!(seen.headers["x-api-key"], "s3cret-acme", "kept without strip_credentials");
+    assert_eq!(
+        seen.headers["x-api-key"], "s3cret-acme",
+        "kept without strip_credentials"
+    );
 
     let r = c.request("GET", "/x", &[("x-api-key", "guess")], b"");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "unauthenticated");
     let challenge = r.header("www-authenticate").unwrap();
-    assert!(challenge.starts_with("ApiKey realm=\"partners\""), "{challenge}");
+    assert!(
+        challenge.starts_with("ApiKey realm=\"partners\""),
+        "{challenge}"
+    );
     assert!(challenge.contains("error=\"invalid_key\""), "{challenge}");
     let r = c.get("/x");
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("ApiKey realm=\"partners\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("ApiKey realm=\"partners\"")
+    );
     let r = c.request(
         "GET",
         "/x",
@@ -139,11 +152,7 @@ fn a_watched_keys_file_rotates_keys_without_a_reload() {
     assert_eq!(with(&mut c, "old-key"), 200);
     assert_eq!(with(&mut c, "new-key"), 401);
     // Rotation: the new key is added, then the old one removed (truncate-and-write).
-    std::fs::write(
-        &file,
-        entry("old-key", "acme") + &entry("new-key", "acme"),
-    )
-    .unwrap();
+    std::fs::write(&file, entry("old-key", "acme") + &entry("new-key", "acme")).unwrap();
     wait_until("the new key", Duration::from_secs(5), || {
         with(&mut c, "new-key") == 200
     });
@@ -156,7 +165,11 @@ fn a_watched_keys_file_rotates_keys_without_a_reload() {
     wait_until("the error is logged", Duration::from_secs(5), || {
         gw.stderr_text().contains("api keys file not applied")
     });
-    assert!(gw.stderr_text().contains("keys.toml: 2:"), "{}", gw.stderr_text());
+    assert!(
+        gw.stderr_text().contains("keys.toml: 2:"),
+        "{}",
+        gw.stderr_text()
+    );
     assert_eq!(with(&mut c, "new-key"), 200);
 }
 
@@ -180,7 +193,11 @@ fn each_consumer_has_its_own_rate_limit_bucket() {
     assert_eq!(with(&mut c, "key-a"), 200);
     assert_eq!(with(&mut c, "key-a"), 200);
     assert_eq!(with(&mut c, "key-a"), 429);
-    assert_eq!(with(&mut c, "key-b"), 200, "another consumer, another bucket");
+    assert_eq!(
+        with(&mut c, "key-b"),
+        200,
+        "another consumer, another bucket"
+    );
     // Refused by auth: no token is spent.
     for _ in 0..5 {
         assert_eq!(with(&mut c, "nope"), 401);

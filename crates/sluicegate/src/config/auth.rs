@@ -15,8 +15,16 @@ use super::raw::{Reader, Table};
 use crate::jose::{self, Algorithm};
 
 /// Request fields the gateway writes itself: `forward_claims` may not name them.
+/// Credentials and hop-by-hop fields are not claim-shaped either.
 const OWN_FIELDS: &[&str] = &[
     "x-consumer",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "keep-alive",
+    "proxy-connection",
+    "expect",
+    "tracestate",
     "host",
     "content-length",
     "transfer-encoding",
@@ -38,23 +46,11 @@ pub struct RawAuth {
 
 /// `[auth.NAME]`, each a table.
 pub fn policies(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Vec<RawAuth> {
-    let mut out = Vec::new();
-    for (name, value) in t.inner.iter() {
-        let name: &str = name.get_ref();
-        let path = t.key_path(name);
-        let toml::de::DeValue::Table(inner) = value.get_ref() else {
-            r.report(
-                value.span(),
-                format!("{path}: expected a table (type = \"api_key\" or \"jwt\", ...)"),
-            );
-            continue;
-        };
-        let table = Table::new(path, value.span(), inner);
-        if let Some(config) = policy(r, &table, name) {
-            out.push(RawAuth { config });
-        }
-    }
-    out
+    r.named_tables(t, "type = \"api_key\" or \"jwt\", ...")
+        .into_iter()
+        .filter_map(|(name, table)| policy(r, &table, name))
+        .map(|config| RawAuth { config })
+        .collect()
 }
 
 fn policy(r: &mut Reader<'_>, t: &Table<'_, '_>, name: &str) -> Option<AuthConfig> {
@@ -149,12 +145,14 @@ fn api_key(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ApiKeyConfig> {
             }
         },
     };
-    if t.get("keys").is_none() && keys_file.is_none() {
-        r.missing(
-            t,
-            "keys",
-            "API keys as [{ sha256, consumer, scopes }], or a keys_file",
-        );
+    if keys.is_empty() && keys_file.is_none() {
+        if ok {
+            r.missing(
+                t,
+                "keys",
+                "at least one API key as { sha256, consumer, scopes }, or a keys_file",
+            );
+        }
         return None;
     }
     let mut seen = std::collections::HashSet::new();
@@ -218,8 +216,10 @@ fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// A consumer name goes upstream as `x-consumer` and into logs and Redis keys.
-fn check_consumer(consumer: &str) -> Result<(), String> {
+/// A consumer name goes upstream as `x-consumer` and into logs and Redis keys: 1 to 256 bytes
+/// that can be a header value as they are (no control characters, no spaces at the ends, which
+/// an upstream's parser would trim).
+pub fn check_consumer(consumer: &str) -> Result<(), String> {
     if consumer.is_empty() || consumer.len() > 256 {
         return Err("a consumer name is 1 to 256 bytes".into());
     }

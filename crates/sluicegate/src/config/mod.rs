@@ -11,7 +11,7 @@ pub mod units;
 
 use std::path::Path;
 
-pub use auth::{parse_api_keys, read_api_keys};
+pub use auth::{check_consumer, parse_api_keys, read_api_keys};
 pub use build::build;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use model::*;

@@ -135,23 +135,10 @@ pub struct RawRateLimit {
 
 /// `[rate_limits.NAME]`, each a table.
 pub fn rate_limits(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Vec<RawRateLimit> {
-    let mut out = Vec::new();
-    for (name, value) in t.inner.iter() {
-        let name: &str = name.get_ref();
-        let path = t.key_path(name);
-        let toml::de::DeValue::Table(inner) = value.get_ref() else {
-            r.report(
-                value.span(),
-                format!("{path}: expected a table (capacity, refill_per_second, key, ...)"),
-            );
-            continue;
-        };
-        let table = Table::new(path, value.span(), inner);
-        if let Some(policy) = rate_limit(r, &table, name) {
-            out.push(policy);
-        }
-    }
-    out
+    r.named_tables(t, "capacity, refill_per_second, key, ...")
+        .into_iter()
+        .filter_map(|(name, table)| rate_limit(r, &table, name))
+        .collect()
 }
 
 fn rate_limit(r: &mut Reader<'_>, t: &Table<'_, '_>, name: &str) -> Option<RawRateLimit> {

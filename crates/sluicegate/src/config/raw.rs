@@ -261,6 +261,28 @@ impl<'s> Reader<'s> {
         out
     }
 
+    /// The tables of a table of named tables (`[rate_limits.NAME]`, `[auth.NAME]`), each with
+    /// its name; an entry that is not a table is reported (`expected` says what it should hold).
+    pub fn named_tables<'a, 'i>(
+        &mut self,
+        table: &Table<'a, 'i>,
+        expected: &str,
+    ) -> Vec<(&'a str, Table<'a, 'i>)> {
+        let mut out = Vec::new();
+        for (name, value) in table.inner.iter() {
+            let name: &str = name.get_ref();
+            let path = table.key_path(name);
+            match value.get_ref() {
+                DeValue::Table(inner) => out.push((name, Table::new(path, value.span(), inner))),
+                _ => self.report(
+                    value.span(),
+                    format!("{path}: expected a table ({expected})"),
+                ),
+            }
+        }
+        out
+    }
+
     /// An array of strings.
     pub fn strings<'a>(
         &mut self,

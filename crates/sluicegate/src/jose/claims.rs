@@ -83,8 +83,8 @@ impl Claims {
         Ok(exp)
     }
 
-    /// A NumericDate claim: a JSON number of seconds (fractions allowed, §2), within the years
-    /// 0000 to 9999 ([`MAX_NUMERIC_DATE`]). Beyond that a value is a mistake or an attack (an
+    /// A NumericDate claim: a JSON number of seconds (fractions allowed, §2), at most
+    /// [`MAX_NUMERIC_DATE`] (the end of the year 9999) either side of 1970. Beyond that a value is a mistake or an attack (an
     /// `exp` of 1e300 would make a token eternal), and past 2^53 a double cannot even hold it
     /// to the second; it is refused rather than read.
     fn numeric_date(&self, name: &str) -> Result<Option<f64>, Rejection> {

@@ -38,10 +38,22 @@ struct Header {
     kid: Option<String>,
     /// Extensions that must be understood (§4.1.11): none is implemented, so any is refused.
     #[serde(default)]
-    crit: Option<IgnoredAny>,
+    crit: Present,
     /// RFC 7797's unencoded payload switch changes what is signed; refused.
     #[serde(default)]
-    b64: Option<IgnoredAny>,
+    b64: Present,
+}
+
+/// Whether a member is there at all, whatever its value (`null` included, which `Option`
+/// would read as absent).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Present, D::Error> {
+        IgnoredAny::deserialize(d)?;
+        Ok(Present(true))
+    }
 }
 
 /// Splits and decodes a compact JWS, and checks its header against the accepted algorithms.
@@ -71,7 +83,7 @@ pub fn parse<'a>(token: &'a [u8], accepted: &[Algorithm]) -> Result<Jws<'a>, Rej
         return Err(Rejection::BadHeader);
     }
     let header: Header = serde_json::from_slice(&header).map_err(|_| Rejection::BadHeader)?;
-    if header.crit.is_some() || header.b64.is_some() {
+    if header.crit.0 || header.b64.0 {
         return Err(Rejection::Extension);
     }
     let alg = Algorithm::from_name(&header.alg)
@@ -185,6 +197,7 @@ mod tests {
             (r#"{"alg":1}"#, Rejection::BadHeader),
             (r#"{"alg":"HS256","crit":["exp"]}"#, Rejection::Extension),
             (r#"{"alg":"HS256","b64":false}"#, Rejection::Extension),
+            (r#"{"alg":"HS256","crit":null}"#, Rejection::Extension),
             ("not json", Rejection::BadHeader),
         ] {
             let token = hs256(header, "{}", &[1; 32]);

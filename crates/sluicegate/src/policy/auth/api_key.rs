@@ -86,28 +86,20 @@ pub struct ApiKeys {
 impl ApiKeys {
     pub fn new(policy: &str, config: &ApiKeyConfig) -> ApiKeys {
         let inline = config.keys.clone();
-        let file_keys = config
-            .keys_file
-            .as_deref()
-            .map(read_api_keys)
-            .transpose()
-            .unwrap_or_else(|why| {
-                tracing::error!(policy, "api keys file: {why}; using the config's keys only");
-                None
-            })
-            .unwrap_or_default();
-        let table = KeyTable::new(inline.iter().chain(&file_keys)).unwrap_or_else(|why| {
-            tracing::error!(policy, "api keys file: {why}; using the config's keys only");
-            KeyTable::new(inline.iter()).unwrap_or_default()
-        });
-        let table = Arc::new(ArcSwap::from_pointee(table));
+        let table = Arc::new(ArcSwap::from_pointee(
+            KeyTable::new(inline.iter()).unwrap_or_default(),
+        ));
+        // Watched first, read second: a change between the two is seen.
         let watch = config.keys_file.clone().map(|path| {
             let target = Arc::clone(&table);
             let policy = policy.to_string();
-            FileWatch::start(path.clone(), move || {
-                reread(&policy, &path, &inline, &target)
-            })
+            let inline = inline.clone();
+            let watched = path.clone();
+            FileWatch::start(path, move || reread(&policy, &watched, &inline, &target))
         });
+        if let Some(path) = &config.keys_file {
+            reread(policy, path, &inline, &table);
+        }
         ApiKeys {
             table,
             _watch: watch,
@@ -118,10 +110,6 @@ impl ApiKeys {
     pub fn find(&self, key: &[u8]) -> Option<Arc<Identity>> {
         self.table.load().find(key)
     }
-
-    pub fn len(&self) -> usize {
-        self.table.load().len()
-    }
 }
 
 /// Called when `keys_file` changed: the config's keys and the file's, or the keys in force
@@ -130,7 +118,7 @@ fn reread(policy: &str, path: &Path, inline: &[ApiKeyEntry], target: &ArcSwap<Ke
     let read = read_api_keys(path).and_then(|file| KeyTable::new(inline.iter().chain(&file)));
     match read {
         Ok(table) => {
-            tracing::info!(policy, keys = table.len(), file = %path.display(), "api keys reloaded");
+            tracing::info!(policy, keys = table.len(), file = %path.display(), "api keys read");
             target.store(Arc::new(table));
         }
         Err(why) => {

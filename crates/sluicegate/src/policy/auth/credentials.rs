@@ -85,14 +85,23 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
     }
 }
 
+/// Whether a query pair's name, percent-decoded, is `name`: `api%5Fkey` is `api_key` to any
+/// upstream that decodes names, so it is to the gateway too.
+fn names(pair: &str, name: &str) -> bool {
+    let key = pair.split('=').next().unwrap_or_default();
+    key == name
+        || (key.contains('%')
+            && percent_decode(key.as_bytes()).is_some_and(|k| k == name.as_bytes()))
+}
+
 /// A query parameter's value, percent-decoded (`+` is a space, as forms write it).
 pub fn query<'a>(uri: &'a Uri, name: &str) -> Found<'a> {
     let mut found = None;
     for pair in uri.query().unwrap_or_default().split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != name {
+        if !names(pair, name) {
             continue;
         }
+        let value = pair.split_once('=').map_or("", |(_, v)| v);
         if found.is_some() {
             return Found::Ambiguous;
         }
@@ -114,6 +123,9 @@ fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
         match text[i] {
             b'%' => {
                 let hex = text.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 let hex = std::str::from_utf8(hex).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
@@ -161,10 +173,7 @@ pub fn strip_query(uri: &mut Uri, name: &str) {
     let Some(query) = uri.query() else {
         return;
     };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| pair.split('=').next() != Some(name))
-        .collect();
+    let kept: Vec<&str> = query.split('&').filter(|pair| !names(pair, name)).collect();
     let path = uri.path();
     let target = if kept.is_empty() {
         path.to_string()
@@ -245,6 +254,13 @@ mod tests {
         assert_eq!(query(&uri, "api_key"), Found::Ambiguous);
         let uri: Uri = "/x?api_key=%zz".parse().unwrap();
         assert_eq!(query(&uri, "api_key"), Found::Ambiguous);
+        let uri: Uri = "/x?api_key=%+1".parse().unwrap();
+        assert_eq!(query(&uri, "api_key"), Found::Ambiguous);
+        // An encoded name is the same name.
+        let uri: Uri = "/x?api_key=a&api%5Fkey=b".parse().unwrap();
+        assert_eq!(query(&uri, "api_key"), Found::Ambiguous);
+        let uri: Uri = "/x?api%5fkey=b".parse().unwrap();
+        assert_eq!(value(query(&uri, "api_key")).unwrap(), b"b");
     }
 
     #[test]
@@ -259,5 +275,8 @@ mod tests {
         let mut uri: Uri = "/p?api_key=s".parse().unwrap();
         strip_query(&mut uri, "api_key");
         assert_eq!(uri, "/p");
+        let mut uri: Uri = "/p?api%5Fkey=s&x=1".parse().unwrap();
+        strip_query(&mut uri, "api_key");
+        assert_eq!(uri, "/p?x=1");
     }
 }

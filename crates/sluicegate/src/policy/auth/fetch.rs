@@ -87,10 +87,14 @@ async fn fetch_once(
     let mut request = Request::new(Empty::<Bytes>::new());
     *request.uri_mut() = path.parse().map_err(|_| FetchError::Url)?;
     let headers = request.headers_mut();
-    let host_field = url.authority().map_or(host, |a| a.as_str());
+    // The authority without any userinfo (RFC 9110 §7.2).
+    let host_field = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
     headers.insert(
         HOST,
-        HeaderValue::from_str(host_field).map_err(|_| FetchError::Url)?,
+        HeaderValue::from_str(&host_field).map_err(|_| FetchError::Url)?,
     );
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));

@@ -34,15 +34,15 @@ fn stamp(path: &PathBuf) -> Option<Stamp> {
 }
 
 impl FileWatch {
-    /// Calls `changed` whenever `path` looks different from the last look (the first look is
-    /// now: the caller has just read the file). Outside a tokio runtime (unit tests) nothing is
-    /// watched.
+    /// Calls `changed` whenever `path` looks different from the last look. The first look is
+    /// now: start the watch, then read the file, so that no change falls between the two.
+    /// Outside a tokio runtime (unit tests) nothing is watched.
     pub fn start(path: PathBuf, changed: impl Fn() + Send + 'static) -> FileWatch {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return FileWatch { task: None };
         };
+        let mut last = stamp(&path);
         let task = runtime.spawn(async move {
-            let mut last = stamp(&path);
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 use super::key_source::{KeySource, Versioned};
 use super::token_cache::{TokenCache, NO_EXPIRY_SECONDS};
 use super::Identity;
-use crate::config::JwtConfig;
+use crate::config::{check_consumer, JwtConfig};
 use crate::jose::claims::{Claims, Rules};
 use crate::jose::{jws, Algorithm, Rejection};
 
@@ -61,10 +61,6 @@ impl JwtVerifier {
     /// The request fields `forward_claims` writes (removed from what the client sent, always).
     pub fn forwarded_fields(&self) -> impl Iterator<Item = &HeaderName> {
         self.forward_claims.iter().map(|(h, _)| h)
-    }
-
-    pub fn cached_tokens(&self) -> usize {
-        self.cache.len()
     }
 
     pub async fn verify(&self, token: &[u8]) -> Verdict {
@@ -122,13 +118,15 @@ impl JwtVerifier {
     ) -> Result<Arc<Identity>, Rejection> {
         let claims = Claims::parse(payload)?;
         let exp = claims.check(&self.rules, now)?;
+        // A consumer the gateway cannot pass on as it is (over 256 bytes, control characters,
+        // spaces at its ends) makes the token unusable rather than silently anonymous.
         let consumer = match claims.text(&self.consumer_claim) {
             None => None,
-            Some(text) if text.len() <= 1024 => match HeaderValue::from_str(&text) {
-                Ok(value) => Some((Box::from(text.as_str()), value)),
-                Err(_) => return Err(Rejection::BadClaims),
+            Some(text) if text.is_empty() => None,
+            Some(text) => match (check_consumer(&text), HeaderValue::from_str(&text)) {
+                (Ok(()), Ok(value)) => Some((Box::from(text.as_str()), value)),
+                _ => return Err(Rejection::BadClaims),
             },
-            Some(_) => return Err(Rejection::BadClaims),
         };
         let forward = self
             .forward_claims

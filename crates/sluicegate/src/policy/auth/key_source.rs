@@ -79,11 +79,14 @@ struct KidRefetch {
 impl KeySource {
     /// Starts keeping `keys` current for `policy` (background work needs a tokio runtime; without
     /// one, as in unit tests, a `jwks_url` set is never loaded).
+    /// `carried`: the key set a source this one replaces held (same keys, other settings),
+    /// in force until this source loads its own.
     pub fn start(
         policy: &str,
         keys: &JwtKeys,
         min_refresh: Duration,
         max_refresh: Duration,
+        carried: Option<Arc<Versioned>>,
         metrics: &metrics::Registry,
     ) -> KeySource {
         let labels = [(names::label::POLICY, policy)];
@@ -111,6 +114,11 @@ impl KeySource {
             fetch_failed: fetch_counter("failure"),
             keys_gauge: metrics.gauge(names::JWKS_KEYS, names::JWKS_KEYS_HELP, &labels),
         });
+        if let Some(set) = carried {
+            state.generation.store(set.generation, Ordering::Release);
+            state.keys_gauge.set(set.set.len() as i64);
+            state.keys.store(Some(set));
+        }
         let mut source = KeySource {
             state: Arc::clone(&state),
             task: None,
@@ -121,25 +129,22 @@ impl KeySource {
                 state.install(KeySet::single(Key::secret(secret)), 0);
             }
             JwtKeys::File(path) => {
-                state.read_file(path);
+                // Watched first, read second: a change between the two is seen.
                 let watched = Arc::clone(&state);
                 let path2 = path.clone();
                 source._watch = Some(FileWatch::start(path.clone(), move || {
                     watched.read_file(&path2)
                 }));
+                state.read_file(path);
             }
             JwtKeys::Url { url, ca } => {
                 let tls = match url.scheme_str() {
                     Some("https") => {
-                        match crate::tls::client_config(ca.as_deref(), false, &[b"http/1.1"]) {
-                            Ok(tls) => Some(tls),
-                            Err(e) => {
-                                tracing::error!(policy, "jwks_url: TLS setup failed: {e}");
-                                None
-                            }
-                        }
+                        crate::tls::client_config(ca.as_deref(), false, &[b"http/1.1"])
+                            .map(Some)
+                            .map_err(|e| format!("TLS setup for {url} failed: {e}"))
                     }
-                    _ => None,
+                    _ => Ok(None),
                 };
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let fetcher = Fetcher {
@@ -259,7 +264,9 @@ impl State {
 struct Fetcher {
     state: Arc<State>,
     url: http::Uri,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS client for `https://` (none for `http://`), or why it could not be made (the CA
+    /// file went bad after the config was checked): then every fetch fails with that reason.
+    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
     min_refresh: Duration,
     max_refresh: Duration,
 }
@@ -277,12 +284,17 @@ impl Fetcher {
                 _ = state.wake.notified() => {}
             }
             let number = state.started.fetch_add(1, Ordering::AcqRel) + 1;
-            let result = match fetch::fetch(url, self.tls.as_ref()).await {
-                Ok(fetched) => KeySet::from_jwks(&fetched.body)
-                    .map(|loaded| (loaded, xxh3_64(&fetched.body), fetched.max_age))
-                    .map_err(|e| format!("the key set at {url} is unusable: {e}")),
-                Err(e) => Err(format!("fetching {url} failed: {e}")),
+            let fetched = match &self.tls {
+                Ok(tls) => fetch::fetch(url, tls.as_ref())
+                    .await
+                    .map_err(|e| format!("fetching {url} failed: {e}")),
+                Err(why) => Err(why.clone()),
             };
+            let result = fetched.and_then(|fetched| {
+                KeySet::from_jwks(&fetched.body)
+                    .map(|loaded| (loaded, xxh3_64(&fetched.body), fetched.max_age))
+                    .map_err(|e| format!("the key set at {url} is unusable: {e}"))
+            });
             let now = tokio::time::Instant::now();
             match result {
                 Ok((loaded, fingerprint, max_age)) => {

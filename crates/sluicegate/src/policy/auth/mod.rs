@@ -33,7 +33,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use super::{Applied, Flow, Refusal, RequestCx};
 use crate::answer::GatewayError;
-use crate::config::{ApiKeyFrom, AuthConfig, AuthKind, Config, JwtKeys, TokenFrom};
+use crate::config::{ApiKeyFrom, AuthConfig, AuthKind, Config, JwtConfig, JwtKeys, TokenFrom};
 use crate::jose::Rejection;
 use crate::observe::metrics::{self, Counter};
 use crate::observe::names;
@@ -85,11 +85,38 @@ pub struct Registry {
 #[derive(PartialEq)]
 struct SourceSettings {
     keys: JwtKeys,
+    /// The refresh bounds (zero where nothing is fetched).
     min_refresh: Duration,
     max_refresh: Duration,
+    /// A hash of the `ca` file's content: a CA replaced under the same path is a change.
+    ca: Option<u64>,
+}
+
+impl SourceSettings {
+    fn of(config: &JwtConfig) -> SourceSettings {
+        let (min_refresh, max_refresh, ca) = match &config.keys {
+            JwtKeys::Url { ca, .. } => (
+                config.jwks_min_refresh,
+                config.jwks_max_refresh,
+                ca.as_ref()
+                    .and_then(|path| std::fs::read(path).ok())
+                    .map(|pem| xxhash_rust::xxh3::xxh3_64(&pem)),
+            ),
+            _ => (Duration::ZERO, Duration::ZERO, None),
+        };
+        SourceSettings {
+            keys: config.keys.clone(),
+            min_refresh,
+            max_refresh,
+            ca,
+        }
+    }
 }
 
 impl Registry {
+    /// The policy's key source: the one it had while its settings stay the same. A source
+    /// restarted for new refresh bounds or a new CA (same keys) starts from the key set the
+    /// old one held, so the reload costs no availability.
     fn source(
         &self,
         policy: &str,
@@ -97,9 +124,13 @@ impl Registry {
         metrics: &metrics::Registry,
     ) -> Arc<KeySource> {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut carried = None;
         if let Some((kept, source)) = sources.get(policy) {
             if *kept == settings {
                 return Arc::clone(source);
+            }
+            if kept.keys == settings.keys {
+                carried = source.current();
             }
         }
         let source = Arc::new(KeySource::start(
@@ -107,6 +138,7 @@ impl Registry {
             &settings.keys,
             settings.min_refresh,
             settings.max_refresh,
+            carried,
             metrics,
         ));
         sources.insert(policy.to_string(), (settings, Arc::clone(&source)));
@@ -130,15 +162,7 @@ impl Registry {
                 from: c.from.clone(),
             },
             AuthKind::Jwt(c) => {
-                let source = self.source(
-                    &config.name,
-                    SourceSettings {
-                        keys: c.keys.clone(),
-                        min_refresh: c.jwks_min_refresh,
-                        max_refresh: c.jwks_max_refresh,
-                    },
-                    metrics,
-                );
+                let source = self.source(&config.name, SourceSettings::of(c), metrics);
                 Kind::Jwt {
                     verifier: JwtVerifier::new(c, source),
                     from: c.from.clone(),
@@ -421,14 +445,6 @@ impl Authenticator {
                 from: TokenFrom::Cookie(name),
                 ..
             } => credentials::strip_cookie(headers, name),
-        }
-    }
-
-    /// Keys (api_key) or cached tokens (jwt) held now, for the status API.
-    pub fn held(&self) -> usize {
-        match &self.kind {
-            Kind::ApiKey { keys, .. } => keys.len(),
-            Kind::Jwt { verifier, .. } => verifier.cached_tokens(),
         }
     }
 }
