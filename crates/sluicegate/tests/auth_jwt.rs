@@ -608,3 +608,34 @@ fn tokens_from_a_cookie_and_keys_from_a_watched_file() {
     );
     assert!(gw.stderr_text().contains("key set file not applied"));
 }
+
+#[test]
+fn a_key_set_over_https_is_trusted_only_through_the_configured_ca() {
+    let key = Signer::ec("k1");
+    let certs = support::upstream::certs("idp.test");
+    let idp = Idp::start_tls(&[&key], &certs);
+    let b = Backend::start("b");
+    let trusted = Gateway::start(&config(
+        &b,
+        &format!(
+            "jwks_url = \"{}\"\nca = \"{}\"",
+            idp.url(),
+            certs.ca.display()
+        ),
+    ));
+    let token = key.sign(&claims("alice"));
+    let mut c = trusted.client();
+    wait_until(
+        "the key set is loaded over TLS",
+        Duration::from_secs(5),
+        || get(&mut c, "/x", &token).status == 200,
+    );
+    // The system's roots do not know the test CA: no key set, 503, and the log says why.
+    let untrusted = Gateway::start(&config(&b, &format!("jwks_url = \"{}\"", idp.url())));
+    wait_until("the failed fetch is logged", Duration::from_secs(5), || {
+        untrusted.stderr_text().contains("no key set loaded yet")
+    });
+    assert_eq!(get(&mut untrusted.client(), "/x", &token).status, 503);
+    let stderr = untrusted.stderr_text();
+    assert!(stderr.contains("TLS with"), "{stderr}");
+}

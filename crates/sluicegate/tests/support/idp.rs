@@ -140,6 +140,8 @@ pub fn now() -> i64 {
 /// A JWK-set server.
 pub struct Idp {
     pub addr: SocketAddr,
+    /// Serves HTTPS with this when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<IdpState>,
     runtime: tokio::runtime::Runtime,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -160,6 +162,21 @@ impl Idp {
 
     /// As [`Idp::start`], on a chosen address (an IdP that comes up late).
     pub fn start_on(addr: SocketAddr, keys: &[&Signer]) -> Idp {
+        Idp::serve(addr, keys, None)
+    }
+
+    /// As [`Idp::start`], over HTTPS with the certificate of `certs` (for 127.0.0.1).
+    pub fn start_tls(keys: &[&Signer], certs: &super::upstream::Certs) -> Idp {
+        let pair = sluicegate::tls::CertPair {
+            cert: certs.cert.clone(),
+            key: certs.key.clone(),
+        };
+        let config = sluicegate::tls::server_config(&pair, &[], &[b"http/1.1"]).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        Idp::serve("127.0.0.1:0".parse().unwrap(), keys, Some(acceptor))
+    }
+
+    fn serve(addr: SocketAddr, keys: &[&Signer], tls: Option<tokio_rustls::TlsAcceptor>) -> Idp {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -175,6 +192,7 @@ impl Idp {
         });
         let idp = Idp {
             addr,
+            tls,
             state,
             runtime,
             task: Mutex::new(None),
@@ -190,6 +208,7 @@ impl Idp {
             .expect("bind the IdP");
         let bound = listener.local_addr().unwrap();
         let state = Arc::clone(&self.state);
+        let tls = self.tls.clone();
         let task = self.runtime.spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -197,11 +216,20 @@ impl Idp {
                     continue;
                 };
                 let state = Arc::clone(&state);
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req| serve(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -210,7 +238,8 @@ impl Idp {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/jwks.json", self.addr)
     }
 
     /// Key-set fetches served so far (failed ones included).

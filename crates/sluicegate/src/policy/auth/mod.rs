@@ -145,13 +145,18 @@ impl Registry {
         source
     }
 
-    /// Forgets the sources of policies `config` no longer has (stopping their fetchers once
-    /// the snapshots that use them are gone).
+    /// Forgets the sources of `jwt` policies `config` no longer has (stopping their fetchers
+    /// once the snapshots that use them are gone).
     pub fn retain(&self, config: &Config) {
         self.sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|name, _| config.auth.iter().any(|p| p.name == *name));
+            .retain(|name, _| {
+                config
+                    .auth
+                    .iter()
+                    .any(|p| p.name == *name && matches!(p.kind, AuthKind::Jwt(_)))
+            });
     }
 
     /// An auth policy, compiled for one snapshot.
