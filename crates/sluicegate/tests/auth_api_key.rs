@@ -84,7 +84,7 @@ fn keys_are_checked_by_digest_and_the_consumer_goes_upstream() {
         &[("x-api-key", "s3cret-acme"), ("x-api-key", "s3cret-acme")],
         b"",
     );
-    assert_eq!(r.status, 401, "a key given twice is ambiguous");
+    assert_eq!(r.status, 400, "a key given twice is ambiguous");
     assert_eq!(b.hits(), 1);
 
     wait_until("three log lines", Duration::from_secs(5), || {
@@ -101,6 +101,17 @@ fn keys_are_checked_by_digest_and_the_consumer_goes_upstream() {
     assert!(lines[1].get("consumer").is_none());
     assert_eq!(lines[2]["auth"], "missing");
     assert!(!text.contains("s3cret-acme"), "a key was logged");
+    // A client's x-consumer, in any spelling, never reaches the upstream.
+    let r = c.request(
+        "GET",
+        "/x",
+        &[("x-api-key", "s3cret-acme"), ("x_consumer", "mallory")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let seen = b.last_seen();
+    assert!(seen.headers.get("x_consumer").is_none());
+    assert_eq!(seen.headers["x-consumer"], "acme");
     let metrics = gw.admin().get("/metrics").text();
     assert!(
         metrics.contains(
@@ -111,21 +122,39 @@ fn keys_are_checked_by_digest_and_the_consumer_goes_upstream() {
 }
 
 #[test]
-fn a_query_key_is_stripped_before_forwarding() {
+fn a_query_key_is_stripped_before_forwarding_and_redacted_in_the_log() {
     let b = Backend::start("b");
-    let gw = Gateway::start(&config(
-        &b,
-        &format!(
-            "query = \"api_key\"\nstrip_credentials = true\nkeys = [ {{ sha256 = \"{}\", consumer = \"acme\" }} ]",
-            digest("k+1")
-        ),
-        "",
-        "",
-    ));
+    let dir = TempDir::new("log");
+    let log = dir.0.join("access.log");
+    let gw = Gateway::start(
+        &config(
+            &b,
+            &format!(
+                "query = \"api_key\"\nstrip_credentials = true\nkeys = [ {{ sha256 = \"{}\", consumer = \"acme\" }} ]",
+                digest("k+1")
+            ),
+            "",
+            "",
+        )
+        .replacen("path = \"off\"", &format!("path = \"{}\"", log.display()), 1),
+    );
     let r = gw.client().get("/search?q=1&api_key=k%2B1&page=2");
     assert_eq!(r.status, 200);
     assert_eq!(b.last_seen().uri, "/search?q=1&page=2");
     assert_eq!(gw.client().get("/search?api_key=k1").status, 401);
+    // The access log never shows a key from the query, valid or not.
+    wait_until("two log lines", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("k%2B1") && !text.contains("api_key=k1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/search?q=1&api_key=REDACTED&page=2"),
+        "{text}"
+    );
 }
 
 #[test]

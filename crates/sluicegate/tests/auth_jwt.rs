@@ -340,7 +340,7 @@ fn classic_attacks_and_bad_tokens_are_refused_with_401() {
     let r = c.get("/x");
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"users\""));
-    // Two Authorization fields are ambiguous.
+    // Two Authorization fields are ambiguous: 400 invalid_request (RFC 6750 section 3.1).
     let auth = format!("Bearer {good}");
     let r = c.request(
         "GET",
@@ -348,7 +348,7 @@ fn classic_attacks_and_bad_tokens_are_refused_with_401() {
         &[("authorization", &auth), ("authorization", &auth)],
         b"",
     );
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 400);
     assert!(r
         .header("www-authenticate")
         .unwrap()

@@ -536,6 +536,11 @@ fn check_jwks_url(text: &str) -> Result<http::Uri, String> {
     if host.is_empty() {
         return Err(format!("\"{text}\" names no host"));
     }
+    if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "a user name or password in the URL is not supported (it would be logged); use a URL without one".into(),
+        );
+    }
     match url.scheme_str() {
         Some("https") => Ok(url),
         Some("http") => {
@@ -680,5 +685,6 @@ mod tests {
         assert!(check_jwks_url("http://idp.example.com/jwks").is_err());
         assert!(check_jwks_url("ftp://idp/jwks").is_err());
         assert!(check_jwks_url("jwks.json").is_err());
+        assert!(check_jwks_url("https://user:pw@idp/jwks").is_err());
     }
 }

@@ -464,6 +464,23 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
     let rate_limit = r.string(t, "rate_limit");
     let auth = r.string(t, "auth");
     let scopes = r.strings(t, "require_scopes");
+    for (scope, span) in scopes.iter().flatten() {
+        // RFC 6749 §3.3: a scope is one or more visible ASCII characters other than `"` and
+        // `\`; a space would split it in a token's `scope` claim, so it could never be held.
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !valid {
+            r.report(
+                span.clone(),
+                format!(
+                    "{}: \"{scope}\" is not a scope (visible ASCII without spaces, quotes or backslashes)",
+                    t.key_path("require_scopes")
+                ),
+            );
+        }
+    }
     let scopes_span = t
         .get("require_scopes")
         .filter(|_| scopes.as_ref().is_some_and(|s| !s.is_empty()))

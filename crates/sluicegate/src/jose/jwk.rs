@@ -212,7 +212,11 @@ fn material(jwk: &Map<String, Value>, secrets: Secrets) -> Result<Material, Stri
         "RSA" => {
             let n = strip_zeros(member(jwk, "n")?);
             let e = strip_zeros(member(jwk, "e")?);
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            // `n` has no leading zero byte now: its first byte's leading zeros are the only ones.
+            let bits = match n.first() {
+                Some(first) => n.len() * 8 - first.leading_zeros() as usize,
+                None => 0,
+            };
             if !(2048..=8192).contains(&bits) {
                 return Err(format!(
                     "its RSA modulus has {bits} bits; 2048 to 8192 are accepted"
@@ -363,15 +367,23 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid() == Some(kid))
     }
 
-    /// The keys that may verify a token with this `kid` (if it names one) and `alg`.
+    /// The keys that may verify a token with this `kid` (if it names one) and `alg`: those with
+    /// that `kid`, and those without any (a `kid` is a hint, RFC 7515 §4.1.4: a key that has
+    /// none, such as the policy's `secret`, is not excluded by it). Keys with that `kid` first.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&'a str>,
         alg: Algorithm,
     ) -> impl Iterator<Item = &'a Key> + 'a {
-        self.keys
+        let named = self
+            .keys
             .iter()
-            .filter(move |k| kid.is_none_or(|kid| k.kid() == Some(kid)) && k.accepts(alg))
+            .filter(move |k| kid.is_some() && k.kid() == kid && k.accepts(alg));
+        let unnamed = self
+            .keys
+            .iter()
+            .filter(move |k| (kid.is_none() || k.kid().is_none()) && k.accepts(alg));
+        named.chain(unnamed)
     }
 }
 
@@ -441,6 +453,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn empty_rsa_moduli_are_refused_without_panicking() {
+        for n in ["", "AA", "AAAA"] {
+            let err = Key::from_jwk(&json!({"kty": "RSA", "n": n, "e": "AQAB"}), Secrets::Refuse)
+                .unwrap_err();
+            assert!(err.contains("0 bits"), "{err}");
+        }
     }
 
     #[test]

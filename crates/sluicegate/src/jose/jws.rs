@@ -4,7 +4,8 @@
 //! The signing input is the first two segments as they were sent (§5.2 step 8), so nothing
 //! here re-encodes what it decoded. Each segment must be base64url exactly as §2 defines it: the
 //! URL-safe alphabet, no padding, no whitespace or other characters, and unused trailing bits
-//! zero (so one token has one spelling).
+//! zero (so one signature has one spelling; the signatures themselves need not be unique: PS
+//! and ES signatures are randomized, and an ECDSA `(r, s)` has a twin `(r, n - s)`).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -139,7 +140,7 @@ impl Jws<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jose::jwk::Key;
+    use crate::jose::jwk::{Key, Secrets};
 
     const ALL: &[Algorithm] = &Algorithm::ALL;
 
@@ -233,11 +234,15 @@ mod tests {
     }
 
     #[test]
-    fn a_kid_not_in_the_set_is_an_unknown_key() {
+    fn a_kid_not_in_the_set_is_an_unknown_key_unless_a_key_has_no_kid() {
         let secret = [9u8; 32];
-        let keys = KeySet::single(Key::secret(&secret));
+        let named = serde_json::json!({"kty": "oct", "kid": "k1", "k": b64(&secret)});
+        let keys = KeySet::single(Key::from_jwk(&named, Secrets::Allow).unwrap());
         let token = hs256(r#"{"alg":"HS256","kid":"elsewhere"}"#, "{}", &secret);
         let jws = parse(token.as_bytes(), ALL).unwrap();
         assert_eq!(jws.verify(&keys), Err(Rejection::UnknownKey));
+        // A key without a kid (the policy's secret) is not excluded by the token's kid.
+        let unnamed = KeySet::single(Key::secret(&secret));
+        assert_eq!(jws.verify(&unnamed), Ok(()));
     }
 }

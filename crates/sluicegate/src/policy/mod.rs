@@ -25,6 +25,8 @@
 pub mod auth;
 pub mod rate_limit;
 
+pub use auth::redact_query;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -61,11 +63,21 @@ impl Registry {
 pub struct Compiled {
     rate_limits: HashMap<String, Arc<rate_limit::Limiter>>,
     auth: HashMap<String, Arc<auth::Authenticator>>,
+    /// Request fields only the gateway may set (`x-consumer`, every `forward_claims` field of
+    /// every policy): removed from every route's requests, whatever the route's own policies.
+    protected: Arc<[HeaderName]>,
 }
 
 impl Compiled {
     pub fn new(config: &Config, registry: &Registry, metrics: &metrics::Registry) -> Compiled {
+        let mut protected = vec![auth::X_CONSUMER];
+        for name in config.auth.iter().flat_map(auth::forwarded_fields) {
+            if !protected.contains(name) {
+                protected.push(name.clone());
+            }
+        }
         Compiled {
+            protected: protected.into(),
             rate_limits: config
                 .rate_limits
                 .iter()
@@ -99,7 +111,16 @@ impl Compiled {
             .as_ref()
             .and_then(|name| self.auth.get(name))
             .map(|a| auth::Guard::new(Arc::clone(a), &route.require_scopes));
-        Chain::new(auth, rate_limit)
+        Chain::new(auth, rate_limit, Arc::clone(&self.protected))
+    }
+
+    /// The query parameters that carry API keys, whose values the access log must not show.
+    pub fn secret_query_parameters(config: &Config) -> Box<[String]> {
+        config
+            .auth
+            .iter()
+            .filter_map(auth::query_parameter)
+            .collect()
     }
 }
 
@@ -149,19 +170,25 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// Writes what the steps decided into the request going upstream. A client's own
-    /// `x-consumer` never reaches an upstream, on any route: only the gateway says who the
-    /// consumer is.
-    pub fn on_forward(&mut self, headers: &mut HeaderMap, uri: &mut Uri) {
-        headers.remove(auth::X_CONSUMER);
+    /// Writes what the steps decided into the request going upstream. What a client sends as
+    /// one of the `protected` fields (`x-consumer`, the `forward_claims` fields) never reaches an
+    /// upstream, on any route, nor under a spelling with underscores (`X_Consumer`), which
+    /// CGI-style upstreams read as the same name: only the gateway says who the consumer is.
+    pub fn on_forward(&mut self, headers: &mut HeaderMap, uri: &mut Uri, protected: &[HeaderName]) {
+        for name in protected {
+            headers.remove(name);
+        }
+        remove_underscore_spellings(headers, protected);
         if let Some((policy, identity)) = &self.auth {
             policy.forward(identity, headers, uri);
         }
     }
 
-    /// Who the auth step says sent the request.
-    fn identity(&self) -> Option<Arc<auth::Identity>> {
-        self.auth.as_ref().map(|(_, identity)| Arc::clone(identity))
+    /// Who the auth step says sent the request, and the policy that says so.
+    fn identity(&self) -> Option<(Arc<auth::Authenticator>, Arc<auth::Identity>)> {
+        self.auth
+            .as_ref()
+            .map(|(policy, identity)| (Arc::clone(policy), Arc::clone(identity)))
     }
 
     /// The authenticated consumer's name, if the route authenticates and the credential names
@@ -193,6 +220,32 @@ impl Applied {
     }
 }
 
+/// Removes fields whose names are a protected name spelled with `_` for `-`. Most requests
+/// have no underscore in any field name, and pay one scan of the names.
+fn remove_underscore_spellings(headers: &mut HeaderMap, protected: &[HeaderName]) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str().as_bytes();
+            k.contains(&b'_')
+                && protected.iter().any(|p| {
+                    let p = p.as_str().as_bytes();
+                    p.len() == k.len()
+                        && k.iter()
+                            .zip(p)
+                            .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+                })
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
 /// One step of a chain.
 enum Step {
     Auth(auth::Guard),
@@ -200,14 +253,19 @@ enum Step {
 }
 
 /// A route's steps, in the fixed order.
-#[derive(Default)]
 pub struct Chain {
     steps: Box<[Step]>,
+    /// Fields only the gateway may set ([`Applied::on_forward`]).
+    protected: Arc<[HeaderName]>,
 }
 
 impl Chain {
     /// The chain of a route with these policies (`None` where the route has none of a kind).
-    fn new(auth: Option<auth::Guard>, rate_limit: Option<Arc<rate_limit::Limiter>>) -> Chain {
+    fn new(
+        auth: Option<auth::Guard>,
+        rate_limit: Option<Arc<rate_limit::Limiter>>,
+        protected: Arc<[HeaderName]>,
+    ) -> Chain {
         let steps: Vec<Step> = auth
             .map(Step::Auth)
             .into_iter()
@@ -215,7 +273,13 @@ impl Chain {
             .collect();
         Chain {
             steps: steps.into_boxed_slice(),
+            protected,
         }
+    }
+
+    /// The fields only the gateway may set, for [`Applied::on_forward`].
+    pub fn protected(&self) -> &[HeaderName] {
+        &self.protected
     }
 
     pub fn is_empty(&self) -> bool {
@@ -253,14 +317,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_clients_x_consumer_never_goes_upstream() {
+    fn a_clients_protected_fields_never_go_upstream_in_any_spelling() {
         let mut applied = Applied::default();
         let mut headers = HeaderMap::new();
         let mut uri = Uri::from_static("/");
         headers.append("x-consumer", HeaderValue::from_static("mallory"));
         headers.append("x-consumer", HeaderValue::from_static("eve"));
-        applied.on_forward(&mut headers, &mut uri);
-        assert!(headers.get("x-consumer").is_none());
+        headers.append("x_consumer", HeaderValue::from_static("trudy"));
+        headers.append("x_user-email", HeaderValue::from_static("ceo@corp"));
+        headers.append("x_other", HeaderValue::from_static("kept"));
+        let protected = [auth::X_CONSUMER, HeaderName::from_static("x-user-email")];
+        applied.on_forward(&mut headers, &mut uri, &protected);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x_other"]);
         assert_eq!(applied.consumer(), None);
     }
 }

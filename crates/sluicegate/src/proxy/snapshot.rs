@@ -78,6 +78,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub listeners: Vec<ListenerPlan>,
     pub services: HashMap<String, Arc<ServiceRuntime>>,
+    /// Query parameters that carry API keys: the access log shows their values redacted.
+    pub secret_query_parameters: Box<[String]>,
 }
 
 /// What a listener does with a connection.
@@ -333,6 +335,7 @@ impl Snapshot {
             })
             .collect();
         Snapshot {
+            secret_query_parameters: policy::Compiled::secret_query_parameters(&config),
             config: Arc::new(config),
             listeners,
             services,

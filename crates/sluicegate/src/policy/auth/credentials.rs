@@ -65,10 +65,13 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
             let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            if &pair[..eq] != name.as_bytes() {
+            // Some upstreams read cookie names without case or with spaces trimmed: any such
+            // spelling of the name is the same cookie, and a second one is ambiguous.
+            let key = pair[..eq].trim_ascii();
+            if !key.eq_ignore_ascii_case(name.as_bytes()) {
                 continue;
             }
-            if found.is_some() {
+            if found.is_some() || key != name.as_bytes() {
                 return Found::Ambiguous;
             }
             let value = &pair[eq + 1..];
@@ -98,6 +101,10 @@ fn names(pair: &str, name: &str) -> bool {
 pub fn query<'a>(uri: &'a Uri, name: &str) -> Found<'a> {
     let mut found = None;
     for pair in uri.query().unwrap_or_default().split('&') {
+        // Some upstreams also split the query at `;`: a pair hidden behind one is ambiguous.
+        if pair.contains(';') && pair.split(';').any(|part| names(part, name)) {
+            return Found::Ambiguous;
+        }
         if !names(pair, name) {
             continue;
         }
@@ -141,6 +148,37 @@ fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// The request target as the access log shows it: the values of `secret` query parameters
+/// (API keys) replaced by `REDACTED`, under any spelling of their names that [`query`] reads.
+pub fn redact_query<'a>(target: &'a str, secret: &[String]) -> std::borrow::Cow<'a, str> {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.into();
+    };
+    if secret.is_empty() {
+        return target.into();
+    }
+    let hides = |pair: &str| {
+        secret
+            .iter()
+            .any(|name| pair.split(';').any(|part| names(part, name)))
+    };
+    if !query.split('&').any(hides) {
+        return target.into();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            if hides(pair) {
+                let key = pair.split(['=', ';']).next().unwrap_or_default();
+                format!("{key}=REDACTED")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&")).into()
 }
 
 /// Removes cookie `name` from every `Cookie` field (dropping fields left empty).
@@ -248,6 +286,12 @@ mod tests {
         assert_eq!(cookie(&h, "none"), Found::Missing);
         let h = map(&[("cookie", "tok=1"), ("cookie", "tok=2")]);
         assert_eq!(cookie(&h, "tok"), Found::Ambiguous);
+        let h = map(&[("cookie", "tok=1; TOK=2")]);
+        assert_eq!(cookie(&h, "tok"), Found::Ambiguous);
+        let h = map(&[("cookie", "tok=1;  tok =2")]);
+        assert_eq!(cookie(&h, "tok"), Found::Ambiguous);
+        let uri: Uri = "/x?a=1;api_key=b&api_key=a".parse().unwrap();
+        assert_eq!(query(&uri, "api_key"), Found::Ambiguous);
         let uri: Uri = "/x?a=1&api_key=k%2By+z&b".parse().unwrap();
         assert_eq!(value(query(&uri, "api_key")).unwrap(), b"k+y z");
         let uri: Uri = "/x?api_key=1&api_key=2".parse().unwrap();
@@ -261,6 +305,28 @@ mod tests {
         assert_eq!(query(&uri, "api_key"), Found::Ambiguous);
         let uri: Uri = "/x?api%5fkey=b".parse().unwrap();
         assert_eq!(value(query(&uri, "api_key")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn api_keys_in_the_query_are_redacted_for_the_log() {
+        let secret = ["api_key".to_string()];
+        assert_eq!(
+            redact_query("/p?a=1&api_key=s3cret&b=2", &secret),
+            "/p?a=1&api_key=REDACTED&b=2"
+        );
+        assert_eq!(
+            redact_query("/p?api%5Fkey=s3cret", &secret),
+            "/p?api%5Fkey=REDACTED"
+        );
+        assert_eq!(
+            redact_query("/p?x=1;api_key=s3cret", &secret),
+            "/p?x=REDACTED"
+        );
+        assert!(matches!(
+            redact_query("/p?a=1", &secret),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(redact_query("/p?api_key=s", &[]), "/p?api_key=s");
     }
 
     #[test]

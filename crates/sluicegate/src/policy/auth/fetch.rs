@@ -25,7 +25,7 @@ const AGENT: &str = concat!("sluicegate/", env!("CARGO_PKG_VERSION"), " (jwks)")
 pub enum FetchError {
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, std::io::Error),
-    #[error("cannot connect to {0}: {1}")]
+    #[error("cannot connect to {0} (over http://, loopback addresses only): {1}")]
     Connect(String, std::io::Error),
     #[error("TLS with {0} failed: {1}")]
     Tls(String, std::io::Error),
@@ -72,7 +72,9 @@ async fn fetch_once(
         .map_err(|e| FetchError::Resolve(authority.clone(), e))?;
     let mut last = std::io::Error::other("no address");
     let mut stream = None;
-    for address in addresses {
+    // In clear, only to this machine: the config allows http:// for loopback names, and a name
+    // such as `localhost` must resolve there too (a resolver could send it elsewhere).
+    for address in addresses.filter(|a| https || a.ip().is_loopback()) {
         match TcpStream::connect(address).await {
             Ok(s) => {
                 stream = Some(s);

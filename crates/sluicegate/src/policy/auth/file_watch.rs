@@ -1,11 +1,11 @@
-//! Noticing that a key file changed: its metadata (modification time, size, inode) is looked at
-//! once a second, and a change calls back. Polling rather than inotify: a stat a second costs
+//! Noticing that a key file changed: the file is read and hashed once a second, and a change of
+//! its content calls back. Polling rather than inotify: reading a small file a second costs
 //! nothing, works the same on every file system and container mount, and sees every way editors
-//! and deploy tools write a file (in place, truncate-and-write, write-then-rename).
+//! and deploy tools write a file (in place, truncate-and-write, write-then-rename), even an edit
+//! that keeps the size and lands within a coarse file system's timestamp resolution.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -17,20 +17,11 @@ pub struct FileWatch {
     task: Option<JoinHandle<()>>,
 }
 
-#[derive(PartialEq, Eq, Clone, Copy)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &PathBuf) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode: meta.ino(),
-    })
+/// A file's content, as a hash (`None`: unreadable, as mid-rename).
+fn stamp(path: &PathBuf) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
 impl FileWatch {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue};
+use serde_json::Value;
 
 use super::key_source::{KeySource, Versioned};
 use super::token_cache::{TokenCache, NO_EXPIRY_SECONDS};
@@ -58,11 +59,6 @@ impl JwtVerifier {
         }
     }
 
-    /// The request fields `forward_claims` writes (removed from what the client sent, always).
-    pub fn forwarded_fields(&self) -> impl Iterator<Item = &HeaderName> {
-        self.forward_claims.iter().map(|(h, _)| h)
-    }
-
     pub async fn verify(&self, token: &[u8]) -> Verdict {
         let now = unix_now();
         let Some(mut keys) = self.keys.current() else {
@@ -87,12 +83,17 @@ impl JwtVerifier {
             Err(why) => return Verdict::Refused(why),
         };
         let mut checked = parsed.verify(&keys.set);
-        // A kid the set lacks may be a key the IdP has just rotated in.
+        // A kid the set lacks may be a key the IdP has just rotated in: ask for a refetch, then
+        // check against the set in force afterwards, whichever fetch installed it (another
+        // request's refetch may have finished since this one loaded the set).
         if let (Err(Rejection::UnknownKey), Some(kid)) = (checked, parsed.kid.as_deref()) {
-            if !keys.set.has_kid(kid) && Box::pin(self.keys.refetch_for_unknown_kid()).await {
+            if !keys.set.has_kid(kid) {
+                Box::pin(self.keys.refetch_for_unknown_kid()).await;
                 if let Some(fresh) = self.keys.current() {
-                    keys = fresh;
-                    checked = parsed.verify(&keys.set);
+                    if fresh.generation != keys.generation {
+                        keys = fresh;
+                        checked = parsed.verify(&keys.set);
+                    }
                 }
             }
         }
@@ -120,13 +121,18 @@ impl JwtVerifier {
         let exp = claims.check(&self.rules, now)?;
         // A consumer the gateway cannot pass on as it is (over 256 bytes, control characters,
         // spaces at its ends) makes the token unusable rather than silently anonymous.
-        let consumer = match claims.text(&self.consumer_claim) {
-            None => None,
-            Some(text) if text.is_empty() => None,
-            Some(text) => match (check_consumer(&text), HeaderValue::from_str(&text)) {
-                (Ok(()), Ok(value)) => Some((Box::from(text.as_str()), value)),
-                _ => return Err(Rejection::BadClaims),
-            },
+        // The claim must be a string (RFC 7519 §4.1.2's StringOrURI for `sub`): `123` and
+        // `["a","b"]` are not names.
+        let consumer = match claims.get(&self.consumer_claim) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) if text.is_empty() => None,
+            Some(Value::String(text)) => {
+                match (check_consumer(text), HeaderValue::from_str(text)) {
+                    (Ok(()), Ok(value)) => Some((Box::from(text.as_str()), value)),
+                    _ => return Err(Rejection::BadClaims),
+                }
+            }
+            Some(_) => return Err(Rejection::BadClaims),
         };
         let forward = self
             .forward_claims

@@ -195,8 +195,9 @@ impl KeySource {
             }
         };
         let mut completed = state.completed.subscribe();
+        // The fetch waited for may start only after one in progress ends: two fetch timeouts.
         tokio::time::timeout(
-            fetch::TIMEOUT + Duration::from_secs(1),
+            fetch::TIMEOUT * 2 + Duration::from_secs(1),
             completed.wait_for(|done| *done >= target),
         )
         .await

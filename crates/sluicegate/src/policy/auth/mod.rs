@@ -33,7 +33,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use super::{Applied, Flow, Refusal, RequestCx};
 use crate::answer::GatewayError;
-use crate::config::{ApiKeyFrom, AuthConfig, AuthKind, Config, JwtConfig, JwtKeys, TokenFrom};
+use crate::config::{
+    ApiKeyConfig, ApiKeyFrom, AuthConfig, AuthKind, Config, JwtConfig, JwtKeys, TokenFrom,
+};
 use crate::jose::Rejection;
 use crate::observe::metrics::{self, Counter};
 use crate::observe::names;
@@ -48,6 +50,28 @@ pub const STEP: &str = "auth";
 /// The field that tells the upstream who the consumer is. Whatever a client sends under this
 /// name is removed on every route.
 pub const X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
+
+/// The request fields a policy's `forward_claims` writes.
+pub fn forwarded_fields(config: &AuthConfig) -> impl Iterator<Item = &HeaderName> {
+    let fields: &[(HeaderName, String)] = match &config.kind {
+        AuthKind::Jwt(jwt) => &jwt.forward_claims,
+        AuthKind::ApiKey(_) => &[],
+    };
+    fields.iter().map(|(name, _)| name)
+}
+
+/// The query parameter a policy reads API keys from, if it reads them from the query.
+pub fn query_parameter(config: &AuthConfig) -> Option<String> {
+    match &config.kind {
+        AuthKind::ApiKey(ApiKeyConfig {
+            from: ApiKeyFrom::Query(name),
+            ..
+        }) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+pub use credentials::redact_query;
 
 /// Seconds a client is told to wait while no key set is loaded.
 const UNAVAILABLE_RETRY_AFTER: u64 = 5;
@@ -115,8 +139,8 @@ impl SourceSettings {
 
 impl Registry {
     /// The policy's key source: the one it had while its settings stay the same. A source
-    /// restarted for new refresh bounds or a new CA (same keys) starts from the key set the
-    /// old one held, so the reload costs no availability.
+    /// restarted for new refresh bounds or a changed CA file (same `jwks_url` and `ca` path)
+    /// starts from the key set the old one held, so the reload costs no availability.
     fn source(
         &self,
         policy: &str,
@@ -368,11 +392,10 @@ impl Authenticator {
                 };
             }
             Reason::Missing => GatewayError::Unauthenticated("no credentials were sent"),
+            // RFC 6750 §3.1: invalid_request SHOULD be a 400.
             Reason::Ambiguous => {
                 challenge.push_str(", error=\"invalid_request\", error_description=\"the credential is given more than once or is malformed\"");
-                GatewayError::Unauthenticated(
-                    "the credential is given more than once or is malformed",
-                )
+                GatewayError::Malformed("the credential is given more than once or is malformed")
             }
             Reason::UnknownApiKey => {
                 challenge.push_str(
@@ -407,15 +430,10 @@ impl Authenticator {
         Refusal { error, headers }
     }
 
-    /// Applies the identity to the request going upstream: the client's `x-consumer` and
-    /// `forward_claims` fields are replaced by the verified ones, and the credential is removed
-    /// when the policy strips it.
+    /// Applies the identity to the request going upstream (whose `x-consumer` and
+    /// `forward_claims` fields the client sent are already gone): the verified ones are added,
+    /// and the credential is removed when the policy strips it.
     pub fn forward(&self, identity: &Identity, headers: &mut HeaderMap, uri: &mut Uri) {
-        if let Kind::Jwt { verifier, .. } = &self.kind {
-            for name in verifier.forwarded_fields() {
-                headers.remove(name);
-            }
-        }
         for (name, value) in identity.forward.iter() {
             headers.append(name.clone(), value.clone());
         }

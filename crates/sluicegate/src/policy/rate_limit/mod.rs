@@ -234,10 +234,13 @@ impl Limiter {
             LimitKey::Consumer => applied.identity(),
             _ => None,
         };
-        let consumer = identity
-            .as_ref()
-            .and_then(|i| i.consumer.as_ref())
-            .map(|(name, _)| name.as_bytes());
+        // The auth policy's name goes with the consumer's: "alice" of an IdP and the "alice"
+        // API key are not one client.
+        let consumer_key: Option<Vec<u8>> = identity.as_ref().and_then(|(policy, identity)| {
+            let (name, _) = identity.consumer.as_ref()?;
+            Some([policy.name().as_bytes(), b"\0", name.as_bytes()].concat())
+        });
+        let consumer = consumer_key.as_deref();
         let Some(shared) = &self.shared else {
             let verdict = self
                 .local

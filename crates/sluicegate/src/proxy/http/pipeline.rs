@@ -276,7 +276,10 @@ pub async fn handle(
             client: conn.forwarded_for.to_str().unwrap_or_default(),
             method: parts.method.as_str(),
             host: host.unwrap_or_default(),
-            path: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+            path: &policy::redact_query(
+                parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+                &snapshot.secret_query_parameters,
+            ),
         })
     });
     // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
@@ -441,9 +444,11 @@ pub async fn handle(
         host: client_host.as_ref(),
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    exchange
-        .policies
-        .on_forward(&mut parts.headers, &mut parts.uri);
+    exchange.policies.on_forward(
+        &mut parts.headers,
+        &mut parts.uri,
+        route.policies.protected(),
+    );
 
     let mut deadline = route
         .timeout

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::stats::ExchangeStats;
 use crate::proxy::http::server::h1::{ClientBodyError, ClientH1Body};
+use crate::proxy::http::wire::chunked::drop_forbidden_trailers;
 
 /// Why a client's request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +42,21 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
             ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Client),
-            ClientBody::H2(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(RequestBodyError::Transport),
+            // HTTP/2 trailers pass the same filter as HTTP/1.1's (wire::chunked), whatever
+            // the upstream speaks.
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map(|frame| {
+                frame.map(|result| {
+                    result
+                        .map(|frame| match frame.into_trailers() {
+                            Ok(mut trailers) => {
+                                drop_forbidden_trailers(&mut trailers);
+                                Frame::trailers(trailers)
+                            }
+                            Err(frame) => frame,
+                        })
+                        .map_err(RequestBodyError::Transport)
+                })
+            }),
         }
     }
 

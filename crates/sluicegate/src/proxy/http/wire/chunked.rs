@@ -285,7 +285,7 @@ impl ChunkedDecoder {
 /// trailers come from and wherever they go.
 pub fn allowed_in_trailers(name: &HeaderName) -> bool {
     use http::header::*;
-    const FORBIDDEN: [HeaderName; 27] = [
+    const FORBIDDEN: [HeaderName; 28] = [
         // framing and connection
         CONTENT_LENGTH,
         TRANSFER_ENCODING,
@@ -312,13 +312,27 @@ pub fn allowed_in_trailers(name: &HeaderName) -> bool {
         SET_COOKIE,
         WWW_AUTHENTICATE,
         PROXY_AUTHENTICATE,
+        // who the consumer is: only the gateway says (policy/auth)
+        HeaderName::from_static("x-consumer"),
         // response control and content format
         CACHE_CONTROL,
         CONTENT_ENCODING,
         CONTENT_TYPE,
         CONTENT_RANGE,
     ];
-    !FORBIDDEN.contains(name)
+    if FORBIDDEN.contains(name) {
+        return false;
+    }
+    // `X_Consumer` is `x-consumer` to CGI-style recipients.
+    let text = name.as_str();
+    !(text.contains('_')
+        && FORBIDDEN.iter().any(|f| {
+            f.as_str().len() == text.len()
+                && f.as_str()
+                    .bytes()
+                    .zip(text.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        }))
 }
 
 /// [`allowed_in_trailers`] applied to a trailer map someone else parsed (hyper's HTTP/2).
