@@ -37,6 +37,8 @@ pub enum GatewayError {
     Unauthenticated(&'static str),
     #[error("the credentials do not grant a scope this route requires")]
     Forbidden,
+    #[error("every endpoint of the service is kept out by its open circuit breaker; retry later")]
+    CircuitOpen,
     #[error("credentials cannot be checked now: the identity provider's key set has not been loaded yet; retry after the time Retry-After gives")]
     AuthUnavailable,
 }
@@ -56,6 +58,7 @@ impl GatewayError {
             GatewayError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
+            GatewayError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -75,6 +78,7 @@ impl GatewayError {
             GatewayError::RateLimited => "rate_limited",
             GatewayError::Unauthenticated(_) => "unauthenticated",
             GatewayError::Forbidden => "forbidden",
+            GatewayError::CircuitOpen => "circuit_open",
             GatewayError::AuthUnavailable => "auth_unavailable",
         }
     }

@@ -27,7 +27,7 @@ endpoints = [{ address = "127.0.0.1:9001" }]
 name = "users"
 algorithm = "ring_hash"
 endpoints = [{ address = "nonsense" }]
-circuit_breaker = { failure_rate = 0.5 }
+circuit_breaker = { failure_rate = 1.5 }
 "#;
     let (code, _, stderr) = support::check(toml);
     assert_eq!(code, 1, "{stderr}");
@@ -41,7 +41,7 @@ circuit_breaker = { failure_rate = 0.5 }
         "sluicegate.toml:20:1: services[1].hash_on: missing required key",
         "sluicegate.toml:21:8: services[1].name: duplicate service name \"users\"",
         "sluicegate.toml:23:26: services[1].endpoints[0].address: invalid address \"nonsense\"",
-        "sluicegate.toml:24:1: services[1].circuit_breaker: not supported yet",
+        "sluicegate.toml:24:36: services[1].circuit_breaker.failure_rate: expected a number more than 0 up to 1",
     ];
     for e in expected {
         assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");

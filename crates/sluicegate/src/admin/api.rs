@@ -146,7 +146,7 @@ async fn services(State(s): State<AdminState>) -> Json<Value> {
                         "weight": e.weight,
                         "healthy": h.is_healthy(),
                         "ejected": h.is_ejected(now),
-                        "breaker": "closed",
+                        "breaker": if r.breaker.is_some() { h.breaker.state().name() } else { "closed" },
                         "in_flight": e.load.in_flight(),
                     })
                 })

@@ -19,7 +19,7 @@ use super::model::*;
 use super::policies;
 use super::raw::{Reader, Table};
 use crate::balance::{is_prime, Algorithm, HashOn, MAGLEV_DEFAULT_TABLE_SIZE};
-use crate::health::{CheckKind, HealthCheckConfig, OutlierConfig, StatusRanges};
+use crate::health::{BreakerConfig, CheckKind, HealthCheckConfig, OutlierConfig, StatusRanges};
 
 const TOP_KEYS: &[&str] = &[
     "admin",
@@ -699,11 +699,12 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             "maglev_table_size",
             "health_check",
             "outlier_detection",
+            "circuit_breaker",
             "sticky_sessions",
             "tls",
             "send_proxy_protocol",
         ],
-        &["discovery", "circuit_breaker"],
+        &["discovery"],
     );
     let name = r.required_string(t, "name", "a unique service name");
     let algorithm = match r.string(t, "algorithm") {
@@ -859,6 +860,9 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
     let outlier_detection = r
         .table(t, "outlier_detection")
         .map(|o| outlier_detection(r, &o));
+    let circuit_breaker = r
+        .table(t, "circuit_breaker")
+        .map(|b| circuit_breaker(r, &b));
     let sticky_sessions = r
         .table(t, "sticky_sessions")
         .and_then(|s| sticky_sessions(r, &s));
@@ -873,6 +877,7 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
         maglev_table_size,
         health_check,
         outlier_detection,
+        circuit_breaker,
         sticky_sessions,
         protocol,
         send_proxy_protocol,
@@ -1028,6 +1033,35 @@ fn outlier_detection(r: &mut Reader<'_>, t: &Table<'_, '_>) -> OutlierConfig {
             .integer(t, "max_ejection_percent", 0, 100)
             .map(|(n, _)| n as u8)
             .unwrap_or(50),
+    }
+}
+
+/// `[services.circuit_breaker]`.
+fn circuit_breaker(r: &mut Reader<'_>, t: &Table<'_, '_>) -> BreakerConfig {
+    r.check_keys(
+        t,
+        &[
+            "failure_rate",
+            "minimum_requests",
+            "window",
+            "open_for",
+            "half_open_requests",
+        ],
+        &[],
+    );
+    let defaults = BreakerConfig::default();
+    BreakerConfig {
+        failure_rate: r
+            .number(t, "failure_rate", 0.0, false, 1.0)
+            .unwrap_or(defaults.failure_rate),
+        minimum_requests: r
+            .integer(t, "minimum_requests", 1, 1_000_000)
+            .map_or(defaults.minimum_requests, |(n, _)| n as u32),
+        window: positive_duration(r, t, "window").unwrap_or(defaults.window),
+        open_for: positive_duration(r, t, "open_for").unwrap_or(defaults.open_for),
+        half_open_requests: r
+            .integer(t, "half_open_requests", 1, 10_000)
+            .map_or(defaults.half_open_requests, |(n, _)| n as u32),
     }
 }
 

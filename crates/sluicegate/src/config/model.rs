@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::balance::{Algorithm, HashOn};
-use crate::health::{HealthCheckConfig, OutlierConfig};
+use crate::health::{BreakerConfig, HealthCheckConfig, OutlierConfig};
 use crate::jose;
 
 /// A whole configuration file.
@@ -257,6 +257,7 @@ pub struct ServiceConfig {
     pub maglev_table_size: usize,
     pub health_check: Option<HealthCheckConfig>,
     pub outlier_detection: Option<OutlierConfig>,
+    pub circuit_breaker: Option<BreakerConfig>,
     pub sticky_sessions: Option<StickyConfig>,
     pub protocol: UpstreamProtocol,
     /// For `protocol = "tcp"`: the PROXY protocol header sent first, if any.

@@ -1,4 +1,5 @@
-//! Endpoint health: active checks, passive outlier detection, and the live state they share.
+//! Endpoint health: active checks, passive outlier detection, circuit breakers, and the live
+//! state they share.
 //!
 //! The state of one endpoint ([`EndpointHealth`]) is all atomics, shared by the proxy workers (who
 //! read it through the balancer's `accept` predicate and report request outcomes), the active
@@ -6,6 +7,7 @@
 //! name and endpoint address, so a config reload that keeps an endpoint keeps its state.
 
 mod active;
+pub mod breaker;
 pub mod outlier;
 mod registry;
 mod state;
@@ -14,6 +16,7 @@ mod status_ranges;
 use std::time::Duration;
 
 pub use active::{spawn_checker, CheckResult, CheckerHandle, Target};
+pub use breaker::{Breaker, BreakerConfig, BreakerState, Ticket, Transition};
 pub use outlier::Outcome;
 pub use registry::Registry;
 pub use state::EndpointHealth;

@@ -69,6 +69,8 @@ pub struct EndpointHealth {
     ejected_until: AtomicU64,
     /// Consecutive ejections so far, the multiplier of the next ejection's length.
     ejections: AtomicU32,
+    /// The circuit breaker (used when the service has `[services.circuit_breaker]`).
+    pub breaker: super::Breaker,
 }
 
 impl EndpointHealth {
@@ -81,6 +83,7 @@ impl EndpointHealth {
             outlier_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            breaker: super::Breaker::default(),
         }
     }
 

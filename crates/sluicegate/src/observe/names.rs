@@ -123,11 +123,11 @@ pub const CACHE_LOOKUPS_TOTAL_HELP: &str = "Response-cache lookups, by route and
 pub const LOAD_SHED_TOTAL: &str = "sluicegate_load_shed_total";
 pub const LOAD_SHED_TOTAL_HELP: &str = "Requests shed with 503 overloaded, by priority.";
 
-/// Gauge. Labels: `service`, `endpoint`. The endpoint's circuit-breaker state: 0 closed, 1 open,
-/// 2 half-open.
+/// Gauge. Labels: `service`, `endpoint`. The endpoint's circuit-breaker state: 0 closed, 1
+/// half-open, 2 open (only for services with `[services.circuit_breaker]`).
 pub const CIRCUIT_BREAKER_STATE: &str = "sluicegate_circuit_breaker_state";
 pub const CIRCUIT_BREAKER_STATE_HELP: &str =
-    "Circuit-breaker state of the endpoint: 0 closed, 1 open, 2 half-open.";
+    "Circuit-breaker state of the endpoint: 0 closed, 1 half-open, 2 open.";
 
 /// Counter. Labels: `route`, `reason`. Retries made (not first attempts), by why.
 pub const RETRIES_TOTAL: &str = "sluicegate_retries_total";

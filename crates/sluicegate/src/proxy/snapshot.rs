@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::balance::{self, Balancer, BuildOptions, Endpoint, EndpointLoad, HashOn, Sticky};
 use crate::config::{Config, ListenerConfig, ListenerProtocol, UpstreamProtocol};
-use crate::health::{self, EndpointHealth, OutlierConfig};
+use crate::health::{self, BreakerConfig, BreakerState, EndpointHealth, OutlierConfig};
 use crate::observe::metrics::{self, Counter, Histogram, StatusCounters};
 use crate::observe::names;
 use crate::policy;
@@ -134,6 +134,8 @@ pub struct ServiceRuntime {
     pub hash_on: Option<HashOn>,
     pub connect_timeout: Duration,
     pub outlier: Option<OutlierConfig>,
+    /// `[services.circuit_breaker]`; the breakers themselves live in `health`.
+    pub breaker: Option<BreakerConfig>,
     pub sticky: Option<Sticky>,
     pub transport: Transport,
     pub send_proxy_protocol: Option<ProxyProtocol>,
@@ -157,9 +159,26 @@ impl std::fmt::Debug for RouteRuntime {
 }
 
 impl ServiceRuntime {
-    /// Whether endpoint `i` may take a request now (healthy and not ejected).
+    /// Whether endpoint `i` may take a request now: healthy, not ejected, and its breaker (if
+    /// the service has breakers) would admit one.
     pub fn available(&self, i: usize, now: tokio::time::Instant) -> bool {
-        self.health.get(i).is_some_and(|h| h.is_available(now))
+        self.health.get(i).is_some_and(|h| {
+            h.is_available(now)
+                && self
+                    .breaker
+                    .as_ref()
+                    .is_none_or(|config| h.breaker.may_admit(now, config))
+        })
+    }
+
+    /// Whether some endpoint is healthy and not ejected, but kept out by its open breaker:
+    /// then no endpoint available means 503 `circuit_open`, not `no_healthy_upstream`.
+    pub fn breakers_refuse(&self, now: tokio::time::Instant) -> bool {
+        self.breaker.is_some()
+            && self
+                .health
+                .iter()
+                .any(|h| h.is_available(now) && h.breaker.state() != BreakerState::Closed)
     }
 }
 
@@ -214,6 +233,15 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
             &endpoint_labels,
             Arc::new(move || i64::from(health_state.is_healthy())),
         );
+        if s.circuit_breaker.is_some() {
+            let health_state = Arc::clone(h);
+            m.gauge_fn(
+                names::CIRCUIT_BREAKER_STATE,
+                names::CIRCUIT_BREAKER_STATE_HELP,
+                &endpoint_labels,
+                Arc::new(move || health_state.breaker.state().gauge()),
+            );
+        }
         let load = Arc::clone(&e.load);
         m.gauge_fn(
             names::ENDPOINT_IN_FLIGHT,
@@ -250,6 +278,7 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         hash_on: s.hash_on.clone(),
         connect_timeout: s.connect_timeout,
         outlier: s.outlier_detection,
+        breaker: s.circuit_breaker,
         sticky,
         transport,
         send_proxy_protocol: s.send_proxy_protocol,

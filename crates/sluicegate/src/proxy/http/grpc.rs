@@ -60,7 +60,8 @@ pub fn code_for(error: GatewayError) -> Code {
         | GatewayError::MethodNotAllowed(_) => Code::Unimplemented,
         GatewayError::NoHealthyUpstream
         | GatewayError::UpstreamUnavailable
-        | GatewayError::AuthUnavailable => Code::Unavailable,
+        | GatewayError::AuthUnavailable
+        | GatewayError::CircuitOpen => Code::Unavailable,
         GatewayError::Unauthenticated(_) => Code::Unauthenticated,
         GatewayError::Forbidden => Code::PermissionDenied,
         GatewayError::UpstreamTimeout => Code::DeadlineExceeded,

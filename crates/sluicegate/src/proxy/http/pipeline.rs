@@ -45,7 +45,7 @@ use super::wire::target::{settle, PathRules, TargetError};
 use super::{grpc, websocket};
 use crate::answer::GatewayError;
 use crate::config::UpstreamHost;
-use crate::health::{outlier, Outcome};
+use crate::health::{outlier, BreakerConfig, Outcome, Ticket, Transition};
 use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
 use crate::observe::metrics::{Counter, Gauge};
 use crate::policy;
@@ -398,8 +398,27 @@ pub async fn handle(
         },
         None => service.balancer.pick(key, &accept),
     };
+    // A service with breakers admits the request at the endpoint picked (the check in `accept`
+    // was a look, without a lock): a half-open endpoint whose trials were all taken meanwhile
+    // gives way to another endpoint, once.
+    let mut picked = picked;
+    let mut ticket = None;
+    if let (Some(config), Some(first)) = (&service.breaker, picked) {
+        ticket = admit(service, first, now, config);
+        if ticket.is_none() {
+            let others = |j: usize| j != first && accept(j);
+            picked = service.balancer.pick(key, &others);
+            ticket = picked.and_then(|j| admit(service, j, now, config));
+            picked = picked.filter(|_| ticket.is_some());
+        }
+    }
     let Some(index) = picked else {
-        return answer(exchange, GatewayError::NoHealthyUpstream, false);
+        let error = if service.breakers_refuse(now) {
+            GatewayError::CircuitOpen
+        } else {
+            GatewayError::NoHealthyUpstream
+        };
+        return answer(exchange, error, false);
     };
     let Some(endpoint) = service.endpoints.get(index) else {
         return answer(exchange, GatewayError::NoHealthyUpstream, false);
@@ -479,7 +498,7 @@ pub async fn handle(
             &worker,
             exchange,
             service,
-            index,
+            (index, ticket),
             now,
             request,
             client_upgrade,
@@ -514,7 +533,7 @@ pub async fn handle(
         }
         Err(SendError::Exchange(_)) => Upstream::Reset,
     };
-    report_outcome(service, index, outcome, now);
+    report_outcome(service, index, outcome, now, ticket);
     let response = match exchange_result {
         Ok(ok) => ok,
         Err(e) => {
@@ -595,12 +614,58 @@ enum Upstream {
     ClientFault,
 }
 
+/// Admits a request at endpoint `index`'s breaker, logging the transition it makes.
+fn admit(
+    service: &ServiceRuntime,
+    index: usize,
+    now: tokio::time::Instant,
+    config: &BreakerConfig,
+) -> Option<Ticket> {
+    let health = service.health.get(index)?;
+    let (ticket, transition) = health.breaker.admit(now, config);
+    log_transition(service, index, transition);
+    ticket
+}
+
+/// Logs a breaker's state change, once (the transition is returned to one caller only).
+fn log_transition(service: &ServiceRuntime, index: usize, transition: Option<Transition>) {
+    let (Some(transition), Some(e)) = (transition, service.endpoints.get(index)) else {
+        return;
+    };
+    match transition {
+        Transition::Opened => {
+            tracing::warn!(service = %service.name, endpoint = %e.address, "circuit breaker opened")
+        }
+        Transition::HalfOpened => {
+            tracing::info!(service = %service.name, endpoint = %e.address, "circuit breaker half-open: trial requests")
+        }
+        Transition::Closed => {
+            tracing::info!(service = %service.name, endpoint = %e.address, "circuit breaker closed")
+        }
+    }
+}
+
 fn report_outcome(
     service: &ServiceRuntime,
     index: usize,
     outcome: Upstream,
     now: tokio::time::Instant,
+    ticket: Option<Ticket>,
 ) {
+    if let (Some(config), Some(ticket), Some(health)) =
+        (&service.breaker, ticket, service.health.get(index))
+    {
+        let failed = match outcome {
+            Upstream::Success => Some(false),
+            Upstream::ClientFault => None,
+            _ => Some(true),
+        };
+        if let Some(failed) = failed {
+            let at = tokio::time::Instant::now();
+            let transition = health.breaker.record(ticket, failed, at, config);
+            log_transition(service, index, transition);
+        }
+    }
     if let Some(counters) = service.upstream.get(index) {
         match outcome {
             Upstream::Success => counters.success.inc(),
@@ -774,7 +839,7 @@ async fn tunnel(
     worker: &Rc<Worker>,
     mut exchange: Box<Exchange>,
     service: &ServiceRuntime,
-    index: usize,
+    (index, ticket): (usize, Option<Ticket>),
     now: tokio::time::Instant,
     request: Request<RequestBody>,
     client_upgrade: ClientUpgrade,
@@ -802,20 +867,20 @@ async fn tunnel(
         Some(Ok(r)) => r,
         Some(Err(TunnelError::Connect(e))) => {
             tracing::warn!(service = %service.name, error = %e, "upstream connect failed");
-            report_outcome(service, index, Upstream::ConnectFailure, now);
+            report_outcome(service, index, Upstream::ConnectFailure, now, ticket);
             return answer(exchange, GatewayError::UpstreamUnavailable, false);
         }
         Some(Err(TunnelError::Exchange(e))) => {
             tracing::warn!(service = %service.name, upstream = %address, error = %e, "upstream exchange failed");
-            report_outcome(service, index, Upstream::Reset, now);
+            report_outcome(service, index, Upstream::Reset, now, ticket);
             return answer(exchange, GatewayError::UpstreamUnavailable, false);
         }
         None => {
-            report_outcome(service, index, Upstream::Timeout, now);
+            report_outcome(service, index, Upstream::Timeout, now, ticket);
             return answer(exchange, GatewayError::UpstreamTimeout, false);
         }
     };
-    report_outcome(service, index, Upstream::Success, now);
+    report_outcome(service, index, Upstream::Success, now, ticket);
     exchange.status = response.status().as_u16();
     exchange.policies.on_response(response.headers_mut());
     let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
