@@ -39,6 +39,8 @@ pub enum GatewayError {
     Forbidden,
     #[error("every endpoint of the service is kept out by its open circuit breaker; retry later")]
     CircuitOpen,
+    #[error("the route has as many requests in flight as it allows (max_in_flight); retry after the time Retry-After gives")]
+    Overloaded,
     #[error("credentials cannot be checked now: the identity provider's key set has not been loaded yet; retry after the time Retry-After gives")]
     AuthUnavailable,
 }
@@ -58,7 +60,7 @@ impl GatewayError {
             GatewayError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
-            GatewayError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::CircuitOpen | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -79,6 +81,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => "unauthenticated",
             GatewayError::Forbidden => "forbidden",
             GatewayError::CircuitOpen => "circuit_open",
+            GatewayError::Overloaded => "overloaded",
             GatewayError::AuthUnavailable => "auth_unavailable",
         }
     }

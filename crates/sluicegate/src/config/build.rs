@@ -424,6 +424,7 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "rate_limit",
             "auth",
             "require_scopes",
+            "max_in_flight",
         ],
         &[
             "priority",
@@ -497,6 +498,9 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             timeout,
             upstream_host,
             rate_limit: rate_limit.as_ref().map(|(n, _)| n.to_string()),
+            max_in_flight: r
+                .integer(t, "max_in_flight", 0, 10_000_000)
+                .map_or(0, |(n, _)| n as usize),
             auth: auth.as_ref().map(|(n, _)| n.to_string()),
             require_scopes: scopes
                 .unwrap_or_default()

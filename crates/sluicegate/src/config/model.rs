@@ -217,6 +217,8 @@ pub struct RouteConfig {
     pub auth: Option<String>,
     /// Scopes the authenticated consumer must all hold (needs `auth`).
     pub require_scopes: Vec<String>,
+    /// The most requests of this route in flight at once (a bulkhead); 0 = unlimited.
+    pub max_in_flight: usize,
 }
 
 /// Which `Host` (HTTP/2 `:authority`) a route sends upstream.

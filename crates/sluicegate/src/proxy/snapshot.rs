@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,9 +31,19 @@ pub struct Registries {
     pub metrics: metrics::Registry,
     /// Rate-limit buckets and the other state of policies, by policy name.
     pub policies: policy::Registry,
+    /// Requests in flight per route with `max_in_flight`, by route name.
+    pub route_in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl Registries {
+    fn in_flight(&self, route: &str) -> Arc<AtomicUsize> {
+        let mut counts = self
+            .route_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::clone(counts.entry(route.to_string()).or_default())
+    }
+
     fn load(&self, service: &str, address: SocketAddr) -> Arc<EndpointLoad> {
         let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
@@ -51,6 +62,15 @@ impl Registries {
                 .any(|s| s.name == service && s.endpoints.iter().any(|e| e.address == address))
         };
         self.policies.retain(config);
+        self.route_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|route, _| {
+                config
+                    .routes
+                    .iter()
+                    .any(|r| r.name == *route && r.max_in_flight > 0)
+            });
         self.health.retain(keep);
         self.loads
             .lock()
@@ -109,6 +129,9 @@ pub struct RouteRuntime {
     pub upstream_host: crate::config::UpstreamHost,
     /// The route's policy steps (`policy/`); empty when it has none.
     pub policies: policy::Chain,
+    /// `max_in_flight`: the limit and the route's requests in flight, a count shared by every
+    /// snapshot (requests admitted under the previous config still count after a reload).
+    pub bulkhead: Option<(usize, Arc<AtomicUsize>)>,
     pub requests: StatusCounters,
     pub duration: Histogram,
 }
@@ -316,6 +339,8 @@ impl Snapshot {
                             timeout: r.timeout,
                             upstream_host: r.upstream_host.clone(),
                             policies: policies.chain(r),
+                            bulkhead: (r.max_in_flight > 0)
+                                .then(|| (r.max_in_flight, reg.in_flight(&r.name))),
                             requests: m.status_counters(
                                 names::HTTP_REQUESTS_TOTAL,
                                 names::HTTP_REQUESTS_TOTAL_HELP,

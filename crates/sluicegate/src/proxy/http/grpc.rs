@@ -61,7 +61,8 @@ pub fn code_for(error: GatewayError) -> Code {
         GatewayError::NoHealthyUpstream
         | GatewayError::UpstreamUnavailable
         | GatewayError::AuthUnavailable
-        | GatewayError::CircuitOpen => Code::Unavailable,
+        | GatewayError::CircuitOpen
+        | GatewayError::Overloaded => Code::Unavailable,
         GatewayError::Unauthenticated(_) => Code::Unauthenticated,
         GatewayError::Forbidden => Code::PermissionDenied,
         GatewayError::UpstreamTimeout => Code::DeadlineExceeded,

@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -156,6 +157,8 @@ struct Exchange {
     counted: bool,
     /// What the route's policy steps decided, for the log line.
     policies: policy::Applied,
+    /// The route's in-flight count this request holds a place in (`max_in_flight`).
+    bulkhead: Option<Arc<AtomicUsize>>,
 }
 
 impl Exchange {
@@ -174,6 +177,9 @@ impl Finish for Exchange {
             return;
         }
         self.counted = true;
+        if let Some(in_flight) = self.bulkhead.take() {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.status == 0 {
             self.status = 499;
         }
@@ -296,6 +302,7 @@ pub async fn handle(
         status: 0,
         counted: false,
         policies: policy::Applied::default(),
+        bulkhead: None,
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
@@ -352,6 +359,20 @@ pub async fn handle(
     };
     let service: &ServiceRuntime = &route.service;
     exchange.route = Some(route_index);
+
+    // The route's bulkhead: a slow route cannot hold every connection of the gateway. Refused
+    // at once, never queued.
+    if let Some((limit, in_flight)) = &route.bulkhead {
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= *limit {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let Ok(mut response) = answer(exchange, GatewayError::Overloaded, false);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(response);
+        }
+        exchange.bulkhead = Some(Arc::clone(in_flight));
+    }
 
     // 5. Declared body size.
     let limit = listener.config.max_request_body_bytes;
