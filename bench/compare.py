@@ -20,6 +20,8 @@ Scenarios (--scenarios, comma-separated; default all):
          set: it adds the limited route to every proxy)
   auth   Sluicegate alone: a JWT route (RS256, 300 tokens reused) and an API-key route against
          its plain route, CPU per request (bench/auth.py; not in the default set)
+  resilience  Sluicegate alone: a route whose service has a circuit breaker and whose route a
+         bulkhead (both idle) against its plain route (bench/resilience.py; not in the default set)
   idle   memory: --idle connections (default 10,000, capped by the file-descriptor limit)
          opened one after another, one request each, then left idle, against a fresh process of
          each proxy: RSS growth per connection (KiB), and RSS 30 s after they close; for plain
@@ -565,6 +567,9 @@ def main():
         if "auth" in scenarios:
             from auth import auth_scenario  # here: it imports this module's helpers
             auth_scenario(args, work, bport, binary)
+        if "resilience" in scenarios:
+            from resilience import resilience_scenario  # here: it imports this module's helpers
+            resilience_scenario(args, work, bport, binary)
         if "idle" in scenarios:
             from idle import idle_scenario  # here: idle.py imports this module's helpers
             idle_scenario(work, bport, binary, args.idle, args.idle_kinds.split(","), print_table)
