@@ -21,7 +21,8 @@ Scenarios (--scenarios, comma-separated; default all):
   auth   Sluicegate alone: a JWT route (RS256, 300 tokens reused) and an API-key route against
          its plain route, CPU per request (bench/auth.py; not in the default set)
   resilience  Sluicegate alone: a route whose service has a circuit breaker and whose route a
-         bulkhead (both idle) against its plain route (bench/resilience.py; not in the default set)
+         bulkhead and a retry policy (all idle) against its plain route (bench/resilience.py;
+         not in the default set)
   idle   memory: --idle connections (default 10,000, capped by the file-descriptor limit)
          opened one after another, one request each, then left idle, against a fresh process of
          each proxy: RSS growth per connection (KiB), and RSS 30 s after they close; for plain

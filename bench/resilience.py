@@ -1,9 +1,9 @@
-"""The resilience scenario of bench/compare.py: what an idle circuit breaker and a route bulkhead
-cost per request in Sluicegate.
+"""The resilience scenario of bench/compare.py: what an idle circuit breaker, a route bulkhead
+and a retry policy cost per request in Sluicegate.
 
 One Sluicegate process, two routes to the same backend: `/` plain, and `/guarded` whose service
 has `[services.circuit_breaker]` (never tripping: the backend never fails) and whose route has
-`max_in_flight` far above the load. The two are measured in interleaved rounds; the ratio is the
+`max_in_flight` far above the load and a `retry` policy (never retrying). The two are measured in interleaved rounds; the ratio is the
 guarded route's CPU per request over the plain route's.
 """
 
@@ -17,6 +17,7 @@ name = "guarded"
 match = {{ path_prefix = "/guarded" }}
 service = "guarded"
 max_in_flight = 10000
+retry = {{ attempts = 2, on = ["connect_failure", "reset", "5xx"] }}
 
 [[services]]
 name = "guarded"
@@ -47,7 +48,7 @@ def resilience_scenario(args, work, backend, binary, conns=64):
                                                       paths[name])
             return (rps, p50, p99, errors, requests)
 
-        title = (f"Idle circuit breaker and bulkhead, wrk -t1 -c{conns} -d{args.duration}s")
+        title = (f"Idle circuit breaker, bulkhead and retry policy, wrk -t1 -c{conns} -d{args.duration}s")
         results = measure({n: (proc, ports) for n in paths}, args.rounds, run,
                           ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), title,
                           args.show_rounds)

@@ -51,10 +51,7 @@ fn get(c: &mut Client, path: &str, token: &str) -> support::Response {
 }
 
 fn metric(gw: &Gateway, series: &str) -> u64 {
-    let text = gw.admin().get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
+    gw.metric(series)
 }
 
 fn decisions(gw: &Gateway, result: &str, reason: &str) -> u64 {

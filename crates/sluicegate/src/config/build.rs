@@ -425,12 +425,12 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "auth",
             "require_scopes",
             "max_in_flight",
+            "retry",
         ],
         &[
             "priority",
             "priority_from_header",
             "cache",
-            "retry",
             "mirror",
             "faults",
         ],
@@ -501,6 +501,7 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             max_in_flight: r
                 .integer(t, "max_in_flight", 0, 10_000_000)
                 .map_or(0, |(n, _)| n as usize),
+            retry: r.table(t, "retry").and_then(|rt| retry(r, &rt)),
             auth: auth.as_ref().map(|(n, _)| n.to_string()),
             require_scopes: scopes
                 .unwrap_or_default()
@@ -1038,6 +1039,101 @@ fn outlier_detection(r: &mut Reader<'_>, t: &Table<'_, '_>) -> OutlierConfig {
             .map(|(n, _)| n as u8)
             .unwrap_or(50),
     }
+}
+
+/// A route's `retry = { ... }`.
+fn retry(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RetryConfig> {
+    r.check_keys(
+        t,
+        &[
+            "attempts",
+            "on",
+            "retriable_status",
+            "budget_percent",
+            "budget_min_per_second",
+            "backoff",
+            "per_try_timeout",
+            "non_idempotent",
+            "replay_buffer",
+        ],
+        &[],
+    );
+    let attempts = r
+        .integer(t, "attempts", 1, i64::from(MAX_RETRY_ATTEMPTS))
+        .map_or(2, |(n, _)| n as u32);
+    let mut on = RetryOn::default();
+    match r.strings(t, "on") {
+        None => {
+            on.connect_failure = true;
+            on.reset = true;
+            on.status_503 = true;
+        }
+        Some(list) => {
+            for (name, span) in list {
+                match name {
+                    "connect_failure" => on.connect_failure = true,
+                    "reset" => on.reset = true,
+                    "5xx" => on.status_5xx = true,
+                    "503" => on.status_503 = true,
+                    "timeout" => on.timeout = true,
+                    other => r.report(
+                        span,
+                        format!(
+                            "{}: unknown condition \"{other}\"; expected \"connect_failure\", \"reset\", \"5xx\", \"503\" or \"timeout\"",
+                            t.key_path("on")
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    let mut retriable_status = Vec::new();
+    if let Some((items, _)) = r.array(t, "retriable_status") {
+        for item in items {
+            let code = match item.get_ref() {
+                toml::de::DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
+                _ => None,
+            };
+            match code {
+                Some(c @ 100..=599) => retriable_status.push(c as u16),
+                _ => r.report(
+                    item.span(),
+                    format!(
+                        "{}: expected an HTTP status from 100 to 599",
+                        t.key_path("retriable_status")
+                    ),
+                ),
+            }
+        }
+    }
+    let budget_percent = r
+        .number(t, "budget_percent", 0.0, true, 100.0)
+        .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT);
+    let budget_min_per_second = r
+        .integer(t, "budget_min_per_second", 0, 1_000_000)
+        .map_or(DEFAULT_RETRY_BUDGET_MIN_PER_SECOND, |(n, _)| n as u32);
+    let backoff = r.duration(t, "backoff").unwrap_or(DEFAULT_RETRY_BACKOFF);
+    let per_try_timeout = positive_duration(r, t, "per_try_timeout");
+    let non_idempotent = r.bool(t, "non_idempotent").unwrap_or(false);
+    let replay_buffer = r.size(t, "replay_buffer").unwrap_or(DEFAULT_REPLAY_BUFFER);
+    if replay_buffer > 16 * 1024 * 1024 {
+        let span = t.get("replay_buffer").map_or(t.span.clone(), |v| v.span());
+        r.report(
+            span,
+            format!("{}: at most 16MiB", t.key_path("replay_buffer")),
+        );
+    }
+    Some(RetryConfig {
+        attempts,
+        on,
+        retriable_status,
+        budget_percent,
+        budget_min_per_second,
+        backoff,
+        per_try_timeout,
+        non_idempotent,
+        replay_buffer,
+    })
 }
 
 /// `[services.circuit_breaker]`.

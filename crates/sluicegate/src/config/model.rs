@@ -219,7 +219,52 @@ pub struct RouteConfig {
     pub require_scopes: Vec<String>,
     /// The most requests of this route in flight at once (a bulkhead); 0 = unlimited.
     pub max_in_flight: usize,
+    /// `retry = { ... }`.
+    pub retry: Option<RetryConfig>,
 }
+
+/// A route's `retry`: when a failed try is tried again, how often, and within what budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Tries in all, the first included (2 = one retry).
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Response statuses that are retried besides `on`'s classes.
+    pub retriable_status: Vec<u16>,
+    /// Retries may be at most this share of the route's requests (over the last 10 s)…
+    pub budget_percent: f64,
+    /// …plus this many per second, so a quiet route can still retry.
+    pub budget_min_per_second: u32,
+    /// The first retry waits up to this long (full jitter), doubling per retry, up to 10×.
+    pub backoff: Duration,
+    /// Each try's own deadline (within the route's `timeout`, which covers all tries).
+    pub per_try_timeout: Option<Duration>,
+    /// Retry non-idempotent methods (POST, PATCH…) also after their request reached an upstream.
+    pub non_idempotent: bool,
+    /// Request bodies up to this size are kept to be sent again; larger ones are not retried.
+    pub replay_buffer: u64,
+}
+
+/// `on`: which failures are retried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    /// Any 5xx response.
+    pub status_5xx: bool,
+    /// 503 responses (included in `5xx`).
+    pub status_503: bool,
+    /// No response head within the try's deadline (`per_try_timeout`).
+    pub timeout: bool,
+}
+
+/// Defaults of `retry`.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+pub const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
+pub const DEFAULT_RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+pub const DEFAULT_REPLAY_BUFFER: u64 = 64 * 1024;
+/// The most tries `attempts` may ask for.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// Which `Host` (HTTP/2 `:authority`) a route sends upstream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -200,6 +200,11 @@ impl Applied {
             .map(|(name, _)| &**name)
     }
 
+    /// Records a decision made outside the steps (the number of upstream tries).
+    pub fn note(&mut self, decision: Decision) {
+        self.decide(decision);
+    }
+
     fn decide(&mut self, decision: Decision) {
         if let Some(slot) = self.decisions.get_mut(self.count) {
             *slot = decision;

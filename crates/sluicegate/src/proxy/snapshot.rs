@@ -20,6 +20,7 @@ use crate::policy;
 use crate::proxy::http::client::Transport;
 use crate::proxy::proxy_protocol::ProxyProtocol;
 
+use super::http::retry;
 use super::http::route::{Matcher, RouteTable};
 
 /// Live state shared by every snapshot.
@@ -33,15 +34,30 @@ pub struct Registries {
     pub policies: policy::Registry,
     /// Requests in flight per route with `max_in_flight`, by route name.
     pub route_in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Retry budgets of routes with `retry`, by route name.
+    pub retry_budgets: Mutex<HashMap<String, Arc<retry::Budget>>>,
+}
+
+/// Keeps the entries whose key `keep` accepts.
+fn retain_keys<T>(map: &Mutex<HashMap<String, Arc<T>>>, keep: impl Fn(&String) -> bool) {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|key, _| keep(key));
+}
+
+/// The state kept under `key`, made on first use.
+fn shared<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, key: &str) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(map.entry(key.to_string()).or_default())
 }
 
 impl Registries {
     fn in_flight(&self, route: &str) -> Arc<AtomicUsize> {
-        let mut counts = self
-            .route_in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Arc::clone(counts.entry(route.to_string()).or_default())
+        shared(&self.route_in_flight, route)
+    }
+
+    fn retry_budget(&self, route: &str) -> Arc<retry::Budget> {
+        shared(&self.retry_budgets, route)
     }
 
     fn load(&self, service: &str, address: SocketAddr) -> Arc<EndpointLoad> {
@@ -62,15 +78,11 @@ impl Registries {
                 .any(|s| s.name == service && s.endpoints.iter().any(|e| e.address == address))
         };
         self.policies.retain(config);
-        self.route_in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|route, _| {
-                config
-                    .routes
-                    .iter()
-                    .any(|r| r.name == *route && r.max_in_flight > 0)
-            });
+        let routes_with = |has: fn(&crate::config::RouteConfig) -> bool| {
+            move |route: &String| config.routes.iter().any(|r| r.name == *route && has(r))
+        };
+        retain_keys(&self.route_in_flight, routes_with(|r| r.max_in_flight > 0));
+        retain_keys(&self.retry_budgets, routes_with(|r| r.retry.is_some()));
         self.health.retain(keep);
         self.loads
             .lock()
@@ -132,6 +144,8 @@ pub struct RouteRuntime {
     /// `max_in_flight`: the limit and the route's requests in flight, a count shared by every
     /// snapshot (requests admitted under the previous config still count after a reload).
     pub bulkhead: Option<(usize, Arc<AtomicUsize>)>,
+    /// `retry`, with the route's budget.
+    pub retry: Option<retry::RetryPolicy>,
     pub requests: StatusCounters,
     pub duration: Histogram,
 }
@@ -341,6 +355,9 @@ impl Snapshot {
                             policies: policies.chain(r),
                             bulkhead: (r.max_in_flight > 0)
                                 .then(|| (r.max_in_flight, reg.in_flight(&r.name))),
+                            retry: r.retry.as_ref().map(|c| {
+                                retry::RetryPolicy::new(&r.name, c, reg.retry_budget(&r.name), m)
+                            }),
                             requests: m.status_counters(
                                 names::HTTP_REQUESTS_TOTAL,
                                 names::HTTP_REQUESTS_TOTAL_HELP,

@@ -194,6 +194,15 @@ impl Gateway {
         kib * 1024
     }
 
+    /// The value of one metric series (`name{labels}` exactly as `/metrics` prints it); 0 when
+    /// it is not there.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.admin().get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

@@ -16,6 +16,7 @@ pub mod first_read;
 pub mod grpc;
 pub mod headers;
 pub mod pipeline;
+pub mod retry;
 pub mod route;
 mod route_index;
 pub mod server;

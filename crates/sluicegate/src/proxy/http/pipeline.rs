@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, Uri, Version};
 
 use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
 use super::client::h1;
@@ -43,7 +44,7 @@ use super::headers::{
 use super::route::{request_host, strip_prefix, RequestView};
 use super::server::h1::ClientUpgrade;
 use super::wire::target::{settle, PathRules, TargetError};
-use super::{grpc, websocket};
+use super::{grpc, retry, websocket};
 use crate::answer::GatewayError;
 use crate::config::UpstreamHost;
 use crate::health::{outlier, BreakerConfig, Outcome, Ticket, Transition};
@@ -530,31 +531,44 @@ pub async fn handle(
         .await;
     }
 
-    let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
-    let sending = pin!(send(
-        &worker.pool,
-        address,
-        service,
-        parts,
-        upstream_body,
-        forwarding
-    ));
-    let exchange_result = before(deadline, sending, timer)
-        .await
-        .unwrap_or(Err(SendError::Timeout));
-    let outcome = match &exchange_result {
-        Ok(response) if response.status().is_server_error() => Upstream::Status5xx,
-        Ok(_) => Upstream::Success,
-        Err(SendError::Timeout) => Upstream::Timeout,
-        Err(SendError::Connect(_)) => Upstream::ConnectFailure,
-        Err(SendError::Exchange(_))
-            if stats.client_body_failed.get() || stats.body_too_large.get() =>
-        {
-            Upstream::ClientFault
+    let (index, exchange_result) = match &route.retry {
+        None => {
+            let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
+            let sending = pin!(send(
+                &worker.pool,
+                address,
+                service,
+                parts,
+                upstream_body,
+                forwarding
+            ));
+            let result = before(deadline, sending, timer)
+                .await
+                .unwrap_or(Err(SendError::Timeout));
+            let outcome = classify(&result, &stats);
+            report_outcome(service, index, outcome, now, ticket);
+            (index, result)
         }
-        Err(SendError::Exchange(_)) => Upstream::Reset,
+        // Boxed: only routes with `retry` carry its larger future.
+        Some(policy) => {
+            Box::pin(send_with_retries(Tries {
+                worker: &worker,
+                service,
+                policy,
+                parts,
+                body,
+                limit,
+                stats: &stats,
+                forwarding,
+                deadline,
+                first: (index, ticket),
+                key,
+                exchange: &mut exchange,
+            }))
+            .await
+        }
     };
-    report_outcome(service, index, outcome, now, ticket);
+    let address = service.endpoints.get(index).map_or(address, |e| e.address);
     let response = match exchange_result {
         Ok(ok) => ok,
         Err(e) => {
@@ -565,6 +579,7 @@ pub async fn handle(
             } else {
                 match e {
                     SendError::Timeout => GatewayError::UpstreamTimeout,
+                    SendError::ClientBody => GatewayError::BadRequest,
                     SendError::Connect(ref err) => {
                         tracing::warn!(service = %service.name, error = %err, "upstream connect failed");
                         GatewayError::UpstreamUnavailable
@@ -712,9 +727,239 @@ fn report_outcome(
     }
 }
 
+/// How an upstream exchange went, from its result.
+fn classify(result: &Result<Response<UpstreamBody>, SendError>, stats: &ExchangeStats) -> Upstream {
+    match result {
+        Ok(response) if response.status().is_server_error() => Upstream::Status5xx,
+        Ok(_) => Upstream::Success,
+        Err(SendError::Timeout) => Upstream::Timeout,
+        Err(SendError::Connect(_)) => Upstream::ConnectFailure,
+        Err(SendError::ClientBody) => Upstream::ClientFault,
+        Err(SendError::Exchange(_))
+            if stats.client_body_failed.get() || stats.body_too_large.get() =>
+        {
+            Upstream::ClientFault
+        }
+        Err(SendError::Exchange(_)) => Upstream::Reset,
+    }
+}
+
+/// What [`send_with_retries`] works with.
+struct Tries<'a> {
+    worker: &'a Rc<Worker>,
+    service: &'a ServiceRuntime,
+    policy: &'a retry::RetryPolicy,
+    parts: http::request::Parts,
+    body: ClientBody,
+    limit: u64,
+    stats: &'a Rc<ExchangeStats>,
+    forwarding: Forwarding<'a>,
+    deadline: Option<tokio::time::Instant>,
+    /// The endpoint picked for the first try, and its breaker's admission.
+    first: (usize, Option<Ticket>),
+    key: Option<u64>,
+    exchange: &'a mut Exchange,
+}
+
+/// The request body read ahead for retries.
+enum ReadAhead {
+    /// All of it (and its trailers): every try sends it again.
+    Whole(Bytes, Option<HeaderMap>),
+    /// More than the replay buffer: this much was read, the rest streams; no retries.
+    Start(Bytes),
+    /// The client's body failed or went over the listener's limit.
+    Failed,
+}
+
+async fn read_ahead(body: &mut RequestBody, cap: u64) -> ReadAhead {
+    use http_body_util::BodyExt;
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return ReadAhead::Whole(buffer.freeze(), None),
+            Some(Err(_)) => return ReadAhead::Failed,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buffer.extend_from_slice(&data);
+                    if buffer.len() as u64 > cap {
+                        return ReadAhead::Start(buffer.freeze());
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return ReadAhead::Whole(buffer.freeze(), Some(trailers));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Sends a request on a route with `retry` (see `retry.rs` for the rules): reads its body
+/// ahead (up to the replay buffer), then tries, and tries again while a failure is retriable,
+/// tries and budget are left and the route's deadline allows the backoff. Reports every try's
+/// outcome; returns the endpoint and the result of the last.
+async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody>, SendError>) {
+    let Tries {
+        worker,
+        service,
+        policy,
+        parts,
+        body,
+        limit,
+        stats,
+        forwarding,
+        deadline,
+        first: (mut index, mut ticket),
+        key,
+        exchange,
+    } = t;
+    policy.count_request();
+    let may_resend = policy.may_resend(&parts.method);
+    let mut body = RequestBody::new(body, limit, Rc::clone(stats));
+    let mut streamed = None;
+    let replay = if http_body::Body::is_end_stream(&body) {
+        Some((Bytes::new(), None))
+    } else {
+        let read = {
+            let reading = pin!(read_ahead(&mut body, policy.config.replay_buffer));
+            before(deadline, reading, None).await
+        };
+        match read {
+            None => return (index, Err(SendError::Timeout)),
+            Some(ReadAhead::Failed) => return (index, Err(SendError::ClientBody)),
+            Some(ReadAhead::Whole(data, trailers)) => Some((data, trailers)),
+            Some(ReadAhead::Start(start)) => {
+                let counted = start.len() as u64;
+                let rest = ClientBody::Prefixed {
+                    prefix: Some(start),
+                    rest: Box::new(body.into_inner()),
+                };
+                streamed = Some(RequestBody::read_ahead(
+                    rest,
+                    limit,
+                    Rc::clone(stats),
+                    counted,
+                ));
+                None
+            }
+        }
+    };
+    let mut tries = 1;
+    let mut tried = vec![index];
+    loop {
+        let address = match service.endpoints.get(index) {
+            Some(e) => e.address,
+            None => return (index, Err(SendError::Timeout)),
+        };
+        let try_body = match (&replay, streamed.take()) {
+            (Some((data, trailers)), _) => RequestBody::read_ahead(
+                ClientBody::Buffered {
+                    data: Some(data.clone()),
+                    trailers: trailers.clone(),
+                },
+                0,
+                Rc::clone(stats),
+                data.len() as u64,
+            ),
+            (None, Some(body)) => body,
+            (None, None) => return (index, Err(SendError::ClientBody)),
+        };
+        let mut try_parts = Request::new(()).into_parts().0;
+        try_parts.method = parts.method.clone();
+        try_parts.uri = parts.uri.clone();
+        try_parts.version = parts.version;
+        try_parts.headers = parts.headers.clone();
+        let try_deadline = match policy.config.per_try_timeout {
+            Some(per_try) => {
+                let at = tokio::time::Instant::now() + per_try;
+                Some(deadline.map_or(at, |d| d.min(at)))
+            }
+            None => deadline,
+        };
+        let sending = pin!(send(
+            &worker.pool,
+            address,
+            service,
+            try_parts,
+            try_body,
+            forwarding
+        ));
+        let result = before(try_deadline, sending, None)
+            .await
+            .unwrap_or(Err(SendError::Timeout));
+        let outcome = classify(&result, stats);
+        let ended = tokio::time::Instant::now();
+        report_outcome(service, index, outcome, ended, ticket);
+        let end = match (&result, outcome) {
+            (Ok(response), _) => retry::TryEnd::Status(response.status()),
+            (_, Upstream::ConnectFailure) => retry::TryEnd::ConnectFailure,
+            (_, Upstream::Reset) => retry::TryEnd::Reset,
+            (_, Upstream::Timeout) => retry::TryEnd::Timeout,
+            _ => retry::TryEnd::Status(http::StatusCode::OK),
+        };
+        let reason = policy.reason(end, may_resend);
+        let wait = policy.backoff(tries);
+        let in_time = deadline.is_none_or(|d| ended + wait < d);
+        let again =
+            reason.filter(|_| replay.is_some() && tries < policy.config.attempts && in_time);
+        // Another endpoint when there is one; the same one otherwise.
+        let next = again.and_then(|_| {
+            let now = tokio::time::Instant::now();
+            let untried = |i: usize| !tried.contains(&i) && service.available(i, now);
+            let any = |i: usize| service.available(i, now);
+            service
+                .balancer
+                .pick(key, &untried)
+                .or_else(|| service.balancer.pick(key, &any))
+        });
+        let (Some(reason), Some(next)) = (again, next) else {
+            exchange
+                .policies
+                .note(("attempts", retry::attempts_text(tries)));
+            return (index, result);
+        };
+        // The next endpoint's breaker admits the retry (a half-open one may have no trial
+        // left), then the budget pays for it.
+        let admitted = match &service.breaker {
+            Some(config) => match admit(service, next, tokio::time::Instant::now(), config) {
+                Some(ticket) => Some(ticket),
+                None => {
+                    exchange
+                        .policies
+                        .note(("attempts", retry::attempts_text(tries)));
+                    return (index, result);
+                }
+            },
+            None => None,
+        };
+        if !policy.take(reason) {
+            tracing::debug!(service = %service.name, "retry budget spent: not retrying");
+            exchange
+                .policies
+                .note(("attempts", retry::attempts_text(tries)));
+            return (index, result);
+        }
+        drop(result);
+        tokio::time::sleep(wait).await;
+        if let (Some(old), Some(new)) = (service.endpoints.get(index), service.endpoints.get(next))
+        {
+            old.load.end();
+            new.load.begin();
+        }
+        exchange.endpoint = Some(next);
+        ticket = admitted;
+        index = next;
+        tried.push(next);
+        tries += 1;
+    }
+}
+
 #[derive(Debug)]
 enum SendError {
     Timeout,
+    /// The client's request body failed (or went over the limit) while it was read ahead.
+    ClientBody,
     Connect(pool::ConnectError),
     Exchange(ExchangeError),
 }

@@ -26,10 +26,21 @@ pub enum RequestBodyError {
     Client(#[from] ClientBodyError),
 }
 
-/// A client's request body: from the gateway's HTTP/1.1 server, or hyper's HTTP/2 one.
+/// A client's request body: from the gateway's HTTP/1.1 server, or hyper's HTTP/2 one; or,
+/// for a route that retries, what was read of it first.
 pub enum ClientBody {
     H1(ClientH1Body),
     H2(Incoming),
+    /// The whole body, read before the first try so that a retry can send it again.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// The start of a body too large to keep for retries, then the rest of it from the client.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Box<ClientBody>,
+    },
 }
 
 impl Body for ClientBody {
@@ -41,6 +52,16 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
+            ClientBody::Buffered { data, trailers } => {
+                Poll::Ready(match data.take().filter(|d| !d.is_empty()) {
+                    Some(data) => Some(Ok(Frame::data(data))),
+                    None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                })
+            }
+            ClientBody::Prefixed { prefix, rest } => match prefix.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
             ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Client),
             // HTTP/2 trailers pass the same filter as HTTP/1.1's (wire::chunked), whatever
             // the upstream speaks.
@@ -64,6 +85,10 @@ impl Body for ClientBody {
         match self {
             ClientBody::H1(b) => b.is_end_stream(),
             ClientBody::H2(b) => b.is_end_stream(),
+            ClientBody::Buffered { data, trailers } => {
+                data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
+            }
+            ClientBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -71,6 +96,27 @@ impl Body for ClientBody {
         match self {
             ClientBody::H1(b) => b.size_hint(),
             ClientBody::H2(b) => b.size_hint(),
+            // Trailers need chunked framing: then the length is not given as exact.
+            ClientBody::Buffered { data, trailers } => {
+                let len = data.as_ref().map_or(0, |d| d.len() as u64);
+                if trailers.is_some() {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(len);
+                    hint
+                } else {
+                    SizeHint::with_exact(len)
+                }
+            }
+            ClientBody::Prefixed { prefix, rest } => {
+                let first = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(first + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(first + upper);
+                }
+                hint
+            }
         }
     }
 }
@@ -81,6 +127,9 @@ pub struct RequestBody {
     /// 0 = unlimited.
     limit: u64,
     stats: Rc<ExchangeStats>,
+    /// Bytes at the start of the body that were counted (and checked against the limit) when
+    /// they were read ahead for retries, and are not counted again.
+    counted: u64,
 }
 
 impl RequestBody {
@@ -89,7 +138,27 @@ impl RequestBody {
             inner,
             limit,
             stats,
+            counted: 0,
         }
+    }
+
+    /// A body whose first `counted` bytes were read ahead, counted and checked already.
+    pub fn read_ahead(
+        inner: ClientBody,
+        limit: u64,
+        stats: Rc<ExchangeStats>,
+        counted: u64,
+    ) -> RequestBody {
+        RequestBody {
+            inner,
+            limit,
+            stats,
+            counted,
+        }
+    }
+
+    pub fn into_inner(self) -> ClientBody {
+        self.inner
     }
 }
 
@@ -105,7 +174,9 @@ impl Body for RequestBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let total = this.stats.bytes_in.get() + data.len() as u64;
+                    let already = this.counted.min(data.len() as u64);
+                    this.counted -= already;
+                    let total = this.stats.bytes_in.get() + data.len() as u64 - already;
                     this.stats.bytes_in.set(total);
                     if this.limit != 0 && total > this.limit {
                         this.stats.body_too_large.set(true);
