@@ -41,6 +41,8 @@ pub enum GatewayError {
     CircuitOpen,
     #[error("the route has as many requests in flight as it allows (max_in_flight); retry after the time Retry-After gives")]
     Overloaded,
+    #[error("the request body did not arrive within the route's timeout")]
+    RequestTimeout,
     #[error("credentials cannot be checked now: the identity provider's key set has not been loaded yet; retry after the time Retry-After gives")]
     AuthUnavailable,
 }
@@ -61,6 +63,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
             GatewayError::CircuitOpen | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -82,6 +85,7 @@ impl GatewayError {
             GatewayError::Forbidden => "forbidden",
             GatewayError::CircuitOpen => "circuit_open",
             GatewayError::Overloaded => "overloaded",
+            GatewayError::RequestTimeout => "request_timeout",
             GatewayError::AuthUnavailable => "auth_unavailable",
         }
     }

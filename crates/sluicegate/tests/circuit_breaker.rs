@@ -172,3 +172,41 @@ fn outlier_ejection_is_capped_but_breakers_are_not() {
     let r = c.get("/");
     assert_eq!(r.json()["error"], "circuit_open");
 }
+
+#[test]
+fn slow_clients_do_not_open_breakers_on_healthy_endpoints() {
+    use std::io::{Read, Write};
+    let b = Backend::start("b");
+    let gw = Gateway::start(
+        &Toml::new()
+            .admin()
+            .listener("public", "")
+            .route("all", "app", "timeout = \"300ms\"")
+            .service(
+                "app",
+                &[b.addr],
+                "[services.circuit_breaker]\nminimum_requests = 3\nfailure_rate = 0.5",
+            )
+            .build(),
+    );
+    // Each client declares 1000 bytes of body, sends 10 and stalls until the route times out.
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .unwrap();
+        let mut answer = [0u8; 12];
+        let _ = s.read_exact(&mut answer);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 5"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(
+        state(&gw, &b),
+        0,
+        "the breaker stays closed: the clients were slow"
+    );
+    assert_eq!(gw.client().get("/").status, 200);
+}

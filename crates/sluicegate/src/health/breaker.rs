@@ -9,7 +9,9 @@
 //! - **Half-open**: then exactly `half_open_requests` trial requests are let through. The first
 //!   trial that fails opens the breaker again for `open_for`; when all of them succeed it
 //!   **closes**, with an empty window. Trials that never report (their client went away) do not
-//!   hold the endpoint hostage: a half-open round older than `open_for` starts over.
+//!   hold the endpoint hostage: once the round is `open_for` old, more trials are let through
+//!   (a slow trial that reports later still counts); a trial that ends on the client's side or
+//!   is not sent after all is given back ([`Breaker::release`]).
 //!
 //! Each state change bumps a generation. A request carries the generation it was admitted
 //! under ([`Ticket`]), and an outcome from another generation is ignored: a request sent before
@@ -209,12 +211,14 @@ impl Breaker {
                 transition = Some(Transition::HalfOpened);
             }
             _ => {
-                // Trials whose outcome never came: start the round over.
+                // Trials whose outcome has not come within open_for: let more through, in the
+                // same generation (a slow trial that still reports counts).
                 let quota = config.half_open_requests.max(1);
                 if self.trials.load(Ordering::Relaxed) >= quota
                     && self.round_is_stale(now_ms, config)
                 {
-                    self.begin_round(&mut window, now_ms, MODE_HALF_OPEN);
+                    self.trials.store(0, Ordering::Relaxed);
+                    self.round_began.store(now_ms, Ordering::Relaxed);
                 }
             }
         }
@@ -291,6 +295,19 @@ impl Breaker {
                 Some(Transition::Closed)
             }
             _ => None,
+        }
+    }
+
+    /// Gives back a trial that was admitted but will report no outcome (the request was not
+    /// sent after all, or failed on the client's side).
+    pub fn release(&self, ticket: Ticket) {
+        let _window = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if ticket.generation == self.generation.load(Ordering::Acquire)
+            && self.mode.load(Ordering::Acquire) == MODE_HALF_OPEN
+        {
+            let trials = self.trials.load(Ordering::Relaxed);
+            self.trials
+                .store(trials.saturating_sub(1), Ordering::Relaxed);
         }
     }
 
@@ -430,6 +447,20 @@ mod tests {
             b.record(trial, true, later, &config()),
             Some(Transition::Opened)
         );
+    }
+
+    #[test]
+    fn a_released_trial_is_given_back() {
+        let b = Breaker::default();
+        let now = Instant::now();
+        for _ in 0..10 {
+            send(&b, now, true);
+        }
+        let t = now + Duration::from_secs(30);
+        let tickets: Vec<Ticket> = (0..3).map(|_| b.admit(t, &config()).0.unwrap()).collect();
+        assert!(b.admit(t, &config()).0.is_none());
+        b.release(tickets[0]);
+        assert!(b.admit(t, &config()).0.is_some());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub use active::{spawn_checker, CheckResult, CheckerHandle, Target};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Ticket, Transition};
 pub use outlier::Outcome;
 pub use registry::Registry;
+pub(crate) use state::now_millis;
 pub use state::EndpointHealth;
 pub use status_ranges::{StatusRanges, StatusRangesError};
 

@@ -65,7 +65,7 @@ pub fn code_for(error: GatewayError) -> Code {
         | GatewayError::Overloaded => Code::Unavailable,
         GatewayError::Unauthenticated(_) => Code::Unauthenticated,
         GatewayError::Forbidden => Code::PermissionDenied,
-        GatewayError::UpstreamTimeout => Code::DeadlineExceeded,
+        GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => Code::DeadlineExceeded,
         GatewayError::PayloadTooLarge
         | GatewayError::HeadersTooLarge
         | GatewayError::RateLimited => Code::ResourceExhausted,

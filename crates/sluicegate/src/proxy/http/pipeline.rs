@@ -33,7 +33,9 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, Uri, Version};
 
-use super::body::{ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody};
+use super::body::{
+    Buffered, ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody,
+};
 use super::client::h1;
 use super::client::pool::{self, Pool, Sender, Transport};
 use super::deadline::{before, DeadlineTimer};
@@ -364,8 +366,10 @@ pub async fn handle(
     // The route's bulkhead: a slow route cannot hold every connection of the gateway. Refused
     // at once, never queued.
     if let Some((limit, in_flight)) = &route.bulkhead {
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= *limit {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
+        let taken = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < *limit).then_some(n + 1)
+        });
+        if taken.is_err() {
             let Ok(mut response) = answer(exchange, GatewayError::Overloaded, false);
             response
                 .headers_mut()
@@ -564,11 +568,21 @@ pub async fn handle(
                 first: (index, ticket),
                 key,
                 exchange: &mut exchange,
+                timer,
+                grpc,
             }))
             .await
         }
     };
     let address = service.endpoints.get(index).map_or(address, |e| e.address);
+    // A sticky cookie names the endpoint that answered (a retry may have moved on).
+    if pin.is_some() {
+        pin = service
+            .sticky
+            .as_ref()
+            .and_then(|sticky| sticky.set_cookie(index))
+            .cloned();
+    }
     let response = match exchange_result {
         Ok(ok) => ok,
         Err(e) => {
@@ -580,6 +594,7 @@ pub async fn handle(
                 match e {
                     SendError::Timeout => GatewayError::UpstreamTimeout,
                     SendError::ClientBody => GatewayError::BadRequest,
+                    SendError::ClientTimeout => GatewayError::RequestTimeout,
                     SendError::Connect(ref err) => {
                         tracing::warn!(service = %service.name, error = %err, "upstream connect failed");
                         GatewayError::UpstreamUnavailable
@@ -696,10 +711,14 @@ fn report_outcome(
             Upstream::ClientFault => None,
             _ => Some(true),
         };
-        if let Some(failed) = failed {
-            let at = tokio::time::Instant::now();
-            let transition = health.breaker.record(ticket, failed, at, config);
-            log_transition(service, index, transition);
+        match failed {
+            Some(failed) => {
+                let at = tokio::time::Instant::now();
+                let transition = health.breaker.record(ticket, failed, at, config);
+                log_transition(service, index, transition);
+            }
+            // Says nothing about the endpoint: a half-open trial is given back.
+            None => health.breaker.release(ticket),
         }
     }
     if let Some(counters) = service.upstream.get(index) {
@@ -732,9 +751,12 @@ fn classify(result: &Result<Response<UpstreamBody>, SendError>, stats: &Exchange
     match result {
         Ok(response) if response.status().is_server_error() => Upstream::Status5xx,
         Ok(_) => Upstream::Success,
+        // The deadline passed while the client was still sending its body: its slowness, not
+        // the endpoint's.
+        Err(SendError::Timeout) if stats.body_pending.get() => Upstream::ClientFault,
         Err(SendError::Timeout) => Upstream::Timeout,
         Err(SendError::Connect(_)) => Upstream::ConnectFailure,
-        Err(SendError::ClientBody) => Upstream::ClientFault,
+        Err(SendError::ClientBody | SendError::ClientTimeout) => Upstream::ClientFault,
         Err(SendError::Exchange(_))
             if stats.client_body_failed.get() || stats.body_too_large.get() =>
         {
@@ -759,35 +781,25 @@ struct Tries<'a> {
     first: (usize, Option<Ticket>),
     key: Option<u64>,
     exchange: &'a mut Exchange,
+    timer: Option<&'a mut DeadlineTimer>,
+    /// gRPC calls stream: their bodies are never read ahead.
+    grpc: bool,
 }
 
-/// The request body read ahead for retries.
-enum ReadAhead {
-    /// All of it (and its trailers): every try sends it again.
-    Whole(Bytes, Option<HeaderMap>),
-    /// More than the replay buffer: this much was read, the rest streams; no retries.
-    Start(Bytes),
-    /// The client's body failed or went over the listener's limit.
-    Failed,
-}
-
-async fn read_ahead(body: &mut RequestBody, cap: u64) -> ReadAhead {
+/// The request body read ahead for retries: all of it and its trailers, or `None` when the
+/// client's body failed or went over the listener's limit.
+async fn read_ahead(body: &mut RequestBody) -> Option<(Bytes, Option<HeaderMap>)> {
     use http_body_util::BodyExt;
     let mut buffer = bytes::BytesMut::new();
     loop {
         match body.frame().await {
-            None => return ReadAhead::Whole(buffer.freeze(), None),
-            Some(Err(_)) => return ReadAhead::Failed,
+            None => return Some((buffer.freeze(), None)),
+            Some(Err(_)) => return None,
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    buffer.extend_from_slice(&data);
-                    if buffer.len() as u64 > cap {
-                        return ReadAhead::Start(buffer.freeze());
-                    }
-                }
+                Ok(data) => buffer.extend_from_slice(&data),
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        return ReadAhead::Whole(buffer.freeze(), Some(trailers));
+                        return Some((buffer.freeze(), Some(trailers)));
                     }
                 }
             },
@@ -795,10 +807,11 @@ async fn read_ahead(body: &mut RequestBody, cap: u64) -> ReadAhead {
     }
 }
 
-/// Sends a request on a route with `retry` (see `retry.rs` for the rules): reads its body
-/// ahead (up to the replay buffer), then tries, and tries again while a failure is retriable,
-/// tries and budget are left and the route's deadline allows the backoff. Reports every try's
-/// outcome; returns the endpoint and the result of the last.
+/// Sends a request on a route with `retry` (see `retry.rs` for the rules): reads a small body
+/// of declared length ahead (a streaming or larger one is sent as it comes and never retried),
+/// then tries, and tries again while a failure is retriable, tries and budget are left and the
+/// route's deadline allows the backoff. Reports every try's outcome; returns the endpoint and
+/// the result of the last.
 async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody>, SendError>) {
     let Tries {
         worker,
@@ -813,40 +826,45 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
         first: (mut index, mut ticket),
         key,
         exchange,
+        mut timer,
+        grpc,
     } = t;
     policy.count_request();
     let may_resend = policy.may_resend(&parts.method);
+    let release = |index: usize, ticket: Option<Ticket>| {
+        if let (Some(ticket), Some(h)) = (ticket, service.health.get(index)) {
+            h.breaker.release(ticket);
+        }
+    };
     let mut body = RequestBody::new(body, limit, Rc::clone(stats));
+    let declared = http_body::Body::size_hint(&body).exact();
+    let small = declared.is_some_and(|n| n <= policy.config.replay_buffer);
     let mut streamed = None;
     let replay = if http_body::Body::is_end_stream(&body) {
         Some((Bytes::new(), None))
-    } else {
+    } else if small && !grpc {
         let read = {
-            let reading = pin!(read_ahead(&mut body, policy.config.replay_buffer));
-            before(deadline, reading, None).await
+            let reading = pin!(read_ahead(&mut body));
+            before(deadline, reading, timer.as_deref_mut()).await
         };
         match read {
-            None => return (index, Err(SendError::Timeout)),
-            Some(ReadAhead::Failed) => return (index, Err(SendError::ClientBody)),
-            Some(ReadAhead::Whole(data, trailers)) => Some((data, trailers)),
-            Some(ReadAhead::Start(start)) => {
-                let counted = start.len() as u64;
-                let rest = ClientBody::Prefixed {
-                    prefix: Some(start),
-                    rest: Box::new(body.into_inner()),
-                };
-                streamed = Some(RequestBody::read_ahead(
-                    rest,
-                    limit,
-                    Rc::clone(stats),
-                    counted,
-                ));
-                None
+            Some(Some(whole)) => Some(whole),
+            Some(None) => {
+                release(index, ticket);
+                return (index, Err(SendError::ClientBody));
+            }
+            None => {
+                release(index, ticket);
+                return (index, Err(SendError::ClientTimeout));
             }
         }
+    } else {
+        streamed = Some(body);
+        None
     };
-    let mut tries = 1;
-    let mut tried = vec![index];
+    let mut tries: u32 = 1;
+    let mut tried = [usize::MAX; retry::MAX_TRIES];
+    tried[0] = index;
     loop {
         let address = match service.endpoints.get(index) {
             Some(e) => e.address,
@@ -854,10 +872,10 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
         };
         let try_body = match (&replay, streamed.take()) {
             (Some((data, trailers)), _) => RequestBody::read_ahead(
-                ClientBody::Buffered {
+                ClientBody::Buffered(Box::new(Buffered {
                     data: Some(data.clone()),
                     trailers: trailers.clone(),
-                },
+                })),
                 0,
                 Rc::clone(stats),
                 data.len() as u64,
@@ -885,7 +903,7 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             try_body,
             forwarding
         ));
-        let result = before(try_deadline, sending, None)
+        let result = before(try_deadline, sending, timer.as_deref_mut())
             .await
             .unwrap_or(Err(SendError::Timeout));
         let outcome = classify(&result, stats);
@@ -898,59 +916,54 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             (_, Upstream::Timeout) => retry::TryEnd::Timeout,
             _ => retry::TryEnd::Status(http::StatusCode::OK),
         };
-        let reason = policy.reason(end, may_resend);
         let wait = policy.backoff(tries);
         let in_time = deadline.is_none_or(|d| ended + wait < d);
-        let again =
-            reason.filter(|_| replay.is_some() && tries < policy.config.attempts && in_time);
-        // Another endpoint when there is one; the same one otherwise.
-        let next = again.and_then(|_| {
-            let now = tokio::time::Instant::now();
-            let untried = |i: usize| !tried.contains(&i) && service.available(i, now);
-            let any = |i: usize| service.available(i, now);
-            service
-                .balancer
-                .pick(key, &untried)
-                .or_else(|| service.balancer.pick(key, &any))
-        });
-        let (Some(reason), Some(next)) = (again, next) else {
+        let reason = policy
+            .reason(end, may_resend)
+            .filter(|_| replay.is_some() && tries < policy.config.attempts && in_time);
+        // The budget pays before the wait; the endpoint is chosen, and its breaker asked,
+        // after it (a breaker may open meanwhile, and a half-open trial is not held idle).
+        let Some(reason) = reason.filter(|r| policy.take(*r)) else {
             exchange
                 .policies
                 .note(("attempts", retry::attempts_text(tries)));
             return (index, result);
         };
-        // The next endpoint's breaker admits the retry (a half-open one may have no trial
-        // left), then the budget pays for it.
-        let admitted = match &service.breaker {
-            Some(config) => match admit(service, next, tokio::time::Instant::now(), config) {
-                Some(ticket) => Some(ticket),
-                None => {
-                    exchange
-                        .policies
-                        .note(("attempts", retry::attempts_text(tries)));
-                    return (index, result);
-                }
-            },
-            None => None,
-        };
-        if !policy.take(reason) {
-            tracing::debug!(service = %service.name, "retry budget spent: not retrying");
-            exchange
-                .policies
-                .note(("attempts", retry::attempts_text(tries)));
-            return (index, result);
-        }
-        drop(result);
         tokio::time::sleep(wait).await;
+        let now = tokio::time::Instant::now();
+        let tried_so_far = &tried[..tries as usize];
+        let untried = |i: usize| !tried_so_far.contains(&i) && service.available(i, now);
+        let any = |i: usize| service.available(i, now);
+        let next = service
+            .balancer
+            .pick(key, &untried)
+            .or_else(|| service.balancer.pick(key, &any));
+        let admitted = match (next, &service.breaker) {
+            (None, _) => None,
+            (Some(next), None) => Some((next, None)),
+            (Some(next), Some(config)) => {
+                admit(service, next, now, config).map(|t| (next, Some(t)))
+            }
+        };
+        let Some((next, next_ticket)) = admitted else {
+            tracing::debug!(service = %service.name, ?reason, "no endpoint for the retry");
+            exchange
+                .policies
+                .note(("attempts", retry::attempts_text(tries)));
+            return (index, result);
+        };
+        drop(result);
         if let (Some(old), Some(new)) = (service.endpoints.get(index), service.endpoints.get(next))
         {
             old.load.end();
             new.load.begin();
         }
         exchange.endpoint = Some(next);
-        ticket = admitted;
+        ticket = next_ticket;
         index = next;
-        tried.push(next);
+        if let Some(slot) = tried.get_mut(tries as usize) {
+            *slot = next;
+        }
         tries += 1;
     }
 }
@@ -960,6 +973,9 @@ enum SendError {
     Timeout,
     /// The client's request body failed (or went over the limit) while it was read ahead.
     ClientBody,
+    /// The client's request body did not arrive within the route's deadline while it was read
+    /// ahead (no upstream was contacted).
+    ClientTimeout,
     Connect(pool::ConnectError),
     Exchange(ExchangeError),
 }

@@ -17,13 +17,16 @@
 //!   upstream sees at most (1 + budget) × the client's requests, not `attempts` × them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 
 use crate::config::{RetryConfig, RetryOn};
 use crate::observe::metrics::{self, Counter};
 use crate::observe::names;
+
+/// The most tries `attempts` allows (the config's bound).
+pub const MAX_TRIES: usize = crate::config::MAX_RETRY_ATTEMPTS as usize;
 
 /// The budget's window, in one-second slots.
 const SLOTS: usize = 10;
@@ -80,7 +83,7 @@ pub struct Budget {
 
 #[derive(Debug, Default)]
 struct Slot {
-    /// The second (since the Unix epoch) this slot counts; older counts are stale.
+    /// The second (of the monotonic clock) this slot counts; older counts are stale.
     second: AtomicU64,
     requests: AtomicU64,
     retries: AtomicU64,
@@ -162,7 +165,7 @@ impl RetryPolicy {
 
     /// Counts a client request of the route in the budget.
     pub fn count_request(&self) {
-        self.budget.request(unix_second());
+        self.budget.request(clock_second());
     }
 
     /// Whether a request with this method may be sent again after it reached an upstream.
@@ -205,7 +208,7 @@ impl RetryPolicy {
     /// Takes a retry from the budget and counts it under `reason`; `false`: the budget is spent.
     pub fn take(&self, reason: Reason) -> bool {
         let ok = self.budget.try_retry(
-            unix_second(),
+            clock_second(),
             self.config.budget_percent,
             self.config.budget_min_per_second,
         );
@@ -228,10 +231,9 @@ impl RetryPolicy {
     }
 }
 
-fn unix_second() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Seconds on the monotonic clock (a wall-clock step must not empty or freeze the window).
+fn clock_second() -> u64 {
+    crate::health::now_millis(tokio::time::Instant::now()) / 1000
 }
 
 /// The access log's `"attempts"` value for `n` tries.

@@ -9,6 +9,6 @@ mod request;
 mod response;
 mod stats;
 
-pub use request::{ClientBody, RequestBody, RequestBodyError};
+pub use request::{Buffered, ClientBody, RequestBody, RequestBodyError};
 pub use response::{BodyError, Finish, ResponseBody, UpstreamBody};
 pub use stats::ExchangeStats;

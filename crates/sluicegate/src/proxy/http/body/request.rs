@@ -31,16 +31,15 @@ pub enum RequestBodyError {
 pub enum ClientBody {
     H1(ClientH1Body),
     H2(Incoming),
-    /// The whole body, read before the first try so that a retry can send it again.
-    Buffered {
-        data: Option<Bytes>,
-        trailers: Option<http::HeaderMap>,
-    },
-    /// The start of a body too large to keep for retries, then the rest of it from the client.
-    Prefixed {
-        prefix: Option<Bytes>,
-        rest: Box<ClientBody>,
-    },
+    /// The whole body, read before the first try so that a retry can send it again (boxed:
+    /// the variant is rare, and inline it would enlarge every request's body).
+    Buffered(Box<Buffered>),
+}
+
+/// A body read ahead: its data, then its trailers.
+pub struct Buffered {
+    pub data: Option<Bytes>,
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl Body for ClientBody {
@@ -52,16 +51,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
-            ClientBody::Buffered { data, trailers } => {
-                Poll::Ready(match data.take().filter(|d| !d.is_empty()) {
-                    Some(data) => Some(Ok(Frame::data(data))),
-                    None => trailers.take().map(|t| Ok(Frame::trailers(t))),
-                })
-            }
-            ClientBody::Prefixed { prefix, rest } => match prefix.take() {
-                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                None => Pin::new(&mut **rest).poll_frame(cx),
-            },
+            ClientBody::Buffered(b) => Poll::Ready(match b.data.take().filter(|d| !d.is_empty()) {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => b.trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(RequestBodyError::Client),
             // HTTP/2 trailers pass the same filter as HTTP/1.1's (wire::chunked), whatever
             // the upstream speaks.
@@ -85,10 +78,9 @@ impl Body for ClientBody {
         match self {
             ClientBody::H1(b) => b.is_end_stream(),
             ClientBody::H2(b) => b.is_end_stream(),
-            ClientBody::Buffered { data, trailers } => {
-                data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
+            ClientBody::Buffered(b) => {
+                b.data.as_ref().is_none_or(Bytes::is_empty) && b.trailers.is_none()
             }
-            ClientBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -97,25 +89,15 @@ impl Body for ClientBody {
             ClientBody::H1(b) => b.size_hint(),
             ClientBody::H2(b) => b.size_hint(),
             // Trailers need chunked framing: then the length is not given as exact.
-            ClientBody::Buffered { data, trailers } => {
-                let len = data.as_ref().map_or(0, |d| d.len() as u64);
-                if trailers.is_some() {
+            ClientBody::Buffered(b) => {
+                let len = b.data.as_ref().map_or(0, |d| d.len() as u64);
+                if b.trailers.is_some() {
                     let mut hint = SizeHint::new();
                     hint.set_lower(len);
                     hint
                 } else {
                     SizeHint::with_exact(len)
                 }
-            }
-            ClientBody::Prefixed { prefix, rest } => {
-                let first = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let rest = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(first + rest.lower());
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(first + upper);
-                }
-                hint
             }
         }
     }
@@ -134,6 +116,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     pub fn new(inner: ClientBody, limit: u64, stats: Rc<ExchangeStats>) -> RequestBody {
+        stats.body_pending.set(!inner.is_end_stream());
         RequestBody {
             inner,
             limit,
@@ -183,13 +166,20 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
                     }
                 }
+                // Its last frame (a sender may stop polling once the length is reached).
+                if frame.is_trailers() || this.inner.is_end_stream() {
+                    this.stats.body_pending.set(false);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.stats.client_body_failed.set(true);
                 Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.stats.body_pending.set(false);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

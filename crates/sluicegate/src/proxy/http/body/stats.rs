@@ -12,4 +12,7 @@ pub struct ExchangeStats {
     /// Set when the client's body could not be read (malformed chunking, a reset), so the
     /// forwarding error maps to 400 rather than blaming the upstream.
     pub client_body_failed: Cell<bool>,
+    /// Set while a request body is still coming from the client: a deadline that passes then is
+    /// the client's slowness, not the endpoint's, and counts against no endpoint.
+    pub body_pending: Cell<bool>,
 }
