@@ -636,3 +636,41 @@ fn a_key_set_over_https_is_trusted_only_through_the_configured_ca() {
     let stderr = untrusted.stderr_text();
     assert!(stderr.contains("TLS with"), "{stderr}");
 }
+
+#[test]
+fn hs256_tokens_verify_with_the_policys_secret_and_a_short_one_is_warned_about() {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let b = Backend::start("b");
+    let secret = "test-secret";
+    let toml = Toml::new()
+        .listener("public", "")
+        .route("all", "app", "auth = \"hs\"")
+        .service("app", &[b.addr], "")
+        .build()
+        + &format!(
+            "\n[auth.hs]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\n"
+        );
+    let gw = Gateway::start(&toml);
+    assert!(gw.stderr_text().contains("RFC 7518 section 3.2"));
+    let sign = |key: &[u8], header: &str| {
+        let claims = json!({"sub": "alice", "exp": now() + 60}).to_string();
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+            input.as_bytes(),
+        );
+        format!("{input}.{}", b64(tag.as_ref()))
+    };
+    let mut c = gw.client();
+    let good = sign(secret.as_bytes(), r#"{"alg":"HS256","typ":"JWT"}"#);
+    assert_eq!(get(&mut c, "/", &good).status, 200);
+    assert_eq!(b.last_seen().headers["x-consumer"], "alice");
+    // A kid is a hint: the secret has none and still verifies the token.
+    let with_kid = sign(secret.as_bytes(), r#"{"alg":"HS256","kid":"any"}"#);
+    assert_eq!(get(&mut c, "/", &with_kid).status, 200);
+    let forged = sign(b"another-secret", r#"{"alg":"HS256"}"#);
+    assert_eq!(get(&mut c, "/", &forged).status, 401);
+    let other_alg = sign(secret.as_bytes(), r#"{"alg":"HS512"}"#);
+    assert_eq!(get(&mut c, "/", &other_alg).status, 401);
+}

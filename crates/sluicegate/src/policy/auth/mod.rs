@@ -191,6 +191,16 @@ impl Registry {
                 from: c.from.clone(),
             },
             AuthKind::Jwt(c) => {
+                if let JwtKeys::Secret(secret) = &c.keys {
+                    let needed = c.algorithms.iter().map(|a| a.min_secret_bytes()).max();
+                    if let Some(needed) = needed.filter(|n| secret.len() < *n) {
+                        tracing::warn!(
+                            policy = %config.name,
+                            "the secret is {} bytes; RFC 7518 section 3.2 asks for at least {needed} with these algorithms: tokens signed with a short secret are easier to forge",
+                            secret.len()
+                        );
+                    }
+                }
                 let source = self.source(&config.name, SourceSettings::of(c), metrics);
                 Kind::Jwt {
                     verifier: JwtVerifier::new(c, source),
