@@ -542,7 +542,7 @@ pub async fn handle(
                 &worker.pool,
                 address,
                 service,
-                parts,
+                Head::Owned(parts),
                 upstream_body,
                 forwarding
             ));
@@ -871,6 +871,9 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             None => return (index, Err(SendError::Timeout)),
         };
         let try_body = match (&replay, streamed.take()) {
+            (Some((data, None)), _) if data.is_empty() => {
+                RequestBody::new(ClientBody::Empty, 0, Rc::clone(stats))
+            }
             (Some((data, trailers)), _) => RequestBody::read_ahead(
                 ClientBody::Buffered(Box::new(Buffered {
                     data: Some(data.clone()),
@@ -883,11 +886,6 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             (None, Some(body)) => body,
             (None, None) => return (index, Err(SendError::ClientBody)),
         };
-        let mut try_parts = Request::new(()).into_parts().0;
-        try_parts.method = parts.method.clone();
-        try_parts.uri = parts.uri.clone();
-        try_parts.version = parts.version;
-        try_parts.headers = parts.headers.clone();
         let try_deadline = match policy.config.per_try_timeout {
             Some(per_try) => {
                 let at = tokio::time::Instant::now() + per_try;
@@ -899,7 +897,7 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             &worker.pool,
             address,
             service,
-            try_parts,
+            Head::Borrowed(&parts),
             try_body,
             forwarding
         ));
@@ -990,9 +988,43 @@ enum ExchangeError {
 }
 
 /// One try on one connection: a response, or the request handed back unsent.
-enum Attempt {
+enum Attempt<'h> {
     Done(Response<UpstreamBody>),
-    Again(http::request::Parts, RequestBody, ExchangeError),
+    Again(Head<'h>, RequestBody, ExchangeError),
+}
+
+/// A request head as a try sends it: owned (one try, the usual case), or borrowed from a route
+/// that retries and keeps it for the next try. The HTTP/1.1 client only reads it; an HTTP/2
+/// send takes it, so a borrowed head is copied for HTTP/2 only.
+// Not boxed: `Owned` is every request's path, and a box would cost each an allocation; the
+// head was moved by value before this enum existed.
+#[allow(clippy::large_enum_variant)]
+enum Head<'h> {
+    Owned(http::request::Parts),
+    Borrowed(&'h http::request::Parts),
+}
+
+impl Head<'_> {
+    fn get(&self) -> &http::request::Parts {
+        match self {
+            Head::Owned(parts) => parts,
+            Head::Borrowed(parts) => parts,
+        }
+    }
+
+    fn into_owned(self) -> http::request::Parts {
+        match self {
+            Head::Owned(parts) => parts,
+            Head::Borrowed(parts) => {
+                let mut copy = Request::new(()).into_parts().0;
+                copy.method = parts.method.clone();
+                copy.uri = parts.uri.clone();
+                copy.version = parts.version;
+                copy.headers = parts.headers.clone();
+                copy
+            }
+        }
+    }
 }
 
 /// Sends on a pooled connection, or a new one. A pooled connection that turns out to have been
@@ -1002,7 +1034,7 @@ async fn send(
     pool: &Rc<Pool>,
     address: SocketAddr,
     service: &ServiceRuntime,
-    parts: http::request::Parts,
+    parts: Head<'_>,
     body: RequestBody,
     forwarding: Forwarding<'_>,
 ) -> Result<Response<UpstreamBody>, SendError> {
@@ -1049,22 +1081,22 @@ async fn send(
     }
 }
 
-async fn attempt(
+async fn attempt<'h>(
     pool: &Rc<Pool>,
     sender: Sender,
     address: SocketAddr,
     transport: &Transport,
-    mut parts: http::request::Parts,
+    parts: Head<'h>,
     body: RequestBody,
     forwarding: &mut ForwardingOnce<'_>,
-) -> Result<Attempt, SendError> {
+) -> Result<Attempt<'h>, SendError> {
     match sender {
         Sender::H1(conn) => {
             let ret = h1::PoolReturn {
                 to: Rc::clone(pool) as Rc<dyn h1::Checkin>,
                 key: Pool::key(address, transport),
             };
-            match h1::send(conn, &parts, body, address, ret, forwarding.for_head()).await {
+            match h1::send(conn, parts.get(), body, address, ret, forwarding.for_head()).await {
                 Ok(response) => Ok(Attempt::Done(response.map(UpstreamBody::H1))),
                 Err(h1::Failed {
                     error,
@@ -1074,6 +1106,7 @@ async fn attempt(
             }
         }
         Sender::H2(mut sender) => {
+            let mut parts = parts.into_owned();
             forwarding.into_map(&mut parts.headers);
             let mut request = Request::from_parts(parts, body);
             fit_h2(&mut request, transport, address);
@@ -1081,7 +1114,7 @@ async fn attempt(
                 Ok(response) => Ok(Attempt::Done(response.map(UpstreamBody::Hyper))),
                 Err((error, Some(unsent))) => {
                     let (parts, body) = unsent.into_parts();
-                    Ok(Attempt::Again(parts, body, error.into()))
+                    Ok(Attempt::Again(Head::Owned(parts), body, error.into()))
                 }
                 Err((error, None)) => Err(SendError::Exchange(error.into())),
             }

@@ -34,6 +34,8 @@ pub enum ClientBody {
     /// The whole body, read before the first try so that a retry can send it again (boxed:
     /// the variant is rare, and inline it would enlarge every request's body).
     Buffered(Box<Buffered>),
+    /// No body (a retried GET's: nothing to keep).
+    Empty,
 }
 
 /// A body read ahead: its data, then its trailers.
@@ -51,6 +53,7 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
             ClientBody::Buffered(b) => Poll::Ready(match b.data.take().filter(|d| !d.is_empty()) {
                 Some(data) => Some(Ok(Frame::data(data))),
                 None => b.trailers.take().map(|t| Ok(Frame::trailers(t))),
@@ -78,6 +81,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::H1(b) => b.is_end_stream(),
             ClientBody::H2(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
             ClientBody::Buffered(b) => {
                 b.data.as_ref().is_none_or(Bytes::is_empty) && b.trailers.is_none()
             }
@@ -89,6 +93,7 @@ impl Body for ClientBody {
             ClientBody::H1(b) => b.size_hint(),
             ClientBody::H2(b) => b.size_hint(),
             // Trailers need chunked framing: then the length is not given as exact.
+            ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Buffered(b) => {
                 let len = b.data.as_ref().map_or(0, |d| d.len() as u64);
                 if b.trailers.is_some() {
