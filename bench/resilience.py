@@ -1,12 +1,15 @@
-"""The resilience scenario of bench/compare.py: what an idle circuit breaker, a route bulkhead
-and a retry policy cost per request in Sluicegate.
+"""The resilience scenario of bench/compare.py: what an idle circuit breaker, a route bulkhead,
+a retry policy and load shedding cost per request in Sluicegate.
 
-One Sluicegate process, two routes to the same backend: `/` plain, and `/guarded` whose service
-has `[services.circuit_breaker]` (never tripping: the backend never fails) and whose route has
-`max_in_flight` far above the load and a `retry` policy (never retrying). The two are measured in interleaved rounds; the ratio is the
-guarded route's CPU per request over the plain route's.
+Two Sluicegate processes in front of the same backend: one plain, the other with `/guarded`
+whose service has `[services.circuit_breaker]` (never tripping: the backend never fails), whose
+route has `max_in_flight` far above the load and a `retry` policy (never retrying), and a
+`[load_shedding]` table (the adaptive limit, never reached). Load shedding covers every route of
+a process, hence two processes. They are measured in interleaved rounds; the ratio is the guarded
+route's CPU per request over the plain one's.
 """
 
+import os
 import statistics
 
 from compare import measure, print_table, run_wrk, start_sluicegate
@@ -29,6 +32,9 @@ minimum_requests = 20
 window = "10s"
 open_for = "30s"
 half_open_requests = 5
+
+[load_shedding]
+max_in_flight = 0
 """
 
 COLUMNS = [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
@@ -36,25 +42,31 @@ COLUMNS = [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}")
 
 
 def resilience_scenario(args, work, backend, binary, conns=64):
-    proc, ports = start_sluicegate(work, backend, backend, binary,
-                                   rate_limit=GUARDED.format(backend=backend))
+    plain_work, guarded_work = os.path.join(work, "plain"), os.path.join(work, "guarded")
+    os.makedirs(plain_work, exist_ok=True)
+    os.makedirs(guarded_work, exist_ok=True)
+    plain = start_sluicegate(plain_work, backend, backend, binary)
+    guarded = start_sluicegate(guarded_work, backend, backend, binary,
+                               rate_limit=GUARDED.format(backend=backend))
     try:
-        for path in ("/", "/guarded"):
-            run_wrk(ports["http"], 16, 1, path)
         paths = {"plain": "/", "guarded": "/guarded"}
+        for name, (_, ports) in (("plain", plain), ("guarded", guarded)):
+            run_wrk(ports["http"], 16, 1, paths[name])
 
         def run(name, ports):
             requests, rps, p50, p99, errors = run_wrk(ports["http"], conns, args.duration,
                                                       paths[name])
             return (rps, p50, p99, errors, requests)
 
-        title = (f"Idle circuit breaker, bulkhead and retry policy, wrk -t1 -c{conns} -d{args.duration}s")
-        results = measure({n: (proc, ports) for n in paths}, args.rounds, run,
+        title = (f"Idle circuit breaker, bulkhead, retry policy and load shedding, "
+                 f"wrk -t1 -c{conns} -d{args.duration}s")
+        results = measure({"plain": plain, "guarded": guarded}, args.rounds, run,
                           ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), title,
                           args.show_rounds)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc, _ in (plain, guarded):
+            proc.terminate()
+            proc.wait(timeout=10)
     cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
     summary = {n: (statistics.median(r[0] for r in rows),
                    statistics.median(r[2] for r in rows),

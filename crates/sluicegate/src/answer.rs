@@ -41,6 +41,9 @@ pub enum GatewayError {
     CircuitOpen,
     #[error("the route has as many requests in flight as it allows (max_in_flight); retry after the time Retry-After gives")]
     Overloaded,
+    /// Load shedding refused the request (`[load_shedding]`); same code as `Overloaded`.
+    #[error("the gateway is overloaded and sheds requests of this priority now; retry after the time Retry-After gives")]
+    Shed,
     #[error("the request body did not arrive within the route's timeout")]
     RequestTimeout,
     #[error("credentials cannot be checked now: the identity provider's key set has not been loaded yet; retry after the time Retry-After gives")]
@@ -62,7 +65,9 @@ impl GatewayError {
             GatewayError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
-            GatewayError::CircuitOpen | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::CircuitOpen | GatewayError::Overloaded | GatewayError::Shed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -84,7 +89,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => "unauthenticated",
             GatewayError::Forbidden => "forbidden",
             GatewayError::CircuitOpen => "circuit_open",
-            GatewayError::Overloaded => "overloaded",
+            GatewayError::Overloaded | GatewayError::Shed => "overloaded",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::AuthUnavailable => "auth_unavailable",
         }

@@ -106,7 +106,27 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
             "address": l.bound.to_string(),
         })).collect::<Vec<_>>(),
         "routes": routes(&g.shared.snapshot.load()),
+        "load_shedding": load_shedding(&g.shared.snapshot.load()),
     }))
+}
+
+/// `[load_shedding]`'s state now, or null without one.
+fn load_shedding(snapshot: &crate::proxy::snapshot::Snapshot) -> Value {
+    let Some(shedder) = &snapshot.shedder else {
+        return Value::Null;
+    };
+    let readings = shedder.readings();
+    let queued: serde_json::Map<String, Value> = crate::config::Priority::ALL
+        .into_iter()
+        .map(|p| (p.as_str().to_string(), json!(shedder.queued(p))))
+        .collect();
+    json!({
+        "limit": shedder.limit(),
+        "in_flight": shedder.in_flight(),
+        "queued": queued,
+        "cpu": readings.cpu,
+        "memory": readings.memory,
+    })
 }
 
 /// Each route once, with the policy steps it runs in their order (`"rate_limit:per-client"`).
@@ -121,6 +141,7 @@ fn routes(snapshot: &crate::proxy::snapshot::Snapshot) -> Vec<Value> {
             json!({
                 "name": &*r.name,
                 "service": &*r.service.name,
+                "priority": r.priority.0.as_str(),
                 "policies": r.policies.describe(),
             })
         })

@@ -31,8 +31,9 @@ const TOP_KEYS: &[&str] = &[
     "redis",
     "rate_limits",
     "auth",
+    "load_shedding",
 ];
-const TOP_LATER: &[&str] = &["cache", "load_shedding", "slos", "experiments"];
+const TOP_LATER: &[&str] = &["cache", "slos", "experiments"];
 
 /// Parses and validates a config file's text; `path` is used in the diagnostics.
 pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
@@ -88,6 +89,10 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         .map(|t| auth::policies(&mut reader, &t))
         .unwrap_or_default();
 
+    let load_shedding = reader
+        .table(&top, "load_shedding")
+        .map(|t| super::shedding::load_shedding(&mut reader, &t));
+
     cross_check(&mut reader, &listeners, &services, &routes);
     check_policies(
         &mut reader,
@@ -110,6 +115,7 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         redis,
         rate_limits: rate_limits.into_iter().map(|p| p.config).collect(),
         auth: auth.into_iter().map(|p| p.config).collect(),
+        load_shedding,
     })
 }
 
@@ -426,14 +432,10 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "require_scopes",
             "max_in_flight",
             "retry",
-        ],
-        &[
             "priority",
             "priority_from_header",
-            "cache",
-            "mirror",
-            "faults",
         ],
+        &["cache", "mirror", "faults"],
     );
     let name = r.required_string(t, "name", "a unique route name");
     let service = r.required_string(t, "service", "the name of a [[services]] entry");
@@ -502,6 +504,8 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
                 .integer(t, "max_in_flight", 0, 10_000_000)
                 .map_or(0, |(n, _)| n as usize),
             retry: r.table(t, "retry").and_then(|rt| retry(r, &rt)),
+            priority: super::shedding::priority(r, t),
+            priority_from_header: r.bool(t, "priority_from_header").unwrap_or(false),
             auth: auth.as_ref().map(|(n, _)| n.to_string()),
             require_scopes: scopes
                 .unwrap_or_default()

@@ -7,6 +7,7 @@ mod diagnostic;
 mod model;
 mod policies;
 mod raw;
+mod shedding;
 pub mod units;
 
 use std::path::Path;

@@ -28,6 +28,8 @@ pub struct Config {
     pub rate_limits: Vec<RateLimitConfig>,
     /// `[auth.NAME]`, in file order.
     pub auth: Vec<AuthConfig>,
+    /// `[load_shedding]`: admission for every route's requests; `None` = every request admitted.
+    pub load_shedding: Option<LoadSheddingConfig>,
 }
 
 /// `[admin]`: where the admin API listens.
@@ -221,6 +223,73 @@ pub struct RouteConfig {
     pub max_in_flight: usize,
     /// `retry = { ... }`.
     pub retry: Option<RetryConfig>,
+    /// The route's load-shedding class.
+    pub priority: Priority,
+    /// Whether a request's `x-priority` field may name its class instead.
+    pub priority_from_header: bool,
+}
+
+/// A request's load-shedding class: under overload, lower classes are shed first and higher
+/// ones served first. Ordered from the highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    Critical,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Low];
+
+    /// The class a config value or an `x-priority` field names (lower case, as written).
+    pub fn parse(text: &[u8]) -> Option<Priority> {
+        match text {
+            b"critical" => Some(Priority::Critical),
+            b"normal" => Some(Priority::Normal),
+            b"low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// 0 for the highest class.
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+}
+
+/// `[load_shedding]`: how many requests the gateway lets through at once, and when it sheds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSheddingConfig {
+    /// The most requests waiting for an upstream's answer at once; 0 = a limit adapted to the
+    /// latency the upstreams show (`target_queue_delay`).
+    pub max_in_flight: usize,
+    /// How long a request may wait for admission, and (adaptive limit) how far latency may rise
+    /// above the lowest seen before the limit shrinks.
+    pub target_queue_delay: Duration,
+    /// Above this share of the CPU in use, `low` requests are shed (1.0 = never).
+    pub cpu_threshold: f64,
+    /// Above this share of memory in use, all but `critical` requests are shed (1.0 = never).
+    pub memory_threshold: f64,
+}
+
+impl Default for LoadSheddingConfig {
+    fn default() -> Self {
+        LoadSheddingConfig {
+            max_in_flight: 0,
+            target_queue_delay: Duration::from_millis(50),
+            cpu_threshold: 0.80,
+            memory_threshold: 0.90,
+        }
+    }
 }
 
 /// A route's `retry`: when a failed try is tried again, how often, and within what budget.

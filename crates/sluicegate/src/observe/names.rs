@@ -123,6 +123,22 @@ pub const CACHE_LOOKUPS_TOTAL_HELP: &str = "Response-cache lookups, by route and
 pub const LOAD_SHED_TOTAL: &str = "sluicegate_load_shed_total";
 pub const LOAD_SHED_TOTAL_HELP: &str = "Requests shed with 503 overloaded, by priority.";
 
+/// Gauge. No labels. Requests `[load_shedding]` admitted that wait for an upstream's response
+/// head now.
+pub const LOAD_SHEDDING_IN_FLIGHT: &str = "sluicegate_load_shedding_in_flight";
+pub const LOAD_SHEDDING_IN_FLIGHT_HELP: &str =
+    "Requests admitted by load shedding that wait for an upstream's response now.";
+
+/// Gauge. No labels. The concurrency limit in force: `max_in_flight`, or the adaptive limit.
+pub const LOAD_SHEDDING_LIMIT: &str = "sluicegate_load_shedding_limit";
+pub const LOAD_SHEDDING_LIMIT_HELP: &str =
+    "Requests load shedding admits at once now (max_in_flight, or the adaptive limit).";
+
+/// Gauge. Labels: `priority`. Requests waiting for admission now.
+pub const LOAD_SHEDDING_QUEUED: &str = "sluicegate_load_shedding_queued";
+pub const LOAD_SHEDDING_QUEUED_HELP: &str =
+    "Requests waiting for admission by load shedding now, by priority.";
+
 /// Gauge. Labels: `service`, `endpoint`. The endpoint's circuit-breaker state: 0 closed, 1
 /// half-open, 2 open (only for services with `[services.circuit_breaker]`).
 pub const CIRCUIT_BREAKER_STATE: &str = "sluicegate_circuit_breaker_state";
@@ -185,6 +201,9 @@ pub const ALL: &[(&str, &str)] = &[
     (JWKS_KEYS, JWKS_KEYS_HELP),
     (CACHE_LOOKUPS_TOTAL, CACHE_LOOKUPS_TOTAL_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
+    (LOAD_SHEDDING_IN_FLIGHT, LOAD_SHEDDING_IN_FLIGHT_HELP),
+    (LOAD_SHEDDING_LIMIT, LOAD_SHEDDING_LIMIT_HELP),
+    (LOAD_SHEDDING_QUEUED, LOAD_SHEDDING_QUEUED_HELP),
     (CIRCUIT_BREAKER_STATE, CIRCUIT_BREAKER_STATE_HELP),
     (RETRIES_TOTAL, RETRIES_TOTAL_HELP),
     (CONFIG_RELOADS_TOTAL, CONFIG_RELOADS_TOTAL_HELP),
@@ -209,6 +228,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 19);
+        assert_eq!(ALL.len(), 22);
     }
 }

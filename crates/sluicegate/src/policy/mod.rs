@@ -20,10 +20,13 @@
 //! upstream ([`Applied::on_forward`]), and see the response head on the way back, in reverse
 //! order (cache fill, the rate-limit headers); the access log records each step's decision
 //! (`"rate_limit": "allowed"`).
-//! Authentication (`auth/`) and rate limiting exist; the others are the issues that follow.
+//! Shedding (`shed/`) is not a step of a route's chain: it is one admission controller for the
+//! whole gateway, which the proxy asks before the chain runs. Authentication (`auth/`) and rate
+//! limiting exist; cache and faults are the issues that follow.
 
 pub mod auth;
 pub mod rate_limit;
+pub mod shed;
 
 pub use auth::redact_query;
 
@@ -44,6 +47,8 @@ use crate::observe::metrics;
 pub struct Registry {
     pub rate_limits: rate_limit::Registry,
     pub auth: auth::Registry,
+    /// The admission controller of `[load_shedding]` (idle without one).
+    pub shedder: Arc<shed::Shedder>,
 }
 
 impl Registry {

@@ -112,6 +112,8 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<ServiceRuntime>>,
     /// Query parameters that carry API keys: the access log shows their values redacted.
     pub secret_query_parameters: Box<[String]>,
+    /// `[load_shedding]`'s admission controller, when the config has one.
+    pub shedder: Option<Arc<policy::shed::Shedder>>,
 }
 
 /// What a listener does with a connection.
@@ -146,6 +148,8 @@ pub struct RouteRuntime {
     pub bulkhead: Option<(usize, Arc<AtomicUsize>)>,
     /// `retry`, with the route's budget.
     pub retry: Option<retry::RetryPolicy>,
+    /// The load-shedding class (`priority`), and whether `x-priority` may name another.
+    pub priority: (crate::config::Priority, bool),
     pub requests: StatusCounters,
     pub duration: Histogram,
 }
@@ -358,6 +362,7 @@ impl Snapshot {
                             retry: r.retry.as_ref().map(|c| {
                                 retry::RetryPolicy::new(&r.name, c, reg.retry_budget(&r.name), m)
                             }),
+                            priority: (r.priority, r.priority_from_header),
                             requests: m.status_counters(
                                 names::HTTP_REQUESTS_TOTAL,
                                 names::HTTP_REQUESTS_TOTAL_HELP,
@@ -405,7 +410,19 @@ impl Snapshot {
                 })
             })
             .collect();
+        let shedder = &reg.policies.shedder;
+        let shedder = match &config.load_shedding {
+            Some(settings) => {
+                shedder.configure(settings, m);
+                Some(Arc::clone(shedder))
+            }
+            None => {
+                shedder.unconfigure(m);
+                None
+            }
+        };
         Snapshot {
+            shedder,
             secret_query_parameters: policy::Compiled::secret_query_parameters(&config),
             config: Arc::new(config),
             listeners,

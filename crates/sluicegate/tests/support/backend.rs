@@ -47,14 +47,8 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend that names itself `name`.
     pub fn start(name: &str) -> Backend {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("backend runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind backend");
+        let (runtime, listener) = super::small_runtime("backend", true);
+        let listener = listener.expect("listener");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));

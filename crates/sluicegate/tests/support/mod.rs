@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod idp;
+pub mod load;
 pub mod redis;
 pub mod toml;
 pub mod upstream;
@@ -20,6 +21,25 @@ use std::time::{Duration, Instant};
 pub use backend::Backend;
 pub use client::{Client, Response};
 pub use toml::Toml;
+
+/// A one-thread runtime for a test server or client, and a listener on 127.0.0.1:0 bound on it
+/// when `bind` (servers).
+pub fn small_runtime(
+    what: &str,
+    bind: bool,
+) -> (tokio::runtime::Runtime, Option<tokio::net::TcpListener>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{what} runtime: {e}"));
+    let listener = bind.then(|| {
+        runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap_or_else(|e| panic!("bind {what}: {e}"))
+    });
+    (runtime, listener)
+}
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);

@@ -164,14 +164,8 @@ impl Upstream {
     }
 
     fn start(name: &str, kind: Kind) -> Upstream {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("upstream runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind upstream");
+        let (runtime, listener) = super::small_runtime("upstream", true);
+        let listener = listener.expect("listener");
         let addr = listener.local_addr().expect("addr");
         let shared = Shared {
             name: Arc::from(name),

@@ -588,6 +588,24 @@ fn spec_metrics_render_valid_text() {
         &svc_ep,
         Arc::new(|| 0),
     );
+    r.gauge_fn(
+        names::LOAD_SHEDDING_IN_FLIGHT,
+        names::LOAD_SHEDDING_IN_FLIGHT_HELP,
+        &[],
+        Arc::new(|| 3),
+    );
+    r.gauge_fn(
+        names::LOAD_SHEDDING_LIMIT,
+        names::LOAD_SHEDDING_LIMIT_HELP,
+        &[],
+        Arc::new(|| 100),
+    );
+    r.gauge_fn(
+        names::LOAD_SHEDDING_QUEUED,
+        names::LOAD_SHEDDING_QUEUED_HELP,
+        &[(label::PRIORITY, "low")],
+        Arc::new(|| 0),
+    );
     _hold.0.inc(200);
     _hold.1.observe(0.012);
     let families = check_exposition(&r.render()).unwrap();

@@ -62,7 +62,8 @@ pub fn code_for(error: GatewayError) -> Code {
         | GatewayError::UpstreamUnavailable
         | GatewayError::AuthUnavailable
         | GatewayError::CircuitOpen
-        | GatewayError::Overloaded => Code::Unavailable,
+        | GatewayError::Overloaded
+        | GatewayError::Shed => Code::Unavailable,
         GatewayError::Unauthenticated(_) => Code::Unauthenticated,
         GatewayError::Forbidden => Code::PermissionDenied,
         GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => Code::DeadlineExceeded,

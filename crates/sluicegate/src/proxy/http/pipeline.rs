@@ -162,6 +162,8 @@ struct Exchange {
     policies: policy::Applied,
     /// The route's in-flight count this request holds a place in (`max_in_flight`).
     bulkhead: Option<Arc<AtomicUsize>>,
+    /// The place `[load_shedding]` admitted this request to, until its upstream answers.
+    admitted: Option<policy::shed::Permit>,
 }
 
 impl Exchange {
@@ -183,6 +185,7 @@ impl Finish for Exchange {
         if let Some(in_flight) = self.bulkhead.take() {
             in_flight.fetch_sub(1, Ordering::AcqRel);
         }
+        self.admitted = None;
         if self.status == 0 {
             self.status = 499;
         }
@@ -306,6 +309,7 @@ pub async fn handle(
         counted: false,
         policies: policy::Applied::default(),
         bulkhead: None,
+        admitted: None,
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         let stats = Rc::clone(&exchange.stats);
@@ -362,6 +366,37 @@ pub async fn handle(
     };
     let service: &ServiceRuntime = &route.service;
     exchange.route = Some(route_index);
+
+    // Load shedding: admitted at once, after a short wait while higher classes are served, or
+    // refused now — never after waiting out the route's timeout.
+    if let Some(shedder) = &snapshot.shedder {
+        let (route_class, from_header) = route.priority;
+        let class = policy::shed::class_of(route_class, from_header, &parts.headers);
+        let deadline = route
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(started) + t);
+        let decision = match shedder.admit(class, deadline).await {
+            policy::shed::Admission::Admitted(permit) => {
+                exchange.admitted = Some(permit);
+                "admitted"
+            }
+            policy::shed::Admission::Queued(permit) => {
+                exchange.admitted = Some(permit);
+                "queued"
+            }
+            policy::shed::Admission::Shed(reason) => {
+                exchange
+                    .policies
+                    .note((policy::shed::STEP, reason.as_str()));
+                let Ok(mut response) = answer(exchange, GatewayError::Shed, false);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(response);
+            }
+        };
+        exchange.policies.note((policy::shed::STEP, decision));
+    }
 
     // The route's bulkhead: a slow route cannot hold every connection of the gateway. Refused
     // at once, never queued.
@@ -582,6 +617,10 @@ pub async fn handle(
             .as_ref()
             .and_then(|sticky| sticky.set_cookie(index))
             .cloned();
+    }
+    // The upstream has answered (or failed): the request's place goes to the next one.
+    if let Some(permit) = exchange.admitted.take() {
+        permit.answered(matches!(&exchange_result, Ok(r) if !r.status().is_server_error()));
     }
     let response = match exchange_result {
         Ok(ok) => ok,
