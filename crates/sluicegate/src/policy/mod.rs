@@ -6,7 +6,10 @@
 //! policies has an empty chain and runs no step code at all.
 //!
 //! The order is fixed, and written once, in `Chain::new`:
-//! 1. **shed** (load shedding) — first, because a shed request must cost almost nothing;
+//! 1. **shed** (load shedding, `shed/`) — its CPU and memory check first, because a request shed
+//!    for pressure must cost almost nothing; its admission to the upstreams after auth and the
+//!    rate limit, so that refused requests take no place and a client-named class (`x-priority`)
+//!    is read only from authenticated requests;
 //! 2. **auth** (authenticate, then authorize) — who the consumer is, before anything counts
 //!    per consumer;
 //! 3. **rate limit** (`rate_limit.rs`) — after auth, so a bucket can be the consumer's, and so
@@ -21,7 +24,7 @@
 //! order (cache fill, the rate-limit headers); the access log records each step's decision
 //! (`"rate_limit": "allowed"`).
 //! Shedding (`shed/`) is not a step of a route's chain: it is one admission controller for the
-//! whole gateway, which the proxy asks before the chain runs. Authentication (`auth/`) and rate
+//! whole gateway, which the proxy asks before the chain (pressure) and after it (admission). Authentication (`auth/`) and rate
 //! limiting exist; cache and faults are the issues that follow.
 
 pub mod auth;

@@ -1,21 +1,23 @@
 //! The adaptive concurrency limit (`max_in_flight = 0`), in the spirit of Envoy's adaptive
 //! concurrency filter and Netflix's concurrency-limits "gradient": latency above the lowest
-//! recently seen is queueing, and the limit shrinks in proportion when that queueing exceeds
-//! `target_queue_delay`; while latency stays within it and the limit is what holds requests
-//! back, the limit grows in proportion to the room left (at most double) plus its square root
-//! per window. While the limit holds nobody back it
-//! drifts down (by a tenth per window at most) to twice the most requests seen in flight, so
-//! that overload, when it comes, meets a limit near what the upstreams were really doing rather
-//! than one far above it that lets a flood into their queues.
+//! recently seen is queueing, and while the limit binds (requests held back, or more than three
+//! quarters of it in use) it shrinks in proportion when that queueing exceeds
+//! `target_queue_delay`. While latency stays within it and the limit holds requests back, the
+//! limit grows in proportion to the room left (at most double) plus its square root per window.
+//! While it holds nobody back it drifts down (by a tenth per window at most) to twice the most
+//! requests seen in flight, so that overload, when it comes, meets a limit near what the
+//! upstreams were really doing rather than one far above it that lets a flood into their queues.
 //!
-//! Latencies are gathered per window of at least 100 ms (and a few samples) in atomics, so a
-//! request's sample costs three atomic updates; whoever finishes a window computes the next
+//! Latencies are gathered per window of at least 100 ms (and a few samples) in two atomics, so
+//! a request's sample costs two atomic updates; whoever finishes a window computes the next
 //! limit under a `try_lock`, and nobody waits for it.
 //!
-//! The lowest latency is the minimum over the current and the previous 30 s period. Under
-//! sustained overload a period's minimum could itself include queueing and ratchet the limit
-//! upwards; so at each period's end a limit that was being reached is halved for a window, which
-//! lets the upstream's queue drain and shows it latency without it.
+//! The latency without queueing is the lowest window mean over the current and the previous
+//! 30 s period (means, so that one fast answer among slow ones does not pass for it). Under
+//! sustained overload a period's lowest mean could itself include queueing and ratchet the
+//! limit upwards; so at each period's end a limit that was being reached is halved (it grows
+//! back within a few windows), which lets the upstream's queue drain and shows its latency
+//! without one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -34,12 +36,18 @@ const PERIOD: Duration = Duration::from_secs(30);
 /// The most requests the queue holds whatever the arithmetic says.
 const MAX_QUEUE: u128 = 100_000;
 
+/// Samples and their sum share one atomic (`COUNT_ONE` per sample, µs below it), so a window
+/// is taken whole: count and sum always describe the same samples.
+const COUNT_ONE: u64 = 1 << 40;
+/// A sample counts for at most this long (µs): 2^40 µs of sum hold 110,000 such samples, more
+/// than the largest limit lets finish in one window.
+const MAX_SAMPLE_US: u64 = 10_000_000;
+
 pub struct Latency {
     /// What the window times count from.
     epoch: Instant,
-    count: AtomicU64,
-    sum_us: AtomicU64,
-    min_us: AtomicU64,
+    /// This window's samples: count × `COUNT_ONE` + sum of µs.
+    samples: AtomicU64,
     /// A request found no free place during this window.
     saturated: AtomicBool,
     /// The most requests in flight an answer saw during this window.
@@ -52,7 +60,9 @@ pub struct Latency {
 }
 
 struct Control {
-    /// The lowest latency of this period and of the previous one (µs).
+    /// The lowest window mean of this period and of the previous one (µs): the latency without
+    /// queueing. Means, not single requests: one fast answer (a 404, a cached one) among slow
+    /// ones says nothing about how long the slow ones take without a queue.
     min_us: [u64; 2],
     period_end_us: u64,
 }
@@ -61,9 +71,7 @@ impl Latency {
     pub fn new(now: Instant) -> Latency {
         Latency {
             epoch: now,
-            count: AtomicU64::new(0),
-            sum_us: AtomicU64::new(0),
-            min_us: AtomicU64::new(u64::MAX),
+            samples: AtomicU64::new(0),
             saturated: AtomicBool::new(false),
             peak: AtomicU64::new(0),
             window_end_us: AtomicU64::new(micros(WINDOW)),
@@ -79,9 +87,7 @@ impl Latency {
     pub fn reset(&self, now: Instant) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
         let now_us = micros(now.saturating_duration_since(self.epoch));
-        self.count.store(0, Ordering::Relaxed);
-        self.sum_us.store(0, Ordering::Relaxed);
-        self.min_us.store(u64::MAX, Ordering::Relaxed);
+        self.samples.store(0, Ordering::Relaxed);
         self.peak.store(0, Ordering::Relaxed);
         self.window_end_us
             .store(now_us + micros(WINDOW), Ordering::Relaxed);
@@ -132,24 +138,22 @@ impl Latency {
         adaptive: bool,
         limit: usize,
     ) -> Option<usize> {
-        let us = micros(latency).max(1);
+        let us = micros(latency).clamp(1, MAX_SAMPLE_US);
         self.peak.fetch_max(in_flight as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.min_us.fetch_min(us, Ordering::Relaxed);
+        self.samples.fetch_add(COUNT_ONE + us, Ordering::Relaxed);
         let now_us = micros(now.saturating_duration_since(self.epoch));
         if now_us < self.window_end_us.load(Ordering::Relaxed) {
             return None;
         }
         let mut control = self.control.try_lock().ok()?;
         if now_us < self.window_end_us.load(Ordering::Relaxed)
-            || self.count.load(Ordering::Relaxed) < MIN_SAMPLES
+            || self.samples.load(Ordering::Relaxed) / COUNT_ONE < MIN_SAMPLES
         {
             return None;
         }
-        let count = self.count.swap(0, Ordering::Relaxed).max(1);
-        let mean = self.sum_us.swap(0, Ordering::Relaxed) / count;
-        let window_min = self.min_us.swap(u64::MAX, Ordering::Relaxed);
+        let samples = self.samples.swap(0, Ordering::Relaxed);
+        let count = (samples / COUNT_ONE).max(1);
+        let mean = (samples % COUNT_ONE) / count;
         let saturated = self.saturated.swap(false, Ordering::Relaxed);
         let peak = self.peak.swap(0, Ordering::Relaxed);
         self.window_end_us
@@ -161,7 +165,7 @@ impl Latency {
             control.min_us = [u64::MAX, control.min_us[0]];
             control.period_end_us = now_us + micros(PERIOD);
         }
-        control.min_us[0] = control.min_us[0].min(window_min);
+        control.min_us[0] = control.min_us[0].min(mean.max(1));
         if !adaptive {
             return None;
         }
@@ -176,10 +180,11 @@ impl Latency {
     }
 }
 
-/// One window's step: shrink in proportion to the queueing beyond the target (at most by half);
-/// when latency is within it and the limit held requests back, grow in proportion to the room
-/// left under it (at most double) plus the square root; else drift down towards twice the `peak`
-/// in flight.
+/// One window's step: while the limit binds (requests were held back, or more than three
+/// quarters of it were in use), shrink in proportion to the queueing beyond the target (at most
+/// by half); when latency is within it and the limit held requests back, grow in proportion to
+/// the room left under it (at most double) plus the square root; else drift down towards twice
+/// the `peak` in flight.
 fn next_limit(
     current: f64,
     base_us: u64,
@@ -190,9 +195,12 @@ fn next_limit(
 ) -> f64 {
     let allowed = base_us.saturating_add(target_us) as f64;
     let gradient = (allowed / mean_us.max(1) as f64).clamp(0.5, 2.0);
-    if gradient < 1.0 {
+    // Latency above the allowed says the limit is too high only if the limit is what the
+    // upstreams see: with most places free, the latency is the upstreams' own.
+    let binding = saturated || peak * 4.0 > current * 3.0;
+    if gradient < 1.0 && binding {
         current * gradient
-    } else if saturated {
+    } else if gradient >= 1.0 && saturated {
         current * gradient + current.sqrt()
     } else {
         (2.0 * peak).max(IDLE_LIMIT).max(current * 0.9).min(current)
@@ -212,6 +220,10 @@ mod tests {
         // 20 ms base, 5 ms target: a 50 ms mean halves the limit (at most), 30 ms shrinks it
         // to 25/30 of itself.
         assert_eq!(next_limit(100.0, 20_000, 50_000, 5_000, true, 100.0), 50.0);
+        // The same latency with most places free is the upstream's own: no shrinking, only the
+        // drift towards twice the peak.
+        assert_eq!(next_limit(100.0, 20_000, 50_000, 5_000, false, 10.0), 90.0);
+        assert_eq!(next_limit(100.0, 20_000, 50_000, 5_000, false, 80.0), 50.0);
         let shrunk = next_limit(60.0, 20_000, 30_000, 5_000, true, 60.0);
         assert!((shrunk - 50.0).abs() < 1e-9, "{shrunk}");
         // Within the target: grows if requests were held back, by the room left and the square

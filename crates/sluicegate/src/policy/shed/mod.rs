@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
 use crate::config::{LoadSheddingConfig, Priority};
@@ -96,7 +97,11 @@ pub struct Shedder {
     target: AtomicU64,
     latency: Latency,
     pressure: Arc<Pressure>,
-    shed: Mutex<Option<[Counter; 3]>>,
+    /// `sluicegate_load_shed_total` by class, while a config has `[load_shedding]`.
+    shed: ArcSwapOption<[Counter; 3]>,
+    /// Held while the limit changes hands between a reload and the adaptive limit, so that an
+    /// adaptive step computed before a reload never overwrites the fixed limit it set.
+    mode: Mutex<()>,
 }
 
 impl Default for Shedder {
@@ -110,7 +115,8 @@ impl Default for Shedder {
             target: AtomicU64::new(50_000),
             latency: Latency::new(Instant::now()),
             pressure: Arc::new(Pressure::default()),
-            shed: Mutex::new(None),
+            shed: ArcSwapOption::empty(),
+            mode: Mutex::new(()),
         }
     }
 }
@@ -120,12 +126,15 @@ impl Shedder {
     /// registers the metrics.
     pub fn configure(self: &Arc<Self>, config: &LoadSheddingConfig, metrics: &metrics::Registry) {
         let adaptive = config.max_in_flight == 0;
-        let was_adaptive = self.adaptive.swap(adaptive, Ordering::AcqRel);
-        if !adaptive {
-            self.limit.store(config.max_in_flight, Ordering::SeqCst);
-        } else if !was_adaptive {
-            self.limit.store(adaptive::INITIAL_LIMIT, Ordering::SeqCst);
-            self.latency.reset(Instant::now());
+        {
+            let _mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+            let was_adaptive = self.adaptive.swap(adaptive, Ordering::AcqRel);
+            if !adaptive {
+                self.limit.store(config.max_in_flight, Ordering::SeqCst);
+            } else if !was_adaptive {
+                self.limit.store(adaptive::INITIAL_LIMIT, Ordering::SeqCst);
+                self.latency.reset(Instant::now());
+            }
         }
         self.target.store(
             u64::try_from(config.target_queue_delay.as_micros()).unwrap_or(u64::MAX),
@@ -133,13 +142,13 @@ impl Shedder {
         );
         self.pressure
             .configure(config.cpu_threshold, config.memory_threshold);
-        *self.counters() = Some(Priority::ALL.map(|p| {
+        self.shed.store(Some(Arc::new(Priority::ALL.map(|p| {
             metrics.counter(
                 names::LOAD_SHED_TOTAL,
                 names::LOAD_SHED_TOTAL_HELP,
                 &[(names::label::PRIORITY, p.as_str())],
             )
-        }));
+        }))));
         let held = Arc::downgrade(self);
         metrics.gauge_fn(
             names::LOAD_SHEDDING_IN_FLIGHT,
@@ -167,7 +176,8 @@ impl Shedder {
         self.grant_waiters();
     }
 
-    /// Forgets the metrics of a config without `[load_shedding]`.
+    /// Forgets the metrics of a config without `[load_shedding]`, and admits whoever still
+    /// waits (the new config admits everything).
     pub fn unconfigure(&self, metrics: &metrics::Registry) {
         metrics.remove_fn(names::LOAD_SHEDDING_IN_FLIGHT, &[]);
         metrics.remove_fn(names::LOAD_SHEDDING_LIMIT, &[]);
@@ -177,12 +187,16 @@ impl Shedder {
                 &[(names::label::PRIORITY, class.as_str())],
             );
         }
-        *self.counters() = None;
+        self.shed.store(None);
         self.pressure.configure(1.0, 1.0);
-    }
-
-    fn counters(&self) -> MutexGuard<'_, Option<[Counter; 3]>> {
-        self.shed.lock().unwrap_or_else(|e| e.into_inner())
+        let mut queue = self.lock();
+        while let Some(waiter) = queue.pop_highest() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            if waiter.grant.send(Grant::Admitted).is_err() {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -210,17 +224,22 @@ impl Shedder {
         Duration::from_micros(self.target.load(Ordering::Relaxed))
     }
 
-    /// Admits a request of `class`, at once or after a short wait (`Latency::max_wait`, never
-    /// past `deadline`), or sheds it.
+    /// Why a request of `class` is refused now because of CPU or memory pressure, if it is
+    /// (counted as shed).
+    pub fn under_pressure(&self, class: Priority) -> Option<ShedReason> {
+        let reason = self.pressure.sheds(class)?;
+        self.count_shed(class);
+        Some(reason)
+    }
+
+    /// Admits a request of `class`, at once or after a short wait (`Latency::max_wait`, and at
+    /// most half the time left before `deadline`, so an admitted request still has time to be
+    /// served), or sheds it.
     pub async fn admit(
         self: &Arc<Self>,
         class: Priority,
         deadline: Option<tokio::time::Instant>,
     ) -> Admission {
-        if let Some(reason) = self.pressure.sheds(class) {
-            self.count_shed(class);
-            return Admission::Shed(reason);
-        }
         if self.waiting.load(Ordering::SeqCst) == 0 && self.try_take() {
             return Admission::Admitted(self.permit());
         }
@@ -290,9 +309,10 @@ impl Shedder {
             id,
             rx: Some(rx),
         };
-        let mut until = tokio::time::Instant::now() + self.latency.max_wait(self.target());
+        let now = tokio::time::Instant::now();
+        let mut until = now + self.latency.max_wait(self.target());
         if let Some(deadline) = deadline {
-            until = until.min(deadline);
+            until = until.min(now + deadline.saturating_duration_since(now) / 2);
         }
         let granted = match waiting.rx.as_mut() {
             Some(rx) => tokio::time::timeout_at(until, rx).await,
@@ -319,7 +339,7 @@ impl Shedder {
     }
 
     fn count_shed(&self, class: Priority) {
-        if let Some(counters) = self.counters().as_ref() {
+        if let Some(counters) = self.shed.load().as_ref() {
             counters[class.rank()].inc();
         }
     }
@@ -362,8 +382,10 @@ impl Shedder {
             self.latency
                 .record(latency, in_flight, now, target, adaptive, self.limit())
         {
-            if adaptive {
+            let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+            if self.adaptive.load(Ordering::Acquire) {
                 self.limit.store(limit, Ordering::SeqCst);
+                drop(mode);
                 self.grant_waiters();
             }
         }
@@ -535,7 +557,7 @@ mod tests {
         drop(admitted(critical.await));
         assert_eq!((s.in_flight(), s.waiting.load(Ordering::SeqCst)), (0, 0));
         let shed = |p: &str| {
-            s.counters().as_ref().unwrap()[Priority::parse(p.as_bytes()).unwrap().rank()].get()
+            s.shed.load().as_ref().unwrap()[Priority::parse(p.as_bytes()).unwrap().rank()].get()
         };
         assert_eq!((shed("critical"), shed("normal"), shed("low")), (0, 1, 2));
     }
@@ -559,7 +581,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn nobody_waits_past_twice_the_target_or_the_deadline() {
+    async fn nobody_waits_past_twice_the_target_or_half_the_time_left() {
         let s = fixed(1, Duration::from_millis(50));
         let _busy = admitted(s.admit(Priority::Normal, None).await);
         let start = tokio::time::Instant::now();
@@ -570,7 +592,8 @@ mod tests {
         let start = tokio::time::Instant::now();
         let waited = s.admit(Priority::Critical, Some(deadline)).await;
         assert!(matches!(waited, Admission::Shed(ShedReason::WaitedTooLong)));
-        assert_eq!(start.elapsed(), Duration::from_millis(30));
+        // Half the time left: an admitted request must still have time to be served.
+        assert_eq!(start.elapsed(), Duration::from_millis(15));
         assert_eq!(s.waiting.load(Ordering::SeqCst), 0);
     }
 

@@ -1,7 +1,9 @@
-//! CPU and memory pressure for load shedding: read every 500 ms by a thread of its own from the
-//! process's cgroup v2 (`cpu.stat` against `cpu.max`, `memory.current` against `memory.max`),
-//! which is what a container is limited by, or from `/proc/stat` and `/proc/meminfo` where there
-//! is no cgroup v2 or it sets no limit. The request path reads one atomic.
+//! CPU and memory pressure for load shedding, read every 500 ms by a thread of its own. CPU: the
+//! process's cgroup v2 `usage_usec` (`cpu.stat`) against its quota (`cpu.max`), or against the
+//! machine's CPUs when it sets none; without a cgroup v2, the machine's busy time in
+//! `/proc/stat`. Memory: the cgroup's working set against `memory.max` when it sets one, else
+//! the machine's `/proc/meminfo`. That is what a container is limited by. The request path reads
+//! one atomic.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -46,7 +48,7 @@ impl Pressure {
             return;
         }
         let source = Source::find();
-        self.update(None, source.memory());
+        self.update(self.readings().cpu, source.memory());
         let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
         if !*started {
             *started = true;
@@ -85,8 +87,8 @@ impl Pressure {
             reading.is_some_and(|r| r > f64::from_bits(threshold.load(Ordering::Relaxed)))
         };
         let mut readings = self.readings.lock().unwrap_or_else(|e| e.into_inner());
-        readings.cpu = cpu.or(readings.cpu);
-        readings.memory = memory.or(readings.memory);
+        // A reading that cannot be taken any more is unknown, not its last value.
+        *readings = Readings { cpu, memory };
         let mut high = 0;
         if over(readings.cpu, &self.cpu_threshold) {
             high |= CPU_HIGH;
@@ -136,10 +138,16 @@ struct Source {
 
 impl Source {
     fn find() -> Source {
-        let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        // In a container with a cgroup namespace the process's own cgroup is the root of what
+        // it sees; without one, /proc/self/cgroup names a host path that may not be mounted
+        // here, and the mount's root is then the container's cgroup.
+        let named = std::fs::read_to_string("/proc/self/cgroup")
             .ok()
-            .and_then(|text| cgroup_dir(&text))
-            .filter(|dir| dir.join("cpu.stat").exists());
+            .and_then(|text| cgroup_dir(&text));
+        let cgroup = named
+            .into_iter()
+            .chain([PathBuf::from("/sys/fs/cgroup")])
+            .find(|dir| dir.join("cpu.stat").exists());
         Source { cgroup }
     }
 
@@ -164,16 +172,21 @@ impl Source {
         read(Path::new("/proc/stat")).and_then(|t| proc_stat_busy(&t))
     }
 
-    /// The share of memory in use: against the cgroup's `memory.max` when it sets one, else the
-    /// machine's (`MemAvailable` counts as free).
+    /// The share of memory in use: the cgroup's working set (`memory.current` less the page
+    /// cache it could drop, `inactive_file`, as the kubelet counts it) against its `memory.max`
+    /// when it sets one, else the machine's (`MemAvailable` counts as free).
     fn memory(&self) -> Option<f64> {
         if let Some(dir) = &self.cgroup {
             let max = read(&dir.join("memory.max")).and_then(|t| t.trim().parse::<u64>().ok());
             let current =
                 read(&dir.join("memory.current")).and_then(|t| t.trim().parse::<u64>().ok());
+            let inactive = read(&dir.join("memory.stat"))
+                .and_then(|t| stat_field(&t, "inactive_file"))
+                .unwrap_or(0);
             if let (Some(max), Some(current)) = (max, current) {
                 if max > 0 {
-                    return Some((current as f64 / max as f64).min(1.0));
+                    let working = current.saturating_sub(inactive);
+                    return Some((working as f64 / max as f64).min(1.0));
                 }
             }
         }
@@ -200,9 +213,13 @@ fn cpu_quota(text: &str) -> Option<f64> {
 }
 
 fn usage_usec(cpu_stat: &str) -> Option<u64> {
-    cpu_stat
-        .lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
+    stat_field(cpu_stat, "usage_usec")
+}
+
+/// A `NAME VALUE` line of a cgroup `*.stat` file.
+fn stat_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 

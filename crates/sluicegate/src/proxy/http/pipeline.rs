@@ -1,16 +1,17 @@
 //! The HTTP request pipeline (HTTP/1.1 and HTTP/2 alike): from a parsed request to the
 //! response sent back.
 //!
-//! The steps, in order (DESIGN.md "the request's way"; later issues insert shedding, rate limits,
-//! auth, cache between routing and picking):
+//! The steps, in order (DESIGN.md "the request's way"; the cache will join the policy steps):
 //! 1. request id: kept when valid, else generated — first, so every answer carries it;
 //! 2. the request's identity settled (`wire/target.rs`): one valid Host, equal to an
 //!    absolute-form target's authority, and a normalised path (400, 405 for CONNECT) — before
 //!    anything reads the host or path, so routing, logs and the upstream all see the same;
 //! 3. head size limit (431) — before any work on an oversized head;
-//! 4. route match (404 `no_route`);
+//! 4. route match (404 `no_route`), then load shedding's CPU and memory check and the route's
+//!    bulkhead (503 `overloaded`);
 //! 5. declared body size limit (413) — before an upstream is bothered;
-//! 6. pick an endpoint (503 when the balancer accepts none);
+//! 6. the route's policy steps (auth, rate limit), then load shedding's admission (a wait, or
+//!    503 `overloaded`), then pick an endpoint (503 when the balancer accepts none);
 //! 7. forward with the route's deadline, narrowed by `grpc-timeout` (502 connect failure, 504
 //!    timeout), streaming both bodies and trailers, in the upstream's protocol, with the
 //!    route's upstream Host and the forwarded fields; an `Upgrade` request becomes a tunnel
@@ -312,6 +313,8 @@ pub async fn handle(
         admitted: None,
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
+        // The gateway answers itself: no upstream works on this request any more.
+        exchange.admitted = None;
         let stats = Rc::clone(&exchange.stats);
         let id = answer_id.to_str().unwrap_or_default();
         let response = if grpc {
@@ -367,35 +370,15 @@ pub async fn handle(
     let service: &ServiceRuntime = &route.service;
     exchange.route = Some(route_index);
 
-    // Load shedding: admitted at once, after a short wait while higher classes are served, or
-    // refused now — never after waiting out the route's timeout.
-    if let Some(shedder) = &snapshot.shedder {
+    // Load shedding, first part: under CPU or memory pressure the lower classes are refused
+    // before any work is spent on them.
+    let shed_class = snapshot.shedder.as_ref().map(|shedder| {
         let (route_class, from_header) = route.priority;
         let class = policy::shed::class_of(route_class, from_header, &parts.headers);
-        let deadline = route
-            .timeout
-            .map(|t| tokio::time::Instant::from_std(started) + t);
-        let decision = match shedder.admit(class, deadline).await {
-            policy::shed::Admission::Admitted(permit) => {
-                exchange.admitted = Some(permit);
-                "admitted"
-            }
-            policy::shed::Admission::Queued(permit) => {
-                exchange.admitted = Some(permit);
-                "queued"
-            }
-            policy::shed::Admission::Shed(reason) => {
-                exchange
-                    .policies
-                    .note((policy::shed::STEP, reason.as_str()));
-                let Ok(mut response) = answer(exchange, GatewayError::Shed, false);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Ok(response);
-            }
-        };
-        exchange.policies.note((policy::shed::STEP, decision));
+        (shedder, class)
+    });
+    if let Some(reason) = shed_class.and_then(|(shedder, class)| shedder.under_pressure(class)) {
+        return shed(exchange, reason, answer);
     }
 
     // The route's bulkhead: a slow route cannot hold every connection of the gateway. Refused
@@ -437,6 +420,26 @@ pub async fn handle(
             response.headers_mut().extend(refusal.headers);
             return Ok(response);
         }
+    }
+
+    // Load shedding, second part: admission to the upstreams, after the steps that may refuse
+    // the request (a refused request takes no place, and `x-priority` is read from requests
+    // that passed authentication): at once, after a short wait while higher classes are
+    // served, or refused now.
+    if let Some((shedder, class)) = shed_class {
+        let deadline = deadline_of(route, grpc, &parts.headers, started);
+        let decision = match shedder.admit(class, deadline).await {
+            policy::shed::Admission::Admitted(permit) => {
+                exchange.admitted = Some(permit);
+                "admitted"
+            }
+            policy::shed::Admission::Queued(permit) => {
+                exchange.admitted = Some(permit);
+                "queued"
+            }
+            policy::shed::Admission::Shed(reason) => return shed(exchange, reason, answer),
+        };
+        exchange.policies.note((policy::shed::STEP, decision));
     }
 
     // 7. Endpoint.
@@ -530,19 +533,7 @@ pub async fn handle(
         route.policies.protected(),
     );
 
-    let mut deadline = route
-        .timeout
-        .map(|t| tokio::time::Instant::from_std(started) + t);
-    if grpc {
-        if let Some(t) = parts
-            .headers
-            .get("grpc-timeout")
-            .and_then(grpc::parse_timeout)
-        {
-            let at = tokio::time::Instant::from_std(started) + t;
-            deadline = Some(deadline.map_or(at, |d| d.min(at)));
-        }
-    }
+    let deadline = deadline_of(route, grpc, &parts.headers, started);
 
     if let Some(client_upgrade) = upgrade {
         forwarding.add_to(&mut parts.headers);
@@ -620,7 +611,13 @@ pub async fn handle(
     }
     // The upstream has answered (or failed): the request's place goes to the next one.
     if let Some(permit) = exchange.admitted.take() {
-        permit.answered(matches!(&exchange_result, Ok(r) if !r.status().is_server_error()));
+        // A timeout says the upstream took at least that long; a 5xx is often fast and says
+        // nothing about queueing; other failures say nothing about latency.
+        let latency_known = match &exchange_result {
+            Ok(r) => !r.status().is_server_error(),
+            Err(e) => matches!(e, SendError::Timeout),
+        };
+        permit.answered(latency_known);
     }
     let response = match exchange_result {
         Ok(ok) => ok,
@@ -667,6 +664,44 @@ pub async fn handle(
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
+}
+
+/// The request's deadline: the route's `timeout`, narrowed by a gRPC request's `grpc-timeout`.
+fn deadline_of(
+    route: &RouteRuntime,
+    grpc: bool,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Option<tokio::time::Instant> {
+    let started = tokio::time::Instant::from_std(started);
+    let deadline = route.timeout.map(|t| started + t);
+    let asked = grpc
+        .then(|| headers.get("grpc-timeout").and_then(grpc::parse_timeout))
+        .flatten()
+        .map(|t| started + t);
+    match (deadline, asked) {
+        (Some(d), Some(a)) => Some(d.min(a)),
+        (d, a) => d.or(a),
+    }
+}
+
+/// Answers a request load shedding refused: 503 `overloaded`, `Retry-After`, the reason logged.
+fn shed<A>(
+    mut exchange: Box<Exchange>,
+    reason: policy::shed::ShedReason,
+    answer: A,
+) -> Result<Response<ResponseBody>, Infallible>
+where
+    A: FnOnce(Box<Exchange>, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,
+{
+    exchange
+        .policies
+        .note((policy::shed::STEP, reason.as_str()));
+    let Ok(mut response) = answer(exchange, GatewayError::Shed, false);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Ok(response)
 }
 
 fn rewrite_path(uri: &Uri, prefix: &str) -> Uri {
@@ -1235,6 +1270,8 @@ async fn tunnel(
         }
     };
     report_outcome(service, index, Upstream::Success, now, ticket);
+    // The upstream has answered the handshake: the tunnel holds no admission place.
+    exchange.admitted = None;
     exchange.status = response.status().as_u16();
     exchange.policies.on_response(response.headers_mut());
     let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
