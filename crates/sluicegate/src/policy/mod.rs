@@ -28,6 +28,7 @@
 //! limiting exist; cache and faults are the issues that follow.
 
 pub mod auth;
+pub mod cache;
 pub mod rate_limit;
 pub mod shed;
 
