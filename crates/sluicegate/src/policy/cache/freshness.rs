@@ -320,22 +320,14 @@ pub fn reuse(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_headers as headers;
     use super::*;
-    use http::HeaderValue;
 
     const RULES: RouteRules<'static> = RouteRules {
         ttl: None,
         statuses: &[200, 404],
         store_set_cookie: false,
     };
-
-    fn headers(fields: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(*n, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)

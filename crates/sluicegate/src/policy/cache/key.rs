@@ -1,0 +1,182 @@
+//! What a stored response is found by.
+//!
+//! The **primary key** (RFC 9111 §4: the target URI, and a method that allows the stored
+//! response to be used) is the request's host and its normalised path and query, GET and HEAD
+//! alike (a stored GET response answers a HEAD), plus the consumer when the response was stored
+//! for an authenticated request, so that one consumer's response is never another's.
+//! Written `host` `path?query` [`consumer`], separated by a byte no field or path can hold
+//! (0x1f), so that no two different requests make one key.
+//!
+//! The **variant** (§4.1) is the values a stored response's `Vary` names (and the route's own
+//! `vary` list) had in the request that brought it: a later request is served that response only
+//! if its values for those fields match. Values are compared after combining the field's lines
+//! with ", " and trimming the whitespace around each (the normalisation §4.1 allows), and a field
+//! absent is not a field present with an empty value.
+
+use http::{HeaderMap, HeaderName};
+
+/// The separator inside keys: a control character that a host, a normalised path or query, a
+/// consumer name and a field value cannot contain.
+const SEP: char = '\u{1f}';
+
+/// A primary key (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrimaryKey(String);
+
+impl PrimaryKey {
+    pub fn new(host: &str, path_and_query: &str, consumer: Option<&str>) -> PrimaryKey {
+        let mut key = String::with_capacity(host.len() + path_and_query.len() + 2);
+        key.push_str(&host.to_ascii_lowercase());
+        key.push(SEP);
+        key.push_str(path_and_query);
+        if let Some(consumer) = consumer {
+            key.push(SEP);
+            key.push_str(consumer);
+        }
+        PrimaryKey(key)
+    }
+
+    /// The path and query part.
+    pub fn path(&self) -> &str {
+        self.0.split(SEP).nth(1).unwrap_or("")
+    }
+
+    /// The key as the purge API names it: `host/path?query`, and ` consumer` after a space
+    /// when there is one.
+    pub fn display(&self) -> String {
+        let mut parts = self.0.split(SEP);
+        let host = parts.next().unwrap_or("");
+        let path = parts.next().unwrap_or("");
+        match parts.next() {
+            Some(consumer) => format!("{host}{path} {consumer}"),
+            None => format!("{host}{path}"),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The fields a response varies on, in a fixed order (lower case, sorted, each once), so that
+/// the same set always makes the same variant key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct VaryOn(Box<[HeaderName]>);
+
+impl VaryOn {
+    /// The response's `Vary` names and the route's `vary`; `None` when `Vary` has `*` (nothing
+    /// can match) or a name that is not a field name.
+    pub fn new(response: &HeaderMap, route: &[HeaderName]) -> Option<VaryOn> {
+        let mut names: Vec<HeaderName> = route.to_vec();
+        for value in response.get_all(http::header::VARY) {
+            for name in value.as_bytes().split(|b| *b == b',') {
+                let name = name.trim_ascii();
+                if name.is_empty() {
+                    continue;
+                }
+                if name == b"*" {
+                    return None;
+                }
+                names.push(HeaderName::from_bytes(name).ok()?);
+            }
+        }
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Some(VaryOn(names.into_boxed_slice()))
+    }
+
+    pub fn names(&self) -> &[HeaderName] {
+        &self.0
+    }
+
+    /// The variant key of `request` for these fields.
+    pub fn variant(&self, request: &HeaderMap) -> String {
+        let mut key = String::new();
+        for name in self.0.iter() {
+            key.push_str(name.as_str());
+            let mut values = request.get_all(name).iter().peekable();
+            if values.peek().is_none() {
+                // Absent: distinct from present and empty.
+                key.push(SEP);
+                key.push(SEP);
+                continue;
+            }
+            key.push(':');
+            let mut first = true;
+            for value in values {
+                for element in value.as_bytes().split(|b| *b == b',') {
+                    if !first {
+                        key.push_str(", ");
+                    }
+                    first = false;
+                    key.push_str(&String::from_utf8_lossy(element.trim_ascii()));
+                }
+            }
+            key.push(SEP);
+        }
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_headers as headers;
+    use super::*;
+
+    #[test]
+    fn primary_keys_separate_hosts_paths_and_consumers() {
+        let a = PrimaryKey::new("API.example.com", "/users?x=1", None);
+        assert_eq!(a, PrimaryKey::new("api.example.com", "/users?x=1", None));
+        assert_ne!(a, PrimaryKey::new("api.example.com", "/users?x=2", None));
+        assert_ne!(
+            a,
+            PrimaryKey::new("api.example.com", "/users?x=1", Some("acme"))
+        );
+        assert_eq!(a.path(), "/users?x=1");
+        assert_eq!(a.display(), "api.example.com/users?x=1");
+        assert_eq!(
+            PrimaryKey::new("h", "/p", Some("acme")).display(),
+            "h/p acme"
+        );
+    }
+
+    #[test]
+    fn vary_names_are_a_sorted_set_and_star_matches_nothing() {
+        let response = headers(&[
+            ("vary", "Accept-Encoding, accept"),
+            ("vary", "accept-encoding"),
+        ]);
+        let route = [HeaderName::from_static("x-tenant")];
+        let on = VaryOn::new(&response, &route).unwrap();
+        let names: Vec<&str> = on.names().iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["accept", "accept-encoding", "x-tenant"]);
+        assert_eq!(VaryOn::new(&headers(&[("vary", "accept, *")]), &[]), None);
+        assert_eq!(VaryOn::new(&headers(&[("vary", "bad name")]), &[]), None);
+        assert!(VaryOn::new(&HeaderMap::new(), &[])
+            .unwrap()
+            .names()
+            .is_empty());
+    }
+
+    #[test]
+    fn variants_match_after_normalising_and_tell_absent_from_empty() {
+        let on = VaryOn::new(&headers(&[("vary", "accept-encoding")]), &[]).unwrap();
+        let gzip = on.variant(&headers(&[("accept-encoding", "gzip,  br")]));
+        assert_eq!(
+            gzip,
+            on.variant(&headers(&[
+                ("accept-encoding", "gzip"),
+                ("accept-encoding", " br ")
+            ]))
+        );
+        assert_ne!(
+            gzip,
+            on.variant(&headers(&[("accept-encoding", "br, gzip")]))
+        );
+        let absent = on.variant(&HeaderMap::new());
+        let empty = on.variant(&headers(&[("accept-encoding", "")]));
+        assert_ne!(absent, empty);
+        // Other fields do not matter.
+        assert_eq!(absent, on.variant(&headers(&[("accept", "text/html")])));
+    }
+}
