@@ -104,8 +104,8 @@ fn invalid_toml_syntax_is_reported_with_position() {
 #[test]
 fn later_features_are_refused_not_ignored() {
     let toml = r#"
-[cache]
-max_bytes = "1MiB"
+[slos.availability]
+target = 0.999
 
 [[listeners]]
 name = "db"
@@ -121,7 +121,7 @@ tls = { cert = "missing.pem", key = "missing.key" }
 "#;
     let (code, _, stderr) = support::check(toml);
     assert_eq!(code, 1);
-    assert!(stderr.contains("cache: not supported yet"), "{stderr}");
+    assert!(stderr.contains("slos: not supported yet"), "{stderr}");
     assert!(
         stderr.contains("protocol \"postgres\" is not supported yet"),
         "{stderr}"

@@ -32,8 +32,9 @@ const TOP_KEYS: &[&str] = &[
     "rate_limits",
     "auth",
     "load_shedding",
+    "cache",
 ];
-const TOP_LATER: &[&str] = &["cache", "slos", "experiments"];
+const TOP_LATER: &[&str] = &["slos", "experiments"];
 
 /// Parses and validates a config file's text; `path` is used in the diagnostics.
 pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
@@ -89,6 +90,10 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         .map(|t| auth::policies(&mut reader, &t))
         .unwrap_or_default();
 
+    let cache = reader
+        .table(&top, "cache")
+        .map(|t| super::cache::cache(&mut reader, &t))
+        .unwrap_or_default();
     let load_shedding = reader
         .table(&top, "load_shedding")
         .map(|t| super::shedding::load_shedding(&mut reader, &t));
@@ -116,6 +121,7 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         rate_limits: rate_limits.into_iter().map(|p| p.config).collect(),
         auth: auth.into_iter().map(|p| p.config).collect(),
         load_shedding,
+        cache,
     })
 }
 
@@ -434,8 +440,9 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
             "retry",
             "priority",
             "priority_from_header",
+            "cache",
         ],
-        &["cache", "mirror", "faults"],
+        &["mirror", "faults"],
     );
     let name = r.required_string(t, "name", "a unique route name");
     let service = r.required_string(t, "service", "the name of a [[services]] entry");
@@ -504,6 +511,9 @@ fn route(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RawRoute> {
                 .integer(t, "max_in_flight", 0, 10_000_000)
                 .map_or(0, |(n, _)| n as usize),
             retry: r.table(t, "retry").and_then(|rt| retry(r, &rt)),
+            cache: r
+                .table(t, "cache")
+                .map(|c| super::cache::route_cache(r, &c)),
             priority: super::shedding::priority(r, t),
             priority_from_header: r.bool(t, "priority_from_header").unwrap_or(false),
             auth: auth.as_ref().map(|(n, _)| n.to_string()),
@@ -1091,25 +1101,7 @@ fn retry(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<RetryConfig> {
             }
         }
     }
-    let mut retriable_status = Vec::new();
-    if let Some((items, _)) = r.array(t, "retriable_status") {
-        for item in items {
-            let code = match item.get_ref() {
-                toml::de::DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
-                _ => None,
-            };
-            match code {
-                Some(c @ 100..=599) => retriable_status.push(c as u16),
-                _ => r.report(
-                    item.span(),
-                    format!(
-                        "{}: expected an HTTP status from 100 to 599",
-                        t.key_path("retriable_status")
-                    ),
-                ),
-            }
-        }
-    }
+    let retriable_status = r.statuses(t, "retriable_status").unwrap_or_default();
     let budget_percent = r
         .number(t, "budget_percent", 0.0, true, 100.0)
         .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT);

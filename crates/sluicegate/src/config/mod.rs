@@ -3,6 +3,7 @@
 
 mod auth;
 mod build;
+mod cache;
 mod diagnostic;
 mod model;
 mod policies;

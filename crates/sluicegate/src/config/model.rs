@@ -30,6 +30,8 @@ pub struct Config {
     pub auth: Vec<AuthConfig>,
     /// `[load_shedding]`: admission for every route's requests; `None` = every request admitted.
     pub load_shedding: Option<LoadSheddingConfig>,
+    /// `[cache]`: the response cache's store (defaults when only routes name `cache`).
+    pub cache: CacheConfig,
 }
 
 /// `[admin]`: where the admin API listens.
@@ -223,6 +225,8 @@ pub struct RouteConfig {
     pub max_in_flight: usize,
     /// `retry = { ... }`.
     pub retry: Option<RetryConfig>,
+    /// `cache = { ... }`: the route's responses are cached.
+    pub cache: Option<RouteCacheConfig>,
     /// The route's load-shedding class.
     pub priority: Priority,
     /// Whether a request's `x-priority` field may name its class instead.
@@ -635,3 +639,50 @@ pub enum TokenFrom {
     /// A cookie holding the token.
     Cookie(String),
 }
+
+/// `[cache]`: the store every caching route shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// The memory tier's bound, entries' bodies, fields, keys and overhead included.
+    pub max_bytes: u64,
+    /// Larger responses stream through and are not stored.
+    pub max_object_bytes: u64,
+    pub eviction: CacheEviction,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 256 * 1024 * 1024,
+            max_object_bytes: 8 * 1024 * 1024,
+            eviction: CacheEviction::TinyLfu,
+        }
+    }
+}
+
+/// How the memory tier chooses what to evict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEviction {
+    Lru,
+    /// TinyLFU admission by frequency, then LRU (`"tinylfu"`, and `"lfu"`, which names the same
+    /// frequency-based policy).
+    TinyLfu,
+}
+
+/// A route's `cache`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteCacheConfig {
+    /// Freshness for responses whose upstream gives none; without it they are not stored.
+    pub ttl: Option<Duration>,
+    /// Statuses stored at all.
+    pub statuses: Vec<u16>,
+    /// Request fields every stored response varies on, besides its own `Vary`.
+    pub vary: Vec<HeaderName>,
+    /// Whether responses with `Set-Cookie` may be stored (and served to others, cookie and all).
+    pub store_set_cookie: bool,
+}
+
+/// The statuses a route caches by default: those RFC 9110 §15.1 calls heuristically cacheable
+/// (206 aside: ranges are not stored).
+pub const DEFAULT_CACHE_STATUSES: [u16; 11] =
+    [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];

@@ -307,6 +307,29 @@ impl<'s> Reader<'s> {
         Some(out)
     }
 
+    /// A list of HTTP statuses (100 to 599).
+    pub fn statuses(&mut self, table: &Table<'_, '_>, key: &str) -> Option<Vec<u16>> {
+        let (items, _) = self.array(table, key)?;
+        let mut out = Vec::new();
+        for item in items {
+            let code = match item.get_ref() {
+                DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
+                _ => None,
+            };
+            match code {
+                Some(c @ 100..=599) => out.push(c as u16),
+                _ => self.report(
+                    item.span(),
+                    format!(
+                        "{}: expected an HTTP status from 100 to 599",
+                        table.key_path(key)
+                    ),
+                ),
+            }
+        }
+        Some(out)
+    }
+
     pub fn duration(&mut self, table: &Table<'_, '_>, key: &str) -> Option<Duration> {
         let (text, span) = self.string(table, key)?;
         match parse_duration(text) {

@@ -117,7 +117,13 @@ pub const JWKS_KEYS_HELP: &str = "Keys in the key set a jwt policy verifies with
 /// Counter. Labels: `route`, `result`. Response-cache lookups. SPEC section 4 says `result` is
 /// `success` or `failure`; for the cache that reads as hit and miss.
 pub const CACHE_LOOKUPS_TOTAL: &str = "sluicegate_cache_lookups_total";
-pub const CACHE_LOOKUPS_TOTAL_HELP: &str = "Response-cache lookups, by route and result.";
+pub const CACHE_LOOKUPS_TOTAL_HELP: &str =
+    "Response-cache lookups, by route and result (success: a hit, failure: a miss).";
+
+/// Gauge. No labels. Bytes the response cache's memory tier holds (bodies, fields, keys and a
+/// per-entry overhead), which `[cache] max_bytes` bounds.
+pub const CACHE_BYTES: &str = "sluicegate_cache_bytes";
+pub const CACHE_BYTES_HELP: &str = "Bytes the response cache's memory tier holds.";
 
 /// Counter. Labels: `priority`. Requests shed with 503 `overloaded`, by priority class.
 pub const LOAD_SHED_TOTAL: &str = "sluicegate_load_shed_total";
@@ -200,6 +206,7 @@ pub const ALL: &[(&str, &str)] = &[
     (JWKS_FETCHES_TOTAL, JWKS_FETCHES_TOTAL_HELP),
     (JWKS_KEYS, JWKS_KEYS_HELP),
     (CACHE_LOOKUPS_TOTAL, CACHE_LOOKUPS_TOTAL_HELP),
+    (CACHE_BYTES, CACHE_BYTES_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
     (LOAD_SHEDDING_IN_FLIGHT, LOAD_SHEDDING_IN_FLIGHT_HELP),
     (LOAD_SHEDDING_LIMIT, LOAD_SHEDDING_LIMIT_HELP),
@@ -228,6 +235,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 22);
+        assert_eq!(ALL.len(), 23);
     }
 }

@@ -53,6 +53,8 @@ pub struct Registry {
     pub auth: auth::Registry,
     /// The admission controller of `[load_shedding]` (idle without one).
     pub shedder: Arc<shed::Shedder>,
+    /// The response cache's store.
+    pub cache: cache::Registry,
 }
 
 impl Registry {

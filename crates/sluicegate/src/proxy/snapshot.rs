@@ -78,6 +78,7 @@ impl Registries {
                 .any(|s| s.name == service && s.endpoints.iter().any(|e| e.address == address))
         };
         self.policies.retain(config);
+        self.policies.cache.retain(config, &self.metrics);
         let routes_with = |has: fn(&crate::config::RouteConfig) -> bool| {
             move |route: &String| config.routes.iter().any(|r| r.name == *route && has(r))
         };
@@ -150,6 +151,8 @@ pub struct RouteRuntime {
     pub retry: Option<retry::RetryPolicy>,
     /// The load-shedding class (`priority`), and whether `x-priority` may name another.
     pub priority: (crate::config::Priority, bool),
+    /// `cache`: the route's response cache.
+    pub cache: Option<policy::cache::RouteCache>,
     pub requests: StatusCounters,
     pub duration: Histogram,
 }
@@ -363,6 +366,16 @@ impl Snapshot {
                                 retry::RetryPolicy::new(&r.name, c, reg.retry_budget(&r.name), m)
                             }),
                             priority: (r.priority, r.priority_from_header),
+                            cache: r.cache.as_ref().map(|c| {
+                                let store = reg.policies.cache.store(&config.cache, m);
+                                policy::cache::RouteCache::new(
+                                    &r.name,
+                                    c,
+                                    store,
+                                    config.cache.max_object_bytes,
+                                    m,
+                                )
+                            }),
                             requests: m.status_counters(
                                 names::HTTP_REQUESTS_TOTAL,
                                 names::HTTP_REQUESTS_TOTAL_HELP,

@@ -3,7 +3,8 @@
 //! Paths: `/sleep/MS` answers after MS milliseconds; `/bytes/N` streams N bytes; `/upload` reads
 //! the body and answers with its length; `/status/CODE` answers CODE; anything else answers 200
 //! with the backend's name as body and `x-backend` header (status settable with `set_status`);
-//! `/healthz` answers the status set with `set_health`. Every request's head is recorded.
+//! `/healthz` answers the status set with `set_health`. Every request's head is recorded. Any
+//! `h=NAME:VALUE` in the query (percent-encoded) is added to the response's fields.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -132,7 +133,32 @@ fn text(status: StatusCode, name: &str, body: String) -> Out {
     r
 }
 
+/// Serves `req`; every `h=NAME:VALUE` in the query (percent-encoded) is added to the response's
+/// fields, so a test can have any `Cache-Control`, `Vary`, `ETag`... it needs.
 async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Out, Infallible> {
+    let extra = extra_fields(req.uri().query().unwrap_or(""));
+    let Ok(mut response) = respond(state, req).await;
+    for (name, value) in extra {
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
+
+fn extra_fields(query: &str) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("h="))
+        .filter_map(|field| {
+            let field = sluicegate::policy::auth::percent_decode(field.as_bytes())?;
+            let colon = field.iter().position(|c| *c == b':')?;
+            let name = http::HeaderName::from_bytes(&field[..colon]).ok()?;
+            let value = http::HeaderValue::from_bytes(field[colon + 1..].trim_ascii()).ok()?;
+            Some((name, value))
+        })
+        .collect()
+}
+
+async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Out, Infallible> {
     if req.uri().path() == "/healthz" {
         state.health_hits.fetch_add(1, Ordering::SeqCst);
         let status =

@@ -589,6 +589,12 @@ fn spec_metrics_render_valid_text() {
         Arc::new(|| 0),
     );
     r.gauge_fn(
+        names::CACHE_BYTES,
+        names::CACHE_BYTES_HELP,
+        &[],
+        Arc::new(|| 0),
+    );
+    r.gauge_fn(
         names::LOAD_SHEDDING_IN_FLIGHT,
         names::LOAD_SHEDDING_IN_FLIGHT_HELP,
         &[],

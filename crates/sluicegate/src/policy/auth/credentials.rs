@@ -123,7 +123,9 @@ pub fn query<'a>(uri: &'a Uri, name: &str) -> Found<'a> {
     }
 }
 
-fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
+/// Strict `application/x-www-form-urlencoded` decoding of a query part (`+` is a space); `None`
+/// for a `%` not followed by two hex digits.
+pub fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {

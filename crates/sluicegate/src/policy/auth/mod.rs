@@ -71,7 +71,7 @@ pub fn query_parameter(config: &AuthConfig) -> Option<String> {
     }
 }
 
-pub use credentials::redact_query;
+pub use credentials::{percent_decode, redact_query};
 
 /// Seconds a client is told to wait while no key set is loaded.
 const UNAVAILABLE_RETRY_AFTER: u64 = 5;

@@ -1,17 +1,79 @@
-//! The response cache (issue 21, SPEC 2.4), being built. What is here now: its HTTP caching
-//! rules, from RFC 9111 (`directives.rs` reads `Cache-Control`; `freshness.rs` decides what a
-//! shared cache may store, for how long, and what it may do with a stored response when a
-//! request comes), conditional requests (`conditional.rs`: 304s from stored responses, the
-//! validators of a revalidation, freshening on a 304), what a stored response is found by
-//! (`key.rs`: primary key and `Vary` variants) and the memory tier (`store.rs`). The route's `cache`, the pipeline step, request
-//! collapsing, revalidation, purge and the Redis tier come next; until then a config with
-//! `cache` is refused as "not supported yet".
+//! The response cache (issue 21, SPEC 2.4): a route's `cache` stores what RFC 9111 lets a
+//! shared cache store, in one memory tier every caching route shares, and answers fresh hits
+//! (and 304s to conditional requests) without the upstream.
+//!
+//! - `directives.rs` reads `Cache-Control`; `freshness.rs` decides what may be stored, for how
+//!   long, and what a stored response may be used for;
+//! - `conditional.rs`: 304s from stored responses, and the validators and freshening a
+//!   revalidation will use;
+//! - `key.rs`: what a stored response is found by (primary key and `Vary` variants);
+//! - `store.rs`: the memory tier (moka, bounded by bytes);
+//! - `serve.rs`: a caching route's lookup, fill and invalidation.
+//!
+//! Stale responses go upstream whole for now (allowed: RFC 9111 never requires serving stale or
+//! revalidating); revalidation, `stale-while-revalidate`/`stale-if-error`, request collapsing,
+//! purge and the Redis tier are the next steps of issue 21.
 
 pub mod conditional;
 pub mod directives;
 pub mod freshness;
 pub mod key;
+pub mod serve;
 pub mod store;
+
+use std::sync::{Arc, Mutex};
+
+use crate::config::{CacheConfig, CacheEviction, Config};
+use crate::observe::{metrics, names};
+pub use serve::{Filling, Hit, Lookup, Pending, RouteCache, X_CACHE};
+
+/// The step's name in the access log (`"cache": "hit"`).
+pub const STEP: &str = "cache";
+use store::{Eviction, MemoryStore};
+
+/// The store shared by every caching route, kept across reloads while its size and eviction
+/// stay the same (a reload that changes them starts an empty one).
+#[derive(Default)]
+pub struct Registry {
+    store: Mutex<Option<(u64, CacheEviction, Arc<MemoryStore>)>>,
+}
+
+impl Registry {
+    /// The store for `config`'s `[cache]`, and its `sluicegate_cache_bytes`.
+    pub fn store(&self, config: &CacheConfig, metrics: &metrics::Registry) -> Arc<MemoryStore> {
+        let mut held = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((bytes, eviction, store)) = held.as_ref() {
+            if *bytes == config.max_bytes && *eviction == config.eviction {
+                return Arc::clone(store);
+            }
+        }
+        let eviction = match config.eviction {
+            CacheEviction::Lru => Eviction::Lru,
+            CacheEviction::TinyLfu => Eviction::TinyLfu,
+        };
+        let store = Arc::new(MemoryStore::new(config.max_bytes, eviction));
+        let weak = Arc::downgrade(&store);
+        metrics.gauge_fn(
+            names::CACHE_BYTES,
+            names::CACHE_BYTES_HELP,
+            &[],
+            Arc::new(move || {
+                weak.upgrade()
+                    .map_or(0, |s| i64::try_from(s.bytes()).unwrap_or(i64::MAX))
+            }),
+        );
+        *held = Some((config.max_bytes, config.eviction, Arc::clone(&store)));
+        store
+    }
+
+    /// Drops the store when no route caches any more.
+    pub fn retain(&self, config: &Config, metrics: &metrics::Registry) {
+        if !config.routes.iter().any(|r| r.cache.is_some()) {
+            *self.store.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            metrics.remove_fn(names::CACHE_BYTES, &[]);
+        }
+    }
+}
 
 /// A header map from `(name, value)` pairs, for the tests.
 #[cfg(test)]

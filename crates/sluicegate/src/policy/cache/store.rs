@@ -157,6 +157,12 @@ impl MemoryStore {
         self.entries.insert(key, Arc::new(entry));
     }
 
+    /// Stops using every stored variant of `key` at once (they are no longer found, and age out
+    /// of the store): an unsafe request changed what they describe.
+    pub fn forget(&self, key: &PrimaryKey) {
+        self.vary.invalidate(key);
+    }
+
     /// Removes what matches; returns how many entries did (counted before removal).
     fn purge(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) -> usize {
         let count = self.entries.iter().filter(|(_, e)| matches(e)).count();

@@ -35,7 +35,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, Uri, Version};
 
 use super::body::{
-    Buffered, ClientBody, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody,
+    Buffered, ClientBody, Collect, ExchangeStats, Finish, RequestBody, ResponseBody, UpstreamBody,
 };
 use super::client::h1;
 use super::client::pool::{self, Pool, Sender, Transport};
@@ -422,6 +422,42 @@ pub async fn handle(
         }
     }
 
+    // The route's cache: a fresh stored response is the answer, with no place taken from the
+    // upstreams; a miss goes on, to be stored as it streams back.
+    let mut cached = None;
+    if let Some(cache) = &route.cache {
+        let host = request_host(&parts.uri, &parts.headers).unwrap_or_default();
+        let lookup = cache.lookup(
+            &parts.method,
+            &parts.uri,
+            host,
+            &parts.headers,
+            exchange.policies.consumer(),
+            SystemTime::now(),
+        );
+        match lookup {
+            policy::cache::Lookup::Hit(hit) => {
+                exchange.policies.note((policy::cache::STEP, "hit"));
+                let mut response = Response::new(ResponseBody::full(hit.body, Rc::clone(&stats)));
+                *response.status_mut() = hit.status;
+                *response.headers_mut() = hit.headers;
+                response.headers_mut().insert(X_REQUEST_ID, request_id);
+                exchange.policies.on_response(response.headers_mut());
+                exchange.status = hit.status.as_u16();
+                response.body_mut().on_finish(exchange);
+                return Ok(response);
+            }
+            policy::cache::Lookup::Miss(pending) => {
+                exchange.policies.note((policy::cache::STEP, "miss"));
+                cached = Some(Ok(pending));
+            }
+            policy::cache::Lookup::Bypass(invalidates) => {
+                exchange.policies.note((policy::cache::STEP, "bypass"));
+                cached = Some(Err(invalidates));
+            }
+        }
+    }
+
     // Load shedding, second part: admission to the upstreams, after the steps that may refuse
     // the request (a refused request takes no place, and `x-priority` is read from requests
     // that passed authentication): at once, after a short wait while higher classes are
@@ -655,6 +691,23 @@ pub async fn handle(
     if !matches!(upstream_body, UpstreamBody::H1(_)) {
         remove_hop_by_hop(&mut head.headers);
     }
+    // What the cache stores is the upstream's response as it came, before the gateway adds
+    // this exchange's own fields.
+    let mut filling = None;
+    if let (Some(cache), Some(looked_up)) = (&route.cache, cached) {
+        match looked_up {
+            Ok(pending) => {
+                filling = cache.fill(pending, head.status, &head.headers, SystemTime::now());
+                policy::cache::RouteCache::mark(&mut head.headers, true);
+            }
+            Err(invalidates) => {
+                if let Some(key) = invalidates {
+                    cache.invalidate(&key, head.status);
+                }
+                policy::cache::RouteCache::mark(&mut head.headers, false);
+            }
+        }
+    }
     head.headers.insert(X_REQUEST_ID, request_id);
     if let Some(cookie) = pin {
         head.headers.append(header::SET_COOKIE, cookie);
@@ -662,6 +715,13 @@ pub async fn handle(
     exchange.policies.on_response(&mut head.headers);
     exchange.status = head.status.as_u16();
     let mut body = ResponseBody::upstream(upstream_body, deadline, stats);
+    if let Some(filling) = filling {
+        let limit = filling.limit();
+        body.collect(Collect::new(
+            limit,
+            Box::new(move |whole| filling.store(whole)),
+        ));
+    }
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
 }

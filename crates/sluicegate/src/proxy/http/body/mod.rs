@@ -10,5 +10,5 @@ mod response;
 mod stats;
 
 pub use request::{Buffered, ClientBody, RequestBody, RequestBodyError};
-pub use response::{BodyError, Finish, ResponseBody, UpstreamBody};
+pub use response::{BodyError, Collect, Finish, ResponseBody, UpstreamBody};
 pub use stats::ExchangeStats;

@@ -81,6 +81,58 @@ pub struct ResponseBody {
     source: Source,
     stats: Rc<ExchangeStats>,
     finish: Option<Box<dyn Finish>>,
+    /// A copy of the body being gathered as it streams (the response cache's fill).
+    collect: Option<Box<Collect>>,
+}
+
+/// Gathers a body as it streams, up to `limit` bytes, for `done` to have whole at its end. A
+/// longer body, trailers, or an error end the gathering: the client's stream goes on untouched.
+pub struct Collect {
+    chunks: Vec<Bytes>,
+    size: u64,
+    limit: u64,
+    done: Box<dyn FnOnce(Bytes)>,
+}
+
+impl Collect {
+    pub fn new(limit: u64, done: Box<dyn FnOnce(Bytes)>) -> Collect {
+        Collect {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            done,
+        }
+    }
+
+    /// Takes one frame; false when gathering ends without a body.
+    fn take(&mut self, frame: &Frame<Bytes>) -> bool {
+        let Some(data) = frame.data_ref() else {
+            return false;
+        };
+        self.size += data.len() as u64;
+        if self.size > self.limit {
+            return false;
+        }
+        if !data.is_empty() {
+            self.chunks.push(data.clone());
+        }
+        true
+    }
+
+    fn finish(self) {
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut whole = bytes::BytesMut::with_capacity(self.size as usize);
+                for chunk in &self.chunks {
+                    whole.extend_from_slice(chunk);
+                }
+                whole.freeze()
+            }
+        };
+        (self.done)(body);
+    }
 }
 
 // The upstream's body is the common case and is moved once; boxing it would cost an allocation
@@ -104,6 +156,7 @@ impl ResponseBody {
             source: Source::Full(Some(bytes)),
             stats,
             finish: None,
+            collect: None,
         }
     }
 
@@ -121,12 +174,25 @@ impl ResponseBody {
             },
             stats,
             finish: None,
+            collect: None,
         }
     }
 
     /// Sets what runs when the body is dropped (access log, metrics, in-flight count).
     pub fn on_finish(&mut self, finish: Box<dyn Finish>) {
         self.finish = Some(finish);
+    }
+
+    fn source_ended(&self) -> bool {
+        match &self.source {
+            Source::Full(bytes) => bytes.is_none(),
+            Source::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    /// Gathers a copy of the body as it streams (see [`Collect`]).
+    pub fn collect(&mut self, collect: Collect) {
+        self.collect = Some(Box::new(collect));
     }
 }
 
@@ -174,14 +240,33 @@ impl Body for ResponseBody {
                 out.set(out.get() + data.len() as u64);
             }
         }
+        if this.collect.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if !this.collect.as_mut().is_some_and(|c| c.take(frame)) {
+                        this.collect = None;
+                    } else if this.source_ended() {
+                        // Some servers (hyper's HTTP/2) stop polling once the body says it has
+                        // ended, and never see the `None` after the last frame.
+                        if let Some(collect) = this.collect.take() {
+                            collect.finish();
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(collect) = this.collect.take() {
+                        collect.finish();
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => this.collect = None,
+                Poll::Pending => {}
+            }
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Full(bytes) => bytes.is_none(),
-            Source::Upstream { body, .. } => body.is_end_stream(),
-        }
+        self.source_ended()
     }
 
     fn size_hint(&self) -> SizeHint {

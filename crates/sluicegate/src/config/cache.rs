@@ -1,0 +1,97 @@
+//! `[cache]` and a route's `cache`, as read from the file (SPEC 2.4).
+
+use http::HeaderName;
+
+use super::model::{CacheConfig, CacheEviction, RouteCacheConfig, DEFAULT_CACHE_STATUSES};
+use super::raw::{Reader, Table};
+
+/// `[cache]`.
+pub fn cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> CacheConfig {
+    r.check_keys(
+        t,
+        &["max_bytes", "max_object_bytes", "eviction", "store"],
+        &[],
+    );
+    let defaults = CacheConfig::default();
+    if let Some((store, span)) = r.string(t, "store") {
+        match store {
+            "memory" => {}
+            "memory+redis" => r.report(
+                span,
+                format!(
+                    "{}: \"memory+redis\" is not supported yet in this version of sluicegate; use \"memory\"",
+                    t.key_path("store")
+                ),
+            ),
+            other => r.report(
+                span,
+                format!(
+                    "{}: unknown store \"{other}\"; expected \"memory\" or \"memory+redis\"",
+                    t.key_path("store")
+                ),
+            ),
+        }
+    }
+    let eviction = match r.string(t, "eviction") {
+        None => defaults.eviction,
+        Some(("lru", _)) => CacheEviction::Lru,
+        Some(("tinylfu" | "lfu", _)) => CacheEviction::TinyLfu,
+        Some((other, span)) => {
+            r.report(
+                span,
+                format!(
+                    "{}: unknown eviction \"{other}\"; expected \"lru\", \"lfu\" or \"tinylfu\"",
+                    t.key_path("eviction")
+                ),
+            );
+            defaults.eviction
+        }
+    };
+    let mut size = |key: &str, default: u64| match r.size(t, key) {
+        Some(0) => {
+            let span = t.get(key).map_or(t.span.clone(), |v| v.span());
+            r.report(span, format!("{}: must be more than 0", t.key_path(key)));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let max_bytes = size("max_bytes", defaults.max_bytes);
+    let max_object_bytes = size("max_object_bytes", defaults.max_object_bytes);
+    // One entry's weight is counted in 32 bits.
+    let max_object_bytes = max_object_bytes.min(u64::from(u32::MAX) / 2);
+    CacheConfig {
+        max_bytes,
+        max_object_bytes: max_object_bytes.min(max_bytes),
+        eviction,
+    }
+}
+
+/// A route's `cache = { ttl, statuses, vary, store_set_cookie }`.
+pub fn route_cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteCacheConfig {
+    r.check_keys(
+        t,
+        &["ttl", "statuses", "vary", "store_set_cookie"],
+        &["key"],
+    );
+    let ttl = r.duration(t, "ttl").filter(|d| !d.is_zero());
+    let statuses = r
+        .statuses(t, "statuses")
+        .unwrap_or_else(|| DEFAULT_CACHE_STATUSES.to_vec());
+    let mut vary = Vec::new();
+    for (name, span) in r.strings(t, "vary").unwrap_or_default() {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => vary.push(name),
+            Err(_) => r.report(
+                span,
+                format!("{}: \"{name}\" is not a header name", t.key_path("vary")),
+            ),
+        }
+    }
+    RouteCacheConfig {
+        ttl,
+        statuses,
+        vary,
+        store_set_cookie: r.bool(t, "store_set_cookie").unwrap_or(false),
+    }
+}

@@ -1,0 +1,239 @@
+//! The response cache through the real binary (SPEC 2.4, RFC 9111): what is stored and what is
+//! never stored, hits with `Age`, `Vary` variants, 304s to conditional requests, HEAD from a
+//! stored GET, bodies over `max_object_bytes` streamed through, unsafe methods invalidating,
+//! the route's `ttl`, metrics and config errors.
+//!
+//! The backend adds any `h=NAME:VALUE` of the query to its response, so each test gives the
+//! upstream the caching fields it is about.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Backend, Client, Gateway, Toml};
+
+fn gateway(b: &Backend, route_cache: &str, extra: &str) -> Gateway {
+    let toml = Toml::new()
+        .admin()
+        .listener("public", "")
+        .route("api", "app", &format!("cache = {{ {route_cache} }}"))
+        .service("app", &[b.addr], "")
+        .build();
+    Gateway::start(&format!("{toml}\n{extra}"))
+}
+
+/// `path` with the upstream told to answer with these fields.
+fn with(path: &str, fields: &[&str]) -> String {
+    let query: Vec<String> = fields
+        .iter()
+        .map(|f| {
+            let encoded: String = f
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("h={encoded}")
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+fn x_cache(r: &support::Response) -> &str {
+    r.header("x-cache").unwrap_or("")
+}
+
+#[test]
+fn a_miss_is_stored_and_hits_carry_a_growing_age() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let path = with("/a", &["cache-control: max-age=60"]);
+    let mut c = gw.client();
+    let first = c.get(&path);
+    assert_eq!((first.status, x_cache(&first)), (200, "MISS"));
+    let hit = c.get(&path);
+    assert_eq!((hit.status, x_cache(&hit)), (200, "HIT"));
+    assert_eq!(hit.text(), "b");
+    assert_eq!(hit.header("cache-control"), Some("max-age=60"));
+    assert!(hit.header("x-request-id").is_some());
+    assert_eq!(b.hits(), 1, "the hit never reached the upstream");
+    std::thread::sleep(Duration::from_millis(1100));
+    let later = c.get(&path);
+    let age: u64 = later.header("age").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&age), "age {age}");
+    assert_eq!(
+        gw.metric("sluicegate_cache_lookups_total{route=\"api\",result=\"success\"}"),
+        2
+    );
+    assert_eq!(
+        gw.metric("sluicegate_cache_lookups_total{route=\"api\",result=\"failure\"}"),
+        1
+    );
+    assert!(gw.metric("sluicegate_cache_bytes ") > 0);
+}
+
+#[test]
+fn what_must_not_be_shared_is_never_stored() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "ttl = \"60s\"", "");
+    let mut c = gw.client();
+    for (i, fields) in [
+        &["cache-control: no-store"][..],
+        &["cache-control: private, max-age=60"],
+        &["cache-control: max-age=60", "vary: *"],
+        &["cache-control: max-age=60", "set-cookie: session=1"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = with(&format!("/never/{i}"), fields);
+        for _ in 0..2 {
+            let r = c.get(&path);
+            assert_eq!((r.status, x_cache(&r)), (200, "MISS"), "{fields:?}");
+        }
+    }
+    assert_eq!(b.hits(), 8);
+}
+
+#[test]
+fn authorized_requests_are_shared_only_when_public_and_then_per_credential() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let mut c = gw.client();
+    let get = |c: &mut Client, path: &str, token: &str| {
+        let r = c.request("GET", path, &[("authorization", token)], b"");
+        x_cache(&r).to_string()
+    };
+    let plain = with("/auth/plain", &["cache-control: max-age=60"]);
+    assert_eq!(get(&mut c, &plain, "Bearer alice"), "MISS");
+    assert_eq!(
+        get(&mut c, &plain, "Bearer alice"),
+        "MISS",
+        "not public: never stored"
+    );
+    let public = with("/auth/public", &["cache-control: public, max-age=60"]);
+    assert_eq!(get(&mut c, &public, "Bearer alice"), "MISS");
+    assert_eq!(get(&mut c, &public, "Bearer alice"), "HIT");
+    assert_eq!(
+        get(&mut c, &public, "Bearer bob"),
+        "MISS",
+        "another credential"
+    );
+    assert_eq!(x_cache(&c.get(&public)), "MISS", "no credential");
+}
+
+#[test]
+fn vary_keeps_one_variant_per_value() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let path = with(
+        "/v",
+        &["cache-control: max-age=60", "vary: accept-encoding"],
+    );
+    let mut c = gw.client();
+    let get = |c: &mut Client, encoding: &str| {
+        let r = c.request("GET", &path, &[("accept-encoding", encoding)], b"");
+        x_cache(&r).to_string()
+    };
+    assert_eq!(get(&mut c, "gzip"), "MISS");
+    assert_eq!(get(&mut c, "br"), "MISS");
+    assert_eq!(get(&mut c, "gzip"), "HIT");
+    assert_eq!(get(&mut c, "br"), "HIT");
+    assert_eq!(b.hits(), 2);
+}
+
+#[test]
+fn conditional_requests_get_304_and_head_is_answered_from_a_stored_get() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let path = with("/c", &["cache-control: max-age=60", "etag: \"v1\""]);
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get(&path)), "MISS");
+    let r = c.request("GET", &path, &[("if-none-match", "\"v1\"")], b"");
+    assert_eq!((r.status, x_cache(&r)), (304, "HIT"));
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    assert!(r.text().is_empty());
+    let r = c.request("GET", &path, &[("if-none-match", "\"v0\"")], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "b"));
+    let r = c.request("HEAD", &path, &[], b"");
+    assert_eq!((r.status, x_cache(&r)), (200, "HIT"));
+    assert!(r.text().is_empty());
+    // The connection is still in step after the bodiless answers.
+    assert_eq!(c.get(&path).text(), "b");
+    assert_eq!(b.hits(), 1);
+}
+
+#[test]
+fn bodies_over_max_object_bytes_stream_through_unstored() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "[cache]\nmax_object_bytes = \"64KiB\"\n");
+    let mut c = gw.client();
+    let big = with("/bytes/1048576", &["cache-control: max-age=60"]);
+    for _ in 0..2 {
+        let r = c.get(&big);
+        assert_eq!(
+            (r.status, r.body.len(), x_cache(&r)),
+            (200, 1 << 20, "MISS")
+        );
+    }
+    let small = with("/bytes/1000", &["cache-control: max-age=60"]);
+    assert_eq!(x_cache(&c.get(&small)), "MISS");
+    let r = c.get(&small);
+    assert_eq!((r.body.len(), x_cache(&r)), (1000, "HIT"));
+    assert_eq!(b.hits(), 3);
+}
+
+#[test]
+fn an_unsafe_request_invalidates_what_was_stored_for_its_target() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "ttl = \"60s\"", "");
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get("/doc")), "MISS");
+    assert_eq!(
+        x_cache(&c.get("/doc")),
+        "HIT",
+        "the route's ttl gives it freshness"
+    );
+    let r = c.request("POST", "/doc", &[], b"new");
+    assert_eq!((r.status, x_cache(&r)), (200, "BYPASS"));
+    assert_eq!(x_cache(&c.get("/doc")), "MISS");
+    assert_eq!(x_cache(&c.get("/doc")), "HIT");
+}
+
+#[test]
+fn cache_settings_not_built_yet_or_wrong_are_refused() {
+    let b = Backend::start("b");
+    let toml = |route: &str, top: &str| {
+        let base = Toml::new()
+            .listener("public", "")
+            .route("api", "app", route)
+            .service("app", &[b.addr], "")
+            .build();
+        format!("{base}\n{top}")
+    };
+    for (text, expected) in [
+        (
+            toml(
+                "cache = { ttl = \"1m\" }",
+                "[cache]\nstore = \"memory+redis\"\n",
+            ),
+            "cache.store: \"memory+redis\" is not supported yet",
+        ),
+        (toml("cache = { key = \"x\" }", ""), "not supported yet"),
+        (
+            toml("cache = { statuses = [99] }", ""),
+            "expected an HTTP status from 100 to 599",
+        ),
+        (
+            toml("cache = { ttl = \"1m\" }", "[cache]\neviction = \"fifo\"\n"),
+            "unknown eviction \"fifo\"",
+        ),
+    ] {
+        let (code, _, stderr) = support::check(&text);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
