@@ -231,9 +231,136 @@ fn cache_settings_not_built_yet_or_wrong_are_refused() {
             toml("cache = { ttl = \"1m\" }", "[cache]\neviction = \"fifo\"\n"),
             "unknown eviction \"fifo\"",
         ),
+        (
+            toml("cache = { statuses = [200, 304] }", ""),
+            "304 cannot be stored",
+        ),
     ] {
         let (code, _, stderr) = support::check(&text);
         assert_eq!(code, 1, "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_with_its_validators_and_freshened_on_304() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let path = with("/r", &["cache-control: max-age=1", "etag: \"v1\""]);
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get(&path)), "MISS");
+    std::thread::sleep(Duration::from_millis(1100));
+    // Stale: the upstream is asked whether "v1" still holds, says 304, and the stored body
+    // answers, freshened.
+    let r = c.get(&path);
+    assert_eq!(
+        (r.status, r.text().as_str(), x_cache(&r)),
+        (200, "b", "HIT")
+    );
+    assert_eq!(
+        b.last_seen().headers.get("if-none-match").unwrap(),
+        "\"v1\""
+    );
+    assert_eq!(b.hits(), 2);
+    // Fresh again for another second.
+    assert_eq!(x_cache(&c.get(&path)), "HIT");
+    assert_eq!(b.hits(), 2);
+    // A client that asks its own condition gets the upstream's answer to it.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.request("GET", &path, &[("if-none-match", "\"v0\"")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        b.last_seen().headers.get("if-none-match").unwrap(),
+        "\"v0\""
+    );
+}
+
+#[test]
+fn stale_if_error_serves_the_stale_entry_while_the_upstream_fails() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let allowed = with("/s", &["cache-control: max-age=1, stale-if-error=60"]);
+    let strict = with("/t", &["cache-control: max-age=1"]);
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get(&allowed)), "MISS");
+    assert_eq!(x_cache(&c.get(&strict)), "MISS");
+    std::thread::sleep(Duration::from_millis(1100));
+    b.set_status(500);
+    let r = c.get(&allowed);
+    assert_eq!(
+        (r.status, r.text().as_str(), x_cache(&r)),
+        (200, "b", "STALE")
+    );
+    assert_eq!(
+        c.get(&strict).status,
+        500,
+        "no stale-if-error: the failure goes through"
+    );
+}
+
+#[test]
+fn concurrent_misses_for_one_key_make_one_upstream_request() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let addr = gw.addr();
+    let path = with("/sleep/300", &["cache-control: max-age=60"]);
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let r = Client::connect(addr).get(&path);
+                (r.status, x_cache(&r).to_string())
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    assert_eq!(b.hits(), 1, "one fetch for all of them");
+    let misses = answers.iter().filter(|(_, x)| x == "MISS").count();
+    assert_eq!(misses, 1, "{answers:?}");
+}
+
+#[test]
+fn the_key_keeps_ports_cookies_and_credentials_apart() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "ttl = \"60s\"", "");
+    let mut c = gw.client();
+    let get = |c: &mut Client, fields: &[(&str, &str)]| {
+        x_cache(&c.request("GET", "/k", fields, b"")).to_string()
+    };
+    assert_eq!(get(&mut c, &[("host", "shop.example:8080")]), "MISS");
+    assert_eq!(get(&mut c, &[("host", "shop.example:8080")]), "HIT");
+    assert_eq!(
+        get(&mut c, &[("host", "shop.example:9090")]),
+        "MISS",
+        "another port"
+    );
+    let alice = [("host", "shop.example"), ("cookie", "session=alice")];
+    let bob = [("host", "shop.example"), ("cookie", "session=bob")];
+    assert_eq!(get(&mut c, &alice), "MISS");
+    assert_eq!(get(&mut c, &alice), "HIT");
+    assert_eq!(
+        get(&mut c, &bob),
+        "MISS",
+        "another cookie: never alice's response"
+    );
+    assert_eq!(get(&mut c, &[("host", "shop.example")]), "MISS");
+    // An unsafe request, whoever sends it, invalidates every credential's entry.
+    let r = c.request("DELETE", "/k", &[("host", "shop.example")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(get(&mut c, &alice), "MISS");
+}
+
+#[test]
+fn conditions_apply_to_stored_successes_only() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let path = with("/status/404", &["cache-control: max-age=60"]);
+    let mut c = gw.client();
+    assert_eq!(c.get(&path).status, 404);
+    let r = c.request("GET", &path, &[("if-none-match", "*")], b"");
+    assert_eq!((r.status, x_cache(&r)), (404, "HIT"));
 }

@@ -78,6 +78,21 @@ pub fn route_cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteCacheConfig {
     let statuses = r
         .statuses(t, "statuses")
         .unwrap_or_else(|| DEFAULT_CACHE_STATUSES.to_vec());
+    // A 1xx is no response to store, a 206 is part of one, and a 304 answers one client's
+    // condition: stored, it would reach clients that asked for the whole body.
+    if let Some(bad) = statuses
+        .iter()
+        .find(|s| **s < 200 || **s == 206 || **s == 304)
+    {
+        let span = t.get("statuses").map_or(t.span.clone(), |v| v.span());
+        r.report(
+            span,
+            format!(
+                "{}: {bad} cannot be stored (1xx, 206 and 304 never are)",
+                t.key_path("statuses")
+            ),
+        );
+    }
     let mut vary = Vec::new();
     for (name, span) in r.strings(t, "vary").unwrap_or_default() {
         match HeaderName::from_bytes(name.as_bytes()) {

@@ -4,7 +4,8 @@
 //! the body and answers with its length; `/status/CODE` answers CODE; anything else answers 200
 //! with the backend's name as body and `x-backend` header (status settable with `set_status`);
 //! `/healthz` answers the status set with `set_health`. Every request's head is recorded. Any
-//! `h=NAME:VALUE` in the query (percent-encoded) is added to the response's fields.
+//! `h=NAME:VALUE` in the query (percent-encoded) is added to the response's fields; with an
+//! `h=etag:...`, a request whose `If-None-Match` is that tag gets 304.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -137,7 +138,17 @@ fn text(status: StatusCode, name: &str, body: String) -> Out {
 /// fields, so a test can have any `Cache-Control`, `Vary`, `ETag`... it needs.
 async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Out, Infallible> {
     let extra = extra_fields(req.uri().query().unwrap_or(""));
+    // A request whose If-None-Match names the ETag it would get is answered 304.
+    let etag = extra.iter().find(|(n, _)| n == http::header::ETAG);
+    let asked = req.headers().get(http::header::IF_NONE_MATCH);
+    let not_modified = matches!((etag, asked), (Some((_, e)), Some(a)) if e == a);
     let Ok(mut response) = respond(state, req).await;
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.body_mut() =
+            http_body_util::Either::Left(http_body_util::Full::new(Bytes::new()));
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    }
     for (name, value) in extra {
         response.headers_mut().append(name, value);
     }

@@ -21,40 +21,58 @@ const SEP: char = '\u{1f}';
 
 /// A primary key (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PrimaryKey(String);
+pub struct PrimaryKey {
+    /// scope, host, path and query: the target, whoever asks.
+    key: String,
+    /// Where the target ends and who it is for begins.
+    target_len: usize,
+}
 
 impl PrimaryKey {
-    pub fn new(host: &str, path_and_query: &str, consumer: Option<&str>) -> PrimaryKey {
-        let mut key = String::with_capacity(host.len() + path_and_query.len() + 2);
+    /// `scope` keeps what different routes, listeners or schemes store apart; `host` is the
+    /// `Host` as the upstream gets it (port included); `credential` says who the response is
+    /// for, when it is not for everyone.
+    pub fn new(
+        scope: &str,
+        host: &str,
+        path_and_query: &str,
+        credential: Option<&str>,
+    ) -> PrimaryKey {
+        let mut key = String::with_capacity(scope.len() + host.len() + path_and_query.len() + 3);
+        key.push_str(scope);
+        key.push(SEP);
         key.push_str(&host.to_ascii_lowercase());
         key.push(SEP);
         key.push_str(path_and_query);
-        if let Some(consumer) = consumer {
+        let target_len = key.len();
+        if let Some(credential) = credential {
             key.push(SEP);
-            key.push_str(consumer);
+            key.push_str(credential);
         }
-        PrimaryKey(key)
+        PrimaryKey { key, target_len }
+    }
+
+    /// The target part: scope, host, path and query (what an unsafe request invalidates, for
+    /// everyone).
+    pub fn target(&self) -> &str {
+        &self.key[..self.target_len]
     }
 
     /// The path and query part.
     pub fn path(&self) -> &str {
-        self.0.split(SEP).nth(1).unwrap_or("")
+        self.target().split(SEP).nth(2).unwrap_or("")
     }
 
-    /// The key as the purge API names it: `host/path?query`, and ` consumer` after a space
-    /// when there is one.
+    /// The key as the purge API names it: `host/path?query`.
     pub fn display(&self) -> String {
-        let mut parts = self.0.split(SEP);
+        let mut parts = self.target().split(SEP).skip(1);
         let host = parts.next().unwrap_or("");
         let path = parts.next().unwrap_or("");
-        match parts.next() {
-            Some(consumer) => format!("{host}{path} {consumer}"),
-            None => format!("{host}{path}"),
-        }
+        format!("{host}{path}")
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
     }
 }
 
@@ -109,7 +127,14 @@ impl VaryOn {
                         key.push_str(", ");
                     }
                     first = false;
-                    key.push_str(&String::from_utf8_lossy(element.trim_ascii()));
+                    // Bytes outside ASCII are kept apart, not merged into U+FFFD.
+                    for b in element.trim_ascii() {
+                        if b.is_ascii() && *b != b'%' {
+                            key.push(char::from(*b));
+                        } else {
+                            key.push_str(&format!("%{b:02x}"));
+                        }
+                    }
                 }
             }
             key.push(SEP);
@@ -124,20 +149,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn primary_keys_separate_hosts_paths_and_consumers() {
-        let a = PrimaryKey::new("API.example.com", "/users?x=1", None);
-        assert_eq!(a, PrimaryKey::new("api.example.com", "/users?x=1", None));
-        assert_ne!(a, PrimaryKey::new("api.example.com", "/users?x=2", None));
+    fn primary_keys_separate_scopes_hosts_paths_and_credentials() {
+        let a = PrimaryKey::new("r http", "API.example.com", "/users?x=1", None);
+        assert_eq!(
+            a,
+            PrimaryKey::new("r http", "api.example.com", "/users?x=1", None)
+        );
         assert_ne!(
             a,
-            PrimaryKey::new("api.example.com", "/users?x=1", Some("acme"))
+            PrimaryKey::new("r https", "api.example.com", "/users?x=1", None)
         );
+        assert_ne!(
+            a,
+            PrimaryKey::new("r http", "api.example.com:8080", "/users?x=1", None)
+        );
+        assert_ne!(
+            a,
+            PrimaryKey::new("r http", "api.example.com", "/users?x=2", None)
+        );
+        let acme = PrimaryKey::new("r http", "api.example.com", "/users?x=1", Some("acme"));
+        assert_ne!(a, acme);
+        assert_eq!(a.target(), acme.target());
         assert_eq!(a.path(), "/users?x=1");
-        assert_eq!(a.display(), "api.example.com/users?x=1");
-        assert_eq!(
-            PrimaryKey::new("h", "/p", Some("acme")).display(),
-            "h/p acme"
-        );
+        assert_eq!(acme.display(), "api.example.com/users?x=1");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{CacheConfig, CacheEviction, Config};
 use crate::observe::{metrics, names};
-pub use serve::{Filling, Hit, Lookup, Pending, RouteCache, X_CACHE};
+pub use serve::{CacheRequest, Filling, Hit, Lookup, Pending, RouteCache, X_CACHE};
 
 /// The step's name in the access log (`"cache": "hit"`).
 pub const STEP: &str = "cache";

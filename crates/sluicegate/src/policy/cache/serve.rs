@@ -1,13 +1,15 @@
 //! A caching route's side of a request: look the request up, answer it from the store when RFC
 //! 9111 allows, and otherwise say how its response is to be stored as it streams to the client.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use super::conditional;
 use super::directives::CacheControl;
@@ -23,9 +25,11 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 const HIT: HeaderValue = HeaderValue::from_static("HIT");
 const MISS: HeaderValue = HeaderValue::from_static("MISS");
 const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
+const STALE: HeaderValue = HeaderValue::from_static("STALE");
 
 /// A route's cache: its rules and the store it shares with every caching route.
 pub struct RouteCache {
+    route: Box<str>,
     store: Arc<MemoryStore>,
     ttl: Option<Duration>,
     statuses: Box<[u16]>,
@@ -35,6 +39,21 @@ pub struct RouteCache {
     /// `sluicegate_cache_lookups_total{route, result}`: success = a hit, failure = a miss.
     hits: Counter,
     misses: Counter,
+    flights: Arc<Flights>,
+}
+
+/// What the cache reads of a request.
+#[derive(Clone, Copy)]
+pub struct CacheRequest<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    /// The `Host` as the upstream gets it.
+    pub host: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// The consumer the route's auth found.
+    pub consumer: Option<&'a str>,
 }
 
 /// A stored response to send (a 200-like answer, or a 304 to a conditional request).
@@ -50,6 +69,9 @@ pub enum Lookup {
     Hit(Hit),
     /// Forward it; `Pending` says how to store the response.
     Miss(Pending),
+    /// Another request is fetching this key now: wait for its response to be stored (the
+    /// receiver changes, or closes, when that fetch ends), then look again.
+    Wait(watch::Receiver<()>),
     /// Not a request the cache answers (not GET or HEAD); for an unsafe method, the key whose
     /// stored responses its success invalidates.
     Bypass(Option<PrimaryKey>),
@@ -58,10 +80,85 @@ pub enum Lookup {
 /// A miss on its way upstream.
 pub struct Pending {
     key: PrimaryKey,
+    /// The target's generation at lookup (`MemoryStore::forget`).
+    generation: u64,
     /// Only GET responses are stored (a HEAD's has no body).
     method: Method,
     request_time: SystemTime,
     request: HeaderMap,
+    /// The stale entry this request found: revalidated with its validators, or served if the
+    /// upstream fails and it allows that (`stale-if-error`).
+    stale: Option<(Arc<Entry>, bool)>,
+    /// This request leads the fetch of its key; requests waiting for it wake when this goes.
+    lead: Option<Lead>,
+}
+
+impl Pending {
+    /// Fields to add to the request sent upstream: the stale entry's validators, when the
+    /// client asked nothing conditional itself (RFC 9111 §4.3.1).
+    pub fn validators(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let client_asks = self.request.contains_key(header::IF_NONE_MATCH)
+            || self.request.contains_key(header::IF_MODIFIED_SINCE);
+        match &self.stale {
+            Some((entry, _)) if !client_asks => conditional::validators(&entry.headers),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The stale entry, when the upstream failed (no answer, or a 5xx) and the entry may be
+    /// served then (RFC 5861 `stale-if-error`): `x-cache: STALE`.
+    pub fn stale_on_error(&self, now: SystemTime) -> Option<Hit> {
+        let (entry, allowed) = self.stale.as_ref()?;
+        if !allowed {
+            return None;
+        }
+        let mut hit = answer(entry, &self.method, &self.request, now);
+        hit.headers.insert(X_CACHE, STALE);
+        Some(hit)
+    }
+}
+
+/// Fetches in flight by key, so that concurrent misses for one key make one upstream request.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<PrimaryKey, (u64, watch::Receiver<()>)>>);
+
+/// The lead of one fetch: when it is dropped (its response stored, or found not storable, or
+/// the request gone), the fetch leaves the map and its waiters wake.
+pub struct Lead {
+    flights: Arc<Flights>,
+    key: PrimaryKey,
+    id: u64,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let mut map = self.flights.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+        // `_done` drops after this: the waiters' receivers close.
+    }
+}
+
+impl Flights {
+    /// Leads the fetch of `key`, or the receiver of the one in flight.
+    fn join(self: &Arc<Self>, key: &PrimaryKey) -> Result<Lead, watch::Receiver<()>> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, rx)) = map.get(key) {
+            return Err(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(key.clone(), (id, rx));
+        Ok(Lead {
+            flights: Arc::clone(self),
+            key: key.clone(),
+            id,
+            _done: tx,
+        })
+    }
 }
 
 impl RouteCache {
@@ -80,6 +177,7 @@ impl RouteCache {
             )
         };
         RouteCache {
+            route: route.into(),
             store,
             ttl: config.ttl,
             statuses: config.statuses.clone().into(),
@@ -88,55 +186,124 @@ impl RouteCache {
             max_object_bytes,
             hits: counter(names::value::SUCCESS),
             misses: counter(names::value::FAILURE),
+            flights: Arc::default(),
         }
     }
 
-    /// The key of a request: its host, path and query, and who it is for when it carries
-    /// credentials (the consumer the route's auth found, else a digest of its `Authorization`),
-    /// so that a response stored for one is never served to another.
-    fn key(uri: &Uri, host: &str, headers: &HeaderMap, consumer: Option<&str>) -> PrimaryKey {
+    /// The key of a request: the route and scheme, the `Host` the upstream gets (port
+    /// included), the path and query; and who it is for when it carries credentials — the
+    /// consumer the route's auth found, and a digest of its `Authorization` and `Cookie`
+    /// fields — so that a response stored for one is never served to another, nor one stored
+    /// under one token's claims to another token of the same consumer.
+    fn key(
+        &self,
+        tls: bool,
+        host: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+        consumer: Option<&str>,
+    ) -> PrimaryKey {
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let credential = consumer.map(str::to_string).or_else(|| {
-            headers.get(header::AUTHORIZATION).map(|v| {
-                let digest = Sha256::digest(v.as_bytes());
-                digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-            })
-        });
-        PrimaryKey::new(host, path, credential.as_deref())
+        let scope = format!("{} {}", self.route, if tls { "https" } else { "http" });
+        let mut digest = Sha256::new();
+        let mut carried = false;
+        for name in [header::AUTHORIZATION, header::COOKIE] {
+            for value in headers.get_all(&name) {
+                carried = true;
+                digest.update(name.as_str().as_bytes());
+                digest.update([0]);
+                digest.update(value.as_bytes());
+                digest.update([0]);
+            }
+        }
+        let credential = match (consumer, carried) {
+            (None, false) => None,
+            (consumer, _) => {
+                let digest = digest.finalize();
+                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+                Some(format!("{}|{hex}", consumer.unwrap_or("")))
+            }
+        };
+        PrimaryKey::new(&scope, host, path, credential.as_deref())
     }
 
     /// Looks a request up (RFC 9111 §4). A fresh stored response is answered (304 to a
-    /// conditional request that matches it); anything else goes upstream.
-    pub fn lookup(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        host: &str,
-        headers: &HeaderMap,
-        consumer: Option<&str>,
-        now: SystemTime,
-    ) -> Lookup {
-        let key = Self::key(uri, host, headers, consumer);
+    /// conditional request that matches it); a miss goes upstream, unless another request is
+    /// fetching the same key and `collapse` allows waiting for it; a stale entry goes with the
+    /// miss, to be revalidated, or served if the upstream fails and it allows that.
+    pub fn lookup(&self, request: &CacheRequest<'_>, now: SystemTime, collapse: bool) -> Lookup {
+        let CacheRequest {
+            method,
+            uri,
+            headers,
+            ..
+        } = *request;
+        let key = self.key(request.tls, request.host, uri, headers, request.consumer);
+        let generation = self.store.generation(&key);
         if method != Method::GET && method != Method::HEAD {
             let safe = matches!(*method, Method::OPTIONS | Method::TRACE);
             return Lookup::Bypass((!safe).then_some(key));
         }
         let request_cc = CacheControl::from_headers(headers);
+        let mut stale = None;
         if let Some(entry) = self.store.get(&key, headers) {
-            // Stale entries go upstream whole for now: serving stale, and revalidating with
-            // the entry's validators, are allowed but not required (RFC 9111 §4.2.4, §4.3).
-            if reuse_now(&entry, &request_cc, now) {
-                self.hits.inc();
-                return Lookup::Hit(answer(&entry, method, headers, now));
+            match freshness::reuse(&entry.timing, &entry.cc, &request_cc, now) {
+                Reuse::Fresh => {
+                    self.hits.inc();
+                    return Lookup::Hit(answer(&entry, method, headers, now));
+                }
+                // Served stale only on error for now; within stale-while-revalidate it is
+                // revalidated in the foreground (allowed: RFC 5861 lets a cache serve it,
+                // never obliges it to).
+                Reuse::StaleWhileRevalidate => stale = Some((entry, false)),
+                Reuse::Revalidate { stale_if_error } => stale = Some((entry, stale_if_error)),
             }
         }
+        // Only a request the upstream's answer could be stored for leads or waits: a HEAD or
+        // an uncacheable request (no-store) does not hold others back.
+        let lead = if collapse && method == Method::GET && !request_cc.no_store {
+            match self.flights.join(&key) {
+                Ok(lead) => Some(lead),
+                Err(rx) => return Lookup::Wait(rx),
+            }
+        } else {
+            None
+        };
         self.misses.inc();
         Lookup::Miss(Pending {
             key,
+            generation,
             method: method.clone(),
             request_time: now,
             request: headers.clone(),
+            stale,
+            lead,
         })
+    }
+
+    /// A 304 answered the revalidation of `pending`'s stale entry: the entry, freshened with
+    /// the 304's fields (RFC 9111 §4.3.4), is stored again and answers the request.
+    pub fn revalidated(
+        &self,
+        pending: Pending,
+        not_modified: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Hit> {
+        let (stale, _) = pending.stale.as_ref()?;
+        let mut headers = stale.headers.clone();
+        conditional::freshen(&mut headers, not_modified);
+        headers.remove(header::AGE);
+        let status = stale.status;
+        let body = stale.body.clone();
+        let method = pending.method.clone();
+        let request = pending.request.clone();
+        let age = Timing::new(not_modified, pending.request_time, now, Duration::ZERO).age(now);
+        if let Some(filling) = self.fill(pending, status, &headers, now) {
+            filling.store(body.clone());
+        }
+        Some(answer_parts(
+            status, headers, body, age, now, &method, &request,
+        ))
     }
 
     /// The store step for a miss's response: `Some(store)` to call with the whole body when it
@@ -188,9 +355,11 @@ impl RouteCache {
             store: Arc::clone(&self.store),
             limit: self.max_object_bytes,
             vary,
+            _lead: pending.lead,
             request: pending.request,
             entry: Entry {
                 key: pending.key,
+                generation: pending.generation,
                 status,
                 tags: tags_of(response),
                 cc: response_cc,
@@ -216,28 +385,43 @@ impl RouteCache {
     }
 }
 
-/// Whether a stored entry answers this request now without the upstream.
-fn reuse_now(entry: &Entry, request_cc: &CacheControl, now: SystemTime) -> bool {
-    freshness::reuse(&entry.timing, &entry.cc, request_cc, now) == Reuse::Fresh
-}
-
 /// The answer from a stored entry: 304 when the request's conditions hold for it, else the
 /// stored response (without a body for HEAD), with `Age` and `x-cache: HIT`.
 fn answer(entry: &Entry, method: &Method, request: &HeaderMap, now: SystemTime) -> Hit {
-    let age = entry.timing.age(now).as_secs();
+    answer_parts(
+        entry.status,
+        entry.headers.clone(),
+        entry.body.clone(),
+        entry.timing.age(now),
+        entry.timing.response_time,
+        method,
+        request,
+    )
+}
+
+fn answer_parts(
+    status: StatusCode,
+    stored: HeaderMap,
+    body: Bytes,
+    age: Duration,
+    received: SystemTime,
+    method: &Method,
+    request: &HeaderMap,
+) -> Hit {
+    // Conditions apply to a 2xx only (RFC 9110 §13.2.1): a stored 404 is sent as it is.
     let (status, mut headers, body) =
-        if conditional::not_modified(request, &entry.headers, entry.timing.response_time) {
+        if status.is_success() && conditional::not_modified(request, &stored, received) {
             (
                 StatusCode::NOT_MODIFIED,
-                conditional::not_modified_fields(&entry.headers),
+                conditional::not_modified_fields(&stored),
                 Bytes::new(),
             )
         } else if method == Method::HEAD {
-            (entry.status, entry.headers.clone(), Bytes::new())
+            (status, stored, Bytes::new())
         } else {
-            (entry.status, entry.headers.clone(), entry.body.clone())
+            (status, stored, body)
         };
-    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     headers.insert(X_CACHE, HIT);
     Hit {
         status,
@@ -253,6 +437,8 @@ pub struct Filling {
     vary: VaryOn,
     request: HeaderMap,
     entry: Entry,
+    /// Held until the entry is stored: requests waiting for this key then find it.
+    _lead: Option<Lead>,
 }
 
 impl Filling {
@@ -261,9 +447,18 @@ impl Filling {
         self.limit
     }
 
-    /// Stores the response with its whole `body`.
-    pub fn store(mut self, body: Bytes) {
-        self.entry.body = body;
-        self.store.insert(self.entry, self.vary, &self.request);
+    /// Stores the response with its whole `body` (then the requests waiting for it wake).
+    pub fn store(self, body: Bytes) {
+        let Filling {
+            store,
+            vary,
+            request,
+            mut entry,
+            _lead,
+            ..
+        } = self;
+        entry.body = body;
+        store.insert(entry, vary, &request);
+        drop(_lead);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
 
@@ -44,6 +44,9 @@ pub enum Eviction {
 #[derive(Debug)]
 pub struct Entry {
     pub key: PrimaryKey,
+    /// The target's generation when the request that brought it was looked up: an unsafe
+    /// request since then makes it unused.
+    pub generation: u64,
     pub status: StatusCode,
     /// The response's fields as stored (hop-by-hop fields and `Age` already removed).
     pub headers: HeaderMap,
@@ -108,7 +111,12 @@ pub struct MemoryStore {
     entries: Cache<String, Arc<Entry>>,
     /// Each primary key's `Vary` names (of its latest stored response).
     vary: Cache<PrimaryKey, Arc<VaryOn>>,
+    /// Targets an unsafe request changed, with their generation (absent: 0).
+    generations: Cache<String, u64>,
 }
+
+/// Generations are unique across the process.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl MemoryStore {
     pub fn new(max_bytes: u64, eviction: Eviction) -> MemoryStore {
@@ -125,13 +133,27 @@ impl MemoryStore {
             .expire_after(KeepFor)
             .support_invalidation_closures()
             .build();
-        // The index is small (names only): bounded by count, kept as long as the longest entry
-        // could be, refreshed with every store.
+        // The indexes get a sixteenth of the bytes, weighed by their keys (an entry without its
+        // index entry is simply not found).
+        let index_bytes = (max_bytes / 16).max(64 * 1024);
         let vary = Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(Duration::from_secs(7 * 24 * 3600))
+            .max_capacity(index_bytes)
+            .weigher(|key: &PrimaryKey, names: &Arc<VaryOn>| {
+                let names: usize = names.names().iter().map(|n| n.as_str().len() + 16).sum();
+                u32::try_from(key.as_str().len() + names + 64).unwrap_or(u32::MAX)
+            })
             .build();
-        MemoryStore { entries, vary }
+        let generations = Cache::builder()
+            .max_capacity(index_bytes)
+            .weigher(|target: &String, _: &u64| {
+                u32::try_from(target.len() + 64).unwrap_or(u32::MAX)
+            })
+            .build();
+        MemoryStore {
+            entries,
+            vary,
+            generations,
+        }
     }
 
     fn entry_key(key: &PrimaryKey, variant: &str) -> String {
@@ -142,25 +164,45 @@ impl MemoryStore {
         k
     }
 
-    /// The stored response for `key` whose variant matches `request`, if any.
-    pub fn get(&self, key: &PrimaryKey, request: &HeaderMap) -> Option<Arc<Entry>> {
-        let vary = self.vary.get(key)?;
-        self.entries
-            .get(&Self::entry_key(key, &vary.variant(request)))
+    /// The generation of `key`'s target now (what a lookup records, for its fill).
+    pub fn generation(&self, key: &PrimaryKey) -> u64 {
+        self.generations.get(key.target()).unwrap_or(0)
     }
 
-    /// Stores `entry`, which answered `request` and varies on `vary`. Entries larger than the
-    /// store are refused by its weigher's bound, as moka does.
-    pub fn insert(&self, entry: Entry, vary: VaryOn, request: &HeaderMap) {
+    /// The stored response for `key` whose variant matches `request`, if any and if no unsafe
+    /// request changed its target since it was fetched.
+    pub fn get(&self, key: &PrimaryKey, request: &HeaderMap) -> Option<Arc<Entry>> {
+        let vary = self.vary.get(key)?;
+        let entry = self
+            .entries
+            .get(&Self::entry_key(key, &vary.variant(request)))?;
+        (entry.generation == self.generation(key)).then_some(entry)
+    }
+
+    /// Stores `entry`, which answered `request` and varies on `vary` — unless an unsafe request
+    /// changed its target while it was fetched. Entries larger than the store are refused by
+    /// its weigher's bound, as moka does. The fields are copied, so that the entry does not
+    /// keep the connection buffer they were read into alive.
+    pub fn insert(&self, mut entry: Entry, vary: VaryOn, request: &HeaderMap) {
+        if entry.generation != self.generation(&entry.key) {
+            return;
+        }
+        entry.headers = entry
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.clone(), HeaderValue::from_bytes(v.as_bytes()).ok()?)))
+            .collect();
         let key = Self::entry_key(&entry.key, &vary.variant(request));
         self.vary.insert(entry.key.clone(), Arc::new(vary));
         self.entries.insert(key, Arc::new(entry));
     }
 
-    /// Stops using every stored variant of `key` at once (they are no longer found, and age out
-    /// of the store): an unsafe request changed what they describe.
+    /// Stops using everything stored for `key`'s target, every variant and every credential's,
+    /// and what fetches in flight would store: an unsafe request changed what they describe.
+    /// They are no longer found, and age out of the store.
     pub fn forget(&self, key: &PrimaryKey) {
-        self.vary.invalidate(key);
+        let next = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.generations.insert(key.target().to_string(), next);
     }
 
     /// Removes what matches; returns how many entries did (counted before removal).
@@ -242,7 +284,8 @@ mod tests {
         let headers = headers(fields);
         let now = SystemTime::now();
         Entry {
-            key: PrimaryKey::new("h", path, None),
+            key: PrimaryKey::new("r", "h", path, None),
+            generation: 0,
             status: StatusCode::OK,
             cc: CacheControl::from_headers(&headers),
             tags: tags_of(&headers),
@@ -263,7 +306,7 @@ mod tests {
         let vary_response = headers(&[("vary", "accept-encoding")]);
         let gzip = headers(&[("accept-encoding", "gzip")]);
         let plain = HeaderMap::new();
-        let key = PrimaryKey::new("h", "/a", None);
+        let key = PrimaryKey::new("r", "h", "/a", None);
         for (request, body) in [(&gzip, &b"zipped"[..]), (&plain, &b"plain"[..])] {
             let vary = VaryOn::new(&vary_response, &[]).unwrap();
             store.insert(
@@ -278,7 +321,7 @@ mod tests {
             .get(&key, &headers(&[("accept-encoding", "br")]))
             .is_none());
         assert!(store
-            .get(&PrimaryKey::new("h", "/b", None), &plain)
+            .get(&PrimaryKey::new("r", "h", "/b", None), &plain)
             .is_none());
     }
 
@@ -296,7 +339,7 @@ mod tests {
         }
         let get = |path: &str| {
             store
-                .get(&PrimaryKey::new("h", path, None), &none)
+                .get(&PrimaryKey::new("r", "h", path, None), &none)
                 .is_some()
         };
         assert_eq!(store.purge_key("h/users/1"), 1);
@@ -306,6 +349,32 @@ mod tests {
         assert_eq!(store.purge_prefix("/users"), 1);
         assert!(!get("/users/2"));
         assert_eq!(store.purge_tag("nothing"), 0);
+    }
+
+    #[test]
+    fn forgetting_a_target_drops_every_variant_and_credential_and_late_fills() {
+        let store = MemoryStore::new(1 << 20, Eviction::Lru);
+        let none = HeaderMap::new();
+        let mine = |credential: Option<&str>| PrimaryKey::new("r", "h", "/doc", credential);
+        let mut late = entry("/doc", b"old", &[]);
+        late.generation = store.generation(&mine(None));
+        for credential in [None, Some("acme")] {
+            let mut e = entry("/doc", b"x", &[]);
+            e.key = mine(credential);
+            store.insert(e, VaryOn::default(), &none);
+        }
+        assert!(store.get(&mine(Some("acme")), &none).is_some());
+        store.forget(&mine(Some("bob")));
+        assert!(store.get(&mine(None), &none).is_none());
+        assert!(store.get(&mine(Some("acme")), &none).is_none());
+        // A fetch that started before the change does not store the old state.
+        store.insert(late, VaryOn::default(), &none);
+        assert!(store.get(&mine(None), &none).is_none());
+        // One that starts after it does.
+        let mut fresh = entry("/doc", b"new", &[]);
+        fresh.generation = store.generation(&mine(None));
+        store.insert(fresh, VaryOn::default(), &none);
+        assert_eq!(&store.get(&mine(None), &none).unwrap().body[..], b"new");
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //!    absolute-form target's authority, and a normalised path (400, 405 for CONNECT) — before
 //!    anything reads the host or path, so routing, logs and the upstream all see the same;
 //! 3. head size limit (431) — before any work on an oversized head;
-//! 4. route match (404 `no_route`), then load shedding's CPU and memory check and the route's
-//!    bulkhead (503 `overloaded`);
+//! 4. route match (404 `no_route`), then load shedding's CPU and memory check (503
+//!    `overloaded`);
 //! 5. declared body size limit (413) — before an upstream is bothered;
-//! 6. the route's policy steps (auth, rate limit), then load shedding's admission (a wait, or
-//!    503 `overloaded`), then pick an endpoint (503 when the balancer accepts none);
+//! 6. the route's policy steps (auth, rate limit), the route's cache (a fresh stored response
+//!    answers), the route's bulkhead and load shedding's admission (a wait, or 503
+//!    `overloaded`), then pick an endpoint (503 when the balancer accepts none);
 //! 7. forward with the route's deadline, narrowed by `grpc-timeout` (502 connect failure, 504
 //!    timeout), streaming both bodies and trailers, in the upstream's protocol, with the
 //!    route's upstream Host and the forwarded fields; an `Upgrade` request becomes a tunnel
@@ -381,22 +382,6 @@ pub async fn handle(
         return shed(exchange, reason, answer);
     }
 
-    // The route's bulkhead: a slow route cannot hold every connection of the gateway. Refused
-    // at once, never queued.
-    if let Some((limit, in_flight)) = &route.bulkhead {
-        let taken = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < *limit).then_some(n + 1)
-        });
-        if taken.is_err() {
-            let Ok(mut response) = answer(exchange, GatewayError::Overloaded, false);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(response);
-        }
-        exchange.bulkhead = Some(Arc::clone(in_flight));
-    }
-
     // 5. Declared body size.
     let limit = listener.config.max_request_body_bytes;
     // The size the body's framing declares (the parsed Content-Length, whatever its spelling:
@@ -425,37 +410,72 @@ pub async fn handle(
     // The route's cache: a fresh stored response is the answer, with no place taken from the
     // upstreams; a miss goes on, to be stored as it streams back.
     let mut cached = None;
-    if let Some(cache) = &route.cache {
-        let host = request_host(&parts.uri, &parts.headers).unwrap_or_default();
-        let lookup = cache.lookup(
-            &parts.method,
-            &parts.uri,
-            host,
-            &parts.headers,
-            exchange.policies.consumer(),
-            SystemTime::now(),
-        );
+    let mut revalidating = false;
+    // (A WebSocket handshake is never answered from the cache.)
+    if let (Some(cache), None) = (&route.cache, &upgrade) {
+        let request = policy::cache::CacheRequest {
+            method: &parts.method,
+            uri: &parts.uri,
+            // The Host as sent, port included (`settle` made it the one Host).
+            host: parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default(),
+            headers: &parts.headers,
+            tls: conn.tls,
+            consumer: exchange.policies.consumer(),
+        };
+        let look = |collapse: bool| cache.lookup(&request, SystemTime::now(), collapse);
+        let mut lookup = look(true);
+        if let policy::cache::Lookup::Wait(mut fetched) = lookup {
+            // Another request is fetching this key: its response, stored, answers this one
+            // too. Bounded: past half the time left, or if its response is not stored, this
+            // request goes upstream itself.
+            let left = deadline_of(route, grpc, &parts.headers, started)
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()) / 2);
+            let wait = left.map_or(COLLAPSE_WAIT, |l| l.min(COLLAPSE_WAIT));
+            let _ = tokio::time::timeout(wait, fetched.changed()).await;
+            lookup = look(false);
+        }
         match lookup {
             policy::cache::Lookup::Hit(hit) => {
                 exchange.policies.note((policy::cache::STEP, "hit"));
-                let mut response = Response::new(ResponseBody::full(hit.body, Rc::clone(&stats)));
-                *response.status_mut() = hit.status;
-                *response.headers_mut() = hit.headers;
-                response.headers_mut().insert(X_REQUEST_ID, request_id);
-                exchange.policies.on_response(response.headers_mut());
-                exchange.status = hit.status.as_u16();
-                response.body_mut().on_finish(exchange);
-                return Ok(response);
+                return Ok(cached_answer(exchange, hit, request_id, &stats));
             }
             policy::cache::Lookup::Miss(pending) => {
                 exchange.policies.note((policy::cache::STEP, "miss"));
+                let validators = pending.validators();
+                revalidating = !validators.is_empty();
+                for (name, value) in validators {
+                    parts.headers.insert(name, value);
+                }
                 cached = Some(Ok(pending));
             }
             policy::cache::Lookup::Bypass(invalidates) => {
                 exchange.policies.note((policy::cache::STEP, "bypass"));
                 cached = Some(Err(invalidates));
             }
+            // Not returned when not collapsing.
+            policy::cache::Lookup::Wait(_) => {}
         }
+    }
+
+    // The route's bulkhead: a slow route cannot hold every connection of the gateway. Refused
+    // at once, never queued; taken after the cache, so that hits never wait on a slow
+    // upstream's requests.
+    if let Some((limit, in_flight)) = &route.bulkhead {
+        let taken = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < *limit).then_some(n + 1)
+        });
+        if taken.is_err() {
+            let Ok(mut response) = answer(exchange, GatewayError::Overloaded, false);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(response);
+        }
+        exchange.bulkhead = Some(Arc::clone(in_flight));
     }
 
     // Load shedding, second part: admission to the upstreams, after the steps that may refuse
@@ -655,6 +675,17 @@ pub async fn handle(
         };
         permit.answered(latency_known);
     }
+    // The upstream failed, or answered 5xx: a stale stored response that allows it is served
+    // instead (`stale-if-error`).
+    let failed = exchange_result
+        .as_ref()
+        .map_or(true, |r| r.status().is_server_error());
+    if let (true, Some(Ok(pending))) = (failed, &cached) {
+        if let Some(hit) = pending.stale_on_error(SystemTime::now()) {
+            exchange.policies.note((policy::cache::STEP, "stale"));
+            return Ok(cached_answer(exchange, hit, request_id, &stats));
+        }
+    }
     let response = match exchange_result {
         Ok(ok) => ok,
         Err(e) => {
@@ -696,8 +727,18 @@ pub async fn handle(
     let mut filling = None;
     if let (Some(cache), Some(looked_up)) = (&route.cache, cached) {
         match looked_up {
+            // The upstream says the stale entry is still good: it answers, freshened.
+            Ok(pending) if revalidating && head.status == http::StatusCode::NOT_MODIFIED => {
+                if let Some(hit) = cache.revalidated(pending, &head.headers, SystemTime::now()) {
+                    return Ok(cached_answer(exchange, hit, request_id, &stats));
+                }
+            }
             Ok(pending) => {
-                filling = cache.fill(pending, head.status, &head.headers, SystemTime::now());
+                // A body that ends when the connection closes cannot be told from a truncated
+                // one: passed on, never stored.
+                if !upstream_body.ends_at_close() {
+                    filling = cache.fill(pending, head.status, &head.headers, SystemTime::now());
+                }
                 policy::cache::RouteCache::mark(&mut head.headers, true);
             }
             Err(invalidates) => {
@@ -724,6 +765,28 @@ pub async fn handle(
     }
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
+}
+
+/// The longest a request waits for another's fetch of the same cache key.
+const COLLAPSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A response from the route's cache, with this exchange's own fields.
+fn cached_answer(
+    mut exchange: Box<Exchange>,
+    hit: policy::cache::Hit,
+    request_id: HeaderValue,
+    stats: &Rc<ExchangeStats>,
+) -> Response<ResponseBody> {
+    // No upstream works on it (a stale answer after a failure holds no place either).
+    exchange.admitted = None;
+    let mut response = Response::new(ResponseBody::full(hit.body, Rc::clone(stats)));
+    *response.status_mut() = hit.status;
+    *response.headers_mut() = hit.headers;
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    exchange.policies.on_response(response.headers_mut());
+    exchange.status = hit.status.as_u16();
+    response.body_mut().on_finish(exchange);
+    response
 }
 
 /// The request's deadline: the route's `timeout`, narrowed by a gRPC request's `grpc-timeout`.

@@ -40,6 +40,16 @@ impl From<Incoming> for UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// Whether its end cannot be told from the upstream failing (HTTP/1.x close-delimited).
+    pub fn ends_at_close(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.ends_at_close(),
+            UpstreamBody::Hyper(_) => false,
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -119,19 +129,14 @@ impl Collect {
         true
     }
 
+    /// Hands over the body, copied into one buffer of its own: the chunks are slices of the
+    /// connection's read buffers, which a stored copy must not keep alive.
     fn finish(self) {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut whole = bytes::BytesMut::with_capacity(self.size as usize);
-                for chunk in &self.chunks {
-                    whole.extend_from_slice(chunk);
-                }
-                whole.freeze()
-            }
-        };
-        (self.done)(body);
+        let mut whole = bytes::BytesMut::with_capacity(self.size as usize);
+        for chunk in &self.chunks {
+            whole.extend_from_slice(chunk);
+        }
+        (self.done)(whole.freeze());
     }
 }
 
@@ -190,9 +195,14 @@ impl ResponseBody {
         }
     }
 
-    /// Gathers a copy of the body as it streams (see [`Collect`]).
+    /// Gathers a copy of the body as it streams (see [`Collect`]). A body that has already
+    /// ended (an empty one) is gathered at once: it may never be polled.
     pub fn collect(&mut self, collect: Collect) {
-        self.collect = Some(Box::new(collect));
+        if self.source_ended() {
+            collect.finish();
+        } else {
+            self.collect = Some(Box::new(collect));
+        }
     }
 }
 

@@ -41,6 +41,12 @@ pub struct H1Body {
 }
 
 impl H1Body {
+    /// Whether the body ends when the upstream closes the connection (no length, not chunked):
+    /// an upstream that fails mid-body then looks the same as one that finished.
+    pub fn ends_at_close(&self) -> bool {
+        matches!(self.state, State::Close)
+    }
+
     pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool, ret: PoolReturn) -> H1Body {
         let state = match framing {
             Framing::Empty => State::Done,
