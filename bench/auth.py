@@ -19,10 +19,9 @@ import base64
 import hashlib
 import json
 import os
-import statistics
 import time
 
-from compare import measure, print_table, run_wrk, start_sluicegate
+from compare import measure, print_table, ratio_note, run_wrk, start_sluicegate, summarise
 
 TOKENS = 300
 KEYS = 64
@@ -141,15 +140,6 @@ def auth_scenario(args, work, backend, binary, conns=64):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
-    summary = {n: (statistics.median(r[0] for r in rows),
-                   statistics.median(r[2] for r in rows),
-                   sum(r[3] for r in rows),
-                   statistics.median(cpu[n]))
-               for n, rows in results.items()}
-    notes = []
-    for name in ("jwt", "api_key"):
-        per_round = [a / p for a, p in zip(cpu[name], cpu["plain"])]
-        notes.append(f"{name} / plain: CPU per request {statistics.median(per_round):.3f}x "
-                     f"(rounds {min(per_round):.2f}-{max(per_round):.2f}x)")
+    cpu, summary = summarise(results)
+    notes = [ratio_note(cpu, name, "plain") for name in ("jwt", "api_key")]
     print_table(f"{title}, median of {args.rounds} interleaved rounds", COLUMNS, summary, notes)

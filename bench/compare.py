@@ -20,6 +20,9 @@ Scenarios (--scenarios, comma-separated; default all):
          set: it adds the limited route to every proxy)
   auth   Sluicegate alone: a JWT route (RS256, 300 tokens reused) and an API-key route against
          its plain route, CPU per request (bench/auth.py; not in the default set)
+  cache  a 1 KiB cache HIT: Sluicegate beside nginx proxy_cache and Varnish (needs Debian's
+         varnish); and Sluicegate's MISS (each request stored) against its plain route, CPU per
+         request (bench/cache.py; not in the default set)
   resilience  Sluicegate alone: a route whose service has a circuit breaker and whose route a
          bulkhead and a retry policy (all idle) against its plain route (bench/resilience.py;
          not in the default set)
@@ -335,6 +338,26 @@ def parse_latency(text, label):
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def summarise(results):
+    """Each run's CPU per request, and per proxy the medians (req/s, p99, CPU) and summed
+    errors of its rounds (rows as `measure` returns them: req/s, p50, p99, errors, requests,
+    CPU seconds)."""
+    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
+    summary = {n: (statistics.median(r[0] for r in rows),
+                   statistics.median(r[2] for r in rows),
+                   sum(r[3] for r in rows),
+                   statistics.median(cpu[n]))
+               for n, rows in results.items()}
+    return cpu, summary
+
+
+def ratio_note(cpu, other, base):
+    """`other / base: CPU per request 1.023x (rounds 0.92-1.25x)`, round by round."""
+    per_round = [o / b for o, b in zip(cpu[other], cpu[base])]
+    return (f"{other} / {base}: CPU per request {statistics.median(per_round):.3f}x "
+            f"(rounds {min(per_round):.2f}-{max(per_round):.2f}x)")
+
+
 def run_wrk(port, connections, duration, path="/", headers=(), script=None):
     extra = [a for h in headers for a in ("-H", h)] + (["-s", script] if script else [])
     out = subprocess.run(
@@ -568,6 +591,9 @@ def main():
         if "auth" in scenarios:
             from auth import auth_scenario  # here: it imports this module's helpers
             auth_scenario(args, work, bport, binary)
+        if "cache" in scenarios:
+            from cache import cache_scenario  # here: it imports this module's helpers
+            cache_scenario(args, work, bport, binary)
         if "resilience" in scenarios:
             from resilience import resilience_scenario  # here: it imports this module's helpers
             resilience_scenario(args, work, bport, binary)

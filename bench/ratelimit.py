@@ -13,7 +13,7 @@ import os
 import statistics
 import subprocess
 
-from compare import free_port, measure, print_table, run_wrk, start_sluicegate, wait_port
+from compare import free_port, measure, print_table, run_wrk, start_sluicegate, summarise, wait_port
 
 SCRIPT = """
 local n = 0
@@ -26,18 +26,6 @@ end
 
 COLUMNS = [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
            ("CPU us/req", "{:>12.1f}")]
-
-
-def summarise(results):
-    """Each run's CPU per request, and per proxy the medians (req/s, p99, CPU) and summed
-    errors of its rounds."""
-    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
-    summary = {n: (statistics.median(r[0] for r in rows),
-                   statistics.median(r[2] for r in rows),
-                   sum(r[3] for r in rows),
-                   statistics.median(cpu[n]))
-               for n, rows in results.items()}
-    return cpu, summary
 
 
 def ratelimit_scenario(proxies, args, work, backend, binary):

@@ -10,9 +10,8 @@ route's CPU per request over the plain one's.
 """
 
 import os
-import statistics
 
-from compare import measure, print_table, run_wrk, start_sluicegate
+from compare import measure, print_table, ratio_note, run_wrk, start_sluicegate, summarise
 
 GUARDED = """
 [[routes]]
@@ -67,13 +66,6 @@ def resilience_scenario(args, work, backend, binary, conns=64):
         for proc, _ in (plain, guarded):
             proc.terminate()
             proc.wait(timeout=10)
-    cpu = {n: [r[5] * 1e6 / max(r[4], 1) for r in rows] for n, rows in results.items()}
-    summary = {n: (statistics.median(r[0] for r in rows),
-                   statistics.median(r[2] for r in rows),
-                   sum(r[3] for r in rows),
-                   statistics.median(cpu[n]))
-               for n, rows in results.items()}
-    per_round = [g / p for g, p in zip(cpu["guarded"], cpu["plain"])]
+    cpu, summary = summarise(results)
     print_table(f"{title}, median of {args.rounds} interleaved rounds", COLUMNS, summary,
-                [f"guarded / plain: CPU per request {statistics.median(per_round):.3f}x "
-                 f"(rounds {min(per_round):.2f}-{max(per_round):.2f}x)"])
+                [ratio_note(cpu, "guarded", "plain")])

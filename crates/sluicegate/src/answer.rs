@@ -46,6 +46,9 @@ pub enum GatewayError {
     Shed,
     #[error("the request body did not arrive within the route's timeout")]
     RequestTimeout,
+    /// `Cache-Control: only-if-cached` and nothing stored answers (RFC 9111 §5.2.1.7).
+    #[error("the request asked for a stored response only (only-if-cached), and none answers it")]
+    NotCached,
     #[error("credentials cannot be checked now: the identity provider's key set has not been loaded yet; retry after the time Retry-After gives")]
     AuthUnavailable,
 }
@@ -61,7 +64,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamTimeout | GatewayError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
@@ -92,6 +95,7 @@ impl GatewayError {
             GatewayError::Overloaded | GatewayError::Shed => "overloaded",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::AuthUnavailable => "auth_unavailable",
+            GatewayError::NotCached => "not_cached",
         }
     }
 

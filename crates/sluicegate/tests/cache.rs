@@ -364,3 +364,97 @@ fn conditions_apply_to_stored_successes_only() {
     let r = c.request("GET", &path, &[("if-none-match", "*")], b"");
     assert_eq!((r.status, x_cache(&r)), (404, "HIT"));
 }
+
+#[test]
+fn purge_by_prefix_key_and_tag_through_the_admin_api() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    let mut c = gw.client();
+    let users1 = with(
+        "/users/1",
+        &["cache-control: max-age=60", "cache-tag: user-1, users"],
+    );
+    let users2 = with(
+        "/users/2",
+        &["cache-control: max-age=60", "surrogate-key: users"],
+    );
+    let orders = with("/orders/1", &["cache-control: max-age=60"]);
+    for path in [&users1, &users2, &orders] {
+        assert_eq!(x_cache(&c.get(path)), "MISS");
+        assert_eq!(x_cache(&c.get(path)), "HIT");
+    }
+    let purge = |body: &str| {
+        let r = gw
+            .admin()
+            .request("POST", "/api/v1/cache/purge", &[], body.as_bytes());
+        (r.status, r.json())
+    };
+    let (status, answer) = purge(r#"{"tag": "user-1"}"#);
+    assert_eq!((status, answer["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(x_cache(&c.get(&users1)), "MISS");
+    assert_eq!(x_cache(&c.get(&users2)), "HIT");
+    let (_, answer) = purge(r#"{"prefix": "/users"}"#);
+    assert_eq!(answer["purged"], 2);
+    assert_eq!(x_cache(&c.get(&users2)), "MISS");
+    let host = gw.addr().to_string();
+    let (_, answer) = purge(&format!(r#"{{"key": "{host}{orders}"}}"#));
+    assert_eq!(answer["purged"], 1, "{host}{orders}");
+    assert_eq!(x_cache(&c.get(&orders)), "MISS");
+    for bad in [
+        r#"{}"#,
+        r#"{"prefix": "/a", "tag": "b"}"#,
+        r#"{"prefix": "users"}"#,
+        "nonsense",
+        r#"{"tag": 5}"#,
+    ] {
+        let (status, answer) = purge(bad);
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn a_large_response_streams_through_with_little_memory() {
+    const MIB: u64 = 1 << 20;
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "[cache]\nmax_object_bytes = \"8MiB\"\n");
+    let path = with(
+        &format!("/bytes/{}", 100 * MIB),
+        &["cache-control: max-age=60"],
+    );
+    let mut c = gw.client();
+    // Warm up (the first request sets up pools and buffers), then measure what the large
+    // responses add.
+    assert_eq!(c.get("/warm").status, 200);
+    let before = gw.peak_rss();
+    let r = c.get(&path);
+    assert_eq!((r.status, r.body.len() as u64), (200, 100 * MIB));
+    assert_eq!(x_cache(&c.get(&path)), "MISS", "too large: not stored");
+    let growth = gw.peak_rss().saturating_sub(before);
+    eprintln!(
+        "gateway peak RSS grew by {} KiB over two 100 MiB responses (from {} KiB)",
+        growth / 1024,
+        before / 1024
+    );
+    assert!(growth < 32 * MIB, "peak RSS grew by {} MiB", growth >> 20);
+}
+
+#[test]
+fn only_if_cached_is_answered_from_the_store_or_with_504() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "ttl = \"60s\"", "");
+    let mut c = gw.client();
+    let only = [("cache-control", "only-if-cached")];
+    let r = c.request("GET", "/o", &only, b"");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (504, Some("not_cached"))
+    );
+    assert_eq!(b.hits(), 0, "never forwarded");
+    assert_eq!(x_cache(&c.get("/o")), "MISS");
+    let r = c.request("GET", "/o", &only, b"");
+    assert_eq!((r.status, x_cache(&r)), (200, "HIT"));
+}

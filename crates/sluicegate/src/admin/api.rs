@@ -23,6 +23,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/services", get(services))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/cache/purge", post(purge))
         .fallback(not_found)
         .with_state(state)
 }
@@ -201,4 +202,34 @@ async fn reload(State(s): State<AdminState>) -> Response {
             None,
         ),
     }
+}
+
+/// `POST /api/v1/cache/purge` with exactly one of `{"prefix": "/users"}` (paths starting so),
+/// `{"key": "host/path?query"}` (every variant and credential of it) or `{"tag": "…"}` (from the
+/// upstream's `Cache-Tag` / `Surrogate-Key`): `{"purged": N}`.
+async fn purge(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "bad_request", message, None);
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("expected a JSON object with one of \"prefix\", \"key\" or \"tag\"");
+    };
+    if fields.len() != 1 {
+        return bad("give exactly one of \"prefix\", \"key\" or \"tag\"");
+    }
+    let Some((kind, Value::String(value))) = fields.iter().next() else {
+        return bad("the value must be a string");
+    };
+    if value.is_empty() {
+        return bad("the value must not be empty");
+    }
+    let store = s.gateway.shared.registries.policies.cache.current();
+    let purged = match (kind.as_str(), &store) {
+        (_, None) => 0,
+        ("prefix", Some(store)) if value.starts_with('/') => store.purge_prefix(value),
+        ("prefix", Some(_)) => return bad("a prefix is a path: it starts with /"),
+        ("key", Some(store)) => store.purge_key(value),
+        ("tag", Some(store)) => store.purge_tag(value),
+        _ => return bad("give exactly one of \"prefix\", \"key\" or \"tag\""),
+    };
+    tracing::info!(kind = %kind, value = %value, purged, "cache purged");
+    Json(json!({ "purged": purged })).into_response()
 }

@@ -29,7 +29,8 @@ pub use serve::{CacheRequest, Filling, Hit, Lookup, Pending, RouteCache, X_CACHE
 
 /// The step's name in the access log (`"cache": "hit"`).
 pub const STEP: &str = "cache";
-use store::{Eviction, MemoryStore};
+use store::Eviction;
+pub use store::MemoryStore;
 
 /// The store shared by every caching route, kept across reloads while its size and eviction
 /// stay the same (a reload that changes them starts an empty one).
@@ -64,6 +65,12 @@ impl Registry {
         );
         *held = Some((config.max_bytes, config.eviction, Arc::clone(&store)));
         store
+    }
+
+    /// The store in use, if any route caches.
+    pub fn current(&self) -> Option<Arc<MemoryStore>> {
+        let held = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref().map(|(_, _, store)| Arc::clone(store))
     }
 
     /// Drops the store when no route caches any more.

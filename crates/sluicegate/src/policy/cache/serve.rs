@@ -72,6 +72,9 @@ pub enum Lookup {
     /// Another request is fetching this key now: wait for its response to be stored (the
     /// receiver changes, or closes, when that fetch ends), then look again.
     Wait(watch::Receiver<()>),
+    /// The request asked for a stored response only (`only-if-cached`) and none answers it:
+    /// 504 (RFC 9111 §5.2.1.7).
+    NotCached,
     /// Not a request the cache answers (not GET or HEAD); for an unsafe method, the key whose
     /// stored responses its success invalidates.
     Bypass(Option<PrimaryKey>),
@@ -258,6 +261,10 @@ impl RouteCache {
                 Reuse::StaleWhileRevalidate => stale = Some((entry, false)),
                 Reuse::Revalidate { stale_if_error } => stale = Some((entry, stale_if_error)),
             }
+        }
+        if request_cc.only_if_cached {
+            self.misses.inc();
+            return Lookup::NotCached;
         }
         // Only a request the upstream's answer could be stored for leads or waits: a HEAD or
         // an uncacheable request (no-store) does not hold others back.

@@ -67,6 +67,7 @@ pub fn code_for(error: GatewayError) -> Code {
         GatewayError::Unauthenticated(_) => Code::Unauthenticated,
         GatewayError::Forbidden => Code::PermissionDenied,
         GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => Code::DeadlineExceeded,
+        GatewayError::NotCached => Code::Unavailable,
         GatewayError::PayloadTooLarge
         | GatewayError::HeadersTooLarge
         | GatewayError::RateLimited => Code::ResourceExhausted,

@@ -456,6 +456,10 @@ pub async fn handle(
                 exchange.policies.note((policy::cache::STEP, "bypass"));
                 cached = Some(Err(invalidates));
             }
+            policy::cache::Lookup::NotCached => {
+                exchange.policies.note((policy::cache::STEP, "miss"));
+                return answer(exchange, GatewayError::NotCached, false);
+            }
             // Not returned when not collapsing.
             policy::cache::Lookup::Wait(_) => {}
         }
