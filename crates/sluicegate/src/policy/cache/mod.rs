@@ -1,18 +1,19 @@
 //! The response cache (issue 21, SPEC 2.4): a route's `cache` stores what RFC 9111 lets a
 //! shared cache store, in one memory tier every caching route shares, and answers fresh hits
-//! (and 304s to conditional requests) without the upstream.
+//! (and 304s to conditional requests) without the upstream; stale entries are revalidated with
+//! their validators, or served on upstream errors when they allow it; concurrent misses for one
+//! key make one upstream request; purge by prefix, key or tag.
 //!
 //! - `directives.rs` reads `Cache-Control`; `freshness.rs` decides what may be stored, for how
 //!   long, and what a stored response may be used for;
-//! - `conditional.rs`: 304s from stored responses, and the validators and freshening a
-//!   revalidation will use;
+//! - `conditional.rs`: 304s from stored responses, the validators of a revalidation, and
+//!   freshening on an upstream 304;
 //! - `key.rs`: what a stored response is found by (primary key and `Vary` variants);
-//! - `store.rs`: the memory tier (moka, bounded by bytes);
-//! - `serve.rs`: a caching route's lookup, fill and invalidation.
+//! - `store.rs`: the memory tier (moka, bounded by bytes), invalidation and purge;
+//! - `serve.rs`: a caching route's lookup, fill, revalidation and collapsing.
 //!
-//! Stale responses go upstream whole for now (allowed: RFC 9111 never requires serving stale or
-//! revalidating); revalidation, `stale-while-revalidate`/`stale-if-error`, request collapsing,
-//! purge and the Redis tier are the next steps of issue 21.
+//! Serving stale within `stale-while-revalidate` while revalidating in the background, and the
+//! Redis tier shared by instances, are the next steps of issue 21.
 
 pub mod conditional;
 pub mod directives;
