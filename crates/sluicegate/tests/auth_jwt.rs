@@ -527,24 +527,12 @@ fn grpc_clients_get_grpc_statuses() {
         get(&mut gw.client(), "/x", &token).status == 200
     });
     let curl = |path: &str, auth: Option<&str>| {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
-        .args(["-X", "POST", "-H", "content-type: application/grpc"]);
-        if let Some(token) = auth {
-            cmd.args(["-H", &format!("authorization: Bearer {token}")]);
+        let bearer = auth.map(|token| format!("authorization: Bearer {token}"));
+        let mut extra = vec!["-X", "POST", "-H", "content-type: application/grpc"];
+        if let Some(bearer) = &bearer {
+            extra.extend(["-H", bearer.as_str()]);
         }
-        let out = cmd
-            .arg(format!("http://{}{path}", gw.addr()))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).to_lowercase()
+        support::curl_h2(&format!("http://{}{path}", gw.addr()), &extra).0
     };
     let head = curl("/svc.Api/Call", None);
     assert!(head.contains("grpc-status: 16"), "{head}");

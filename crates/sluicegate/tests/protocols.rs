@@ -176,20 +176,10 @@ fn grpc_errors_made_by_the_gateway_are_grpc_statuses() {
         assert!(e.message().contains("upstream_unavailable"), "{e:?}");
     });
     // No route: UNIMPLEMENTED, not a JSON 404.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
-        .args(["-H", "content-type: application/grpc", "-X", "POST"])
-        .arg(format!("http://{}/other.Service/Method", gw.addr()))
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let (head, _) = support::curl_h2(
+        &format!("http://{}/other.Service/Method", gw.addr()),
+        &["-H", "content-type: application/grpc", "-X", "POST"],
+    );
     assert!(head.contains("grpc-status: 12"), "{head}");
 }
 

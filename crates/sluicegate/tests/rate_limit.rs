@@ -229,24 +229,6 @@ fn a_route_without_policies_carries_no_rate_limit_fields() {
     assert!(r.header("ratelimit-limit").is_none());
 }
 
-/// curl over HTTP/2 by prior knowledge; returns the response head (lower-case) and body.
-fn curl_h2(url: &str, extra: &[&str]) -> (String, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--http2-prior-knowledge", "-D", "-"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.to_lowercase(), body.to_string())
-}
-
 #[test]
 fn http2_and_grpc_requests_are_limited_alike() {
     let b = Backend::start("b");
@@ -257,7 +239,7 @@ fn http2_and_grpc_requests_are_limited_alike() {
     ));
     let url = format!("http://{}/", gw.addr());
     for remaining in ["1", "0"] {
-        let (head, body) = curl_h2(&url, &[]);
+        let (head, body) = support::curl_h2(&url, &[]);
         assert!(head.starts_with("http/2 200"), "{head}");
         assert!(
             head.contains(&format!("ratelimit-remaining: {remaining}")),
@@ -265,12 +247,12 @@ fn http2_and_grpc_requests_are_limited_alike() {
         );
         assert_eq!(body, "b");
     }
-    let (head, body) = curl_h2(&url, &[]);
+    let (head, body) = support::curl_h2(&url, &[]);
     assert!(head.starts_with("http/2 429"), "{head}");
     assert!(head.contains("retry-after:"), "{head}");
     assert!(body.contains("\"rate_limited\""), "{body}");
     // gRPC: a status in the trailers-only answer, not a JSON body.
-    let (head, body) = curl_h2(
+    let (head, body) = support::curl_h2(
         &format!("http://{}/grpc.health.v1.Health/Check", gw.addr()),
         &["-X", "POST", "-H", "content-type: application/grpc"],
     );

@@ -41,6 +41,24 @@ pub fn small_runtime(
     (runtime, listener)
 }
 
+/// curl over HTTP/2 by prior knowledge; returns the response head (lower-case) and body.
+pub fn curl_h2(url: &str, extra: &[&str]) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-D", "-"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_lowercase(), body.to_string())
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -29,7 +29,9 @@ const STALE: HeaderValue = HeaderValue::from_static("STALE");
 
 /// A route's cache: its rules and the store it shares with every caching route.
 pub struct RouteCache {
-    route: Box<str>,
+    /// What keeps this route's keys apart from other routes' and schemes': `"ROUTE http"` and
+    /// `"ROUTE https"`, made once.
+    scopes: [Box<str>; 2],
     store: Arc<MemoryStore>,
     ttl: Option<Duration>,
     statuses: Box<[u16]>,
@@ -180,7 +182,7 @@ impl RouteCache {
             )
         };
         RouteCache {
-            route: route.into(),
+            scopes: ["http", "https"].map(|scheme| format!("{route} {scheme}").into()),
             store,
             ttl: config.ttl,
             statuses: config.statuses.clone().into(),
@@ -207,7 +209,7 @@ impl RouteCache {
         consumer: Option<&str>,
     ) -> PrimaryKey {
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let scope = format!("{} {}", self.route, if tls { "https" } else { "http" });
+        let scope = &self.scopes[usize::from(tls)];
         let mut digest = Sha256::new();
         let mut carried = false;
         for name in [header::AUTHORIZATION, header::COOKIE] {
@@ -227,7 +229,7 @@ impl RouteCache {
                 Some(format!("{}|{hex}", consumer.unwrap_or("")))
             }
         };
-        PrimaryKey::new(&scope, host, path, credential.as_deref())
+        PrimaryKey::new(scope, host, path, credential.as_deref())
     }
 
     /// Looks a request up (RFC 9111 §4). A fresh stored response is answered (304 to a
@@ -242,14 +244,14 @@ impl RouteCache {
             ..
         } = *request;
         let key = self.key(request.tls, request.host, uri, headers, request.consumer);
-        let generation = self.store.generation(&key);
         if method != Method::GET && method != Method::HEAD {
             let safe = matches!(*method, Method::OPTIONS | Method::TRACE);
             return Lookup::Bypass((!safe).then_some(key));
         }
+        let generation = self.store.generation(&key);
         let request_cc = CacheControl::from_headers(headers);
         let mut stale = None;
-        if let Some(entry) = self.store.get(&key, headers) {
+        if let Some(entry) = self.store.get_at(&key, headers, generation) {
             match freshness::reuse(&entry.timing, &entry.cc, &request_cc, now) {
                 Reuse::Fresh => {
                     self.hits.inc();

@@ -172,11 +172,21 @@ impl MemoryStore {
     /// The stored response for `key` whose variant matches `request`, if any and if no unsafe
     /// request changed its target since it was fetched.
     pub fn get(&self, key: &PrimaryKey, request: &HeaderMap) -> Option<Arc<Entry>> {
+        self.get_at(key, request, self.generation(key))
+    }
+
+    /// [`get`](Self::get), for a caller that has read the target's `generation` already.
+    pub fn get_at(
+        &self,
+        key: &PrimaryKey,
+        request: &HeaderMap,
+        generation: u64,
+    ) -> Option<Arc<Entry>> {
         let vary = self.vary.get(key)?;
         let entry = self
             .entries
             .get(&Self::entry_key(key, &vary.variant(request)))?;
-        (entry.generation == self.generation(key)).then_some(entry)
+        (entry.generation == generation).then_some(entry)
     }
 
     /// Stores `entry`, which answered `request` and varies on `vary` — unless an unsafe request

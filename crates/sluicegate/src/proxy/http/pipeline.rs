@@ -407,6 +407,10 @@ pub async fn handle(
         }
     }
 
+    // The route's `timeout`, narrowed by `grpc-timeout`: what the cache's wait for another
+    // request's fetch, load shedding's wait for a place, and the forwarding all end by.
+    let deadline = deadline_of(route, grpc, &parts.headers, started);
+
     // The route's cache: a fresh stored response is the answer, with no place taken from the
     // upstreams; a miss goes on, to be stored as it streams back.
     let mut cached = None;
@@ -432,8 +436,8 @@ pub async fn handle(
             // Another request is fetching this key: its response, stored, answers this one
             // too. Bounded: past half the time left, or if its response is not stored, this
             // request goes upstream itself.
-            let left = deadline_of(route, grpc, &parts.headers, started)
-                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()) / 2);
+            let left =
+                deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()) / 2);
             let wait = left.map_or(COLLAPSE_WAIT, |l| l.min(COLLAPSE_WAIT));
             let _ = tokio::time::timeout(wait, fetched.changed()).await;
             lookup = look(false);
@@ -473,11 +477,7 @@ pub async fn handle(
             (n < *limit).then_some(n + 1)
         });
         if taken.is_err() {
-            let Ok(mut response) = answer(exchange, GatewayError::Overloaded, false);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(response);
+            return overloaded(exchange, GatewayError::Overloaded, answer);
         }
         exchange.bulkhead = Some(Arc::clone(in_flight));
     }
@@ -487,7 +487,6 @@ pub async fn handle(
     // that passed authentication): at once, after a short wait while higher classes are
     // served, or refused now.
     if let Some((shedder, class)) = shed_class {
-        let deadline = deadline_of(route, grpc, &parts.headers, started);
         let decision = match shedder.admit(class, deadline).await {
             policy::shed::Admission::Admitted(permit) => {
                 exchange.admitted = Some(permit);
@@ -592,8 +591,6 @@ pub async fn handle(
         &mut parts.uri,
         route.policies.protected(),
     );
-
-    let deadline = deadline_of(route, grpc, &parts.headers, started);
 
     if let Some(client_upgrade) = upgrade {
         forwarding.add_to(&mut parts.headers);
@@ -824,7 +821,20 @@ where
     exchange
         .policies
         .note((policy::shed::STEP, reason.as_str()));
-    let Ok(mut response) = answer(exchange, GatewayError::Shed, false);
+    overloaded(exchange, GatewayError::Shed, answer)
+}
+
+/// A 503 for a gateway or route with no room now (`error` is `Overloaded` or `Shed`), with
+/// `Retry-After: 1`: answered at once, never after a wait.
+fn overloaded<A>(
+    exchange: Box<Exchange>,
+    error: GatewayError,
+    answer: A,
+) -> Result<Response<ResponseBody>, Infallible>
+where
+    A: FnOnce(Box<Exchange>, GatewayError, bool) -> Result<Response<ResponseBody>, Infallible>,
+{
+    let Ok(mut response) = answer(exchange, error, false);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
