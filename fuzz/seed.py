@@ -105,3 +105,16 @@ SIGNED = [
     (b'{"alg":"HS512","kid":"x"}', b'{"iss":"https://idp/","aud":"api","exp":-1}'),
 ]
 write("jwt_token", [b"\x00" + t for t in TOKENS] + [b"\x01" + h + b"\xff" + c for h, c in SIGNED])
+
+# cache_headers: request Cache-Control, response Cache-Control, Vary, Expires, Date, Age,
+# If-None-Match, If-Modified-Since, ETag, Last-Modified, split at 0xff.
+CACHE = [
+    [b"max-age=0", b"public, max-age=60, s-maxage=30", b"accept-encoding", b"",
+     b"Tue, 14 Nov 2023 22:13:20 GMT", b"10", b'"v1"', b"", b'"v1"', b""],
+    [b"no-cache, min-fresh=5", b'max-age="120", stale-while-revalidate=30', b"*",
+     b"Sunday, 06-Nov-94 08:49:37 GMT", b"", b"x", b'W/"a", "b"',
+     b"Sun, 06 Nov 1994 08:49:37 GMT", b'W/"a"', b"Sun Nov  6 08:49:37 1994"],
+    [b"max-stale, only-if-cached", b"no-store, private=\"set-cookie\", =x", b", ,a, b",
+     b"0", b"yesterday", b"99999999999999999999", b"*", b"", b"", b""],
+]
+write("cache_headers", [b"\xff".join(fields) for fields in CACHE])
