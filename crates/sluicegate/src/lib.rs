@@ -15,4 +15,5 @@ pub mod jose;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod redis_client;
 pub mod tls;

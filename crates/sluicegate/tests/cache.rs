@@ -220,7 +220,7 @@ fn cache_settings_not_built_yet_or_wrong_are_refused() {
                 "cache = { ttl = \"1m\" }",
                 "[cache]\nstore = \"memory+redis\"\n",
             ),
-            "cache.store: \"memory+redis\" is not supported yet",
+            "cache.store: \"memory+redis\" needs a [redis] table",
         ),
         (toml("cache = { key = \"x\" }", ""), "not supported yet"),
         (

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::AdminState;
 use crate::gateway::Gateway;
 use crate::observe::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use crate::policy::cache::Purge;
 use crate::proxy::http::headers::new_request_id;
 
 pub fn router(state: AdminState) -> Router {
@@ -206,7 +207,10 @@ async fn reload(State(s): State<AdminState>) -> Response {
 
 /// `POST /api/v1/cache/purge` with exactly one of `{"prefix": "/users"}` (paths starting so),
 /// `{"key": "host/path?query"}` (every variant and credential of it) or `{"tag": "…"}` (from the
-/// upstream's `Cache-Tag` / `Surrogate-Key`): `{"purged": N}`.
+/// upstream's `Cache-Tag` / `Surrogate-Key`): `{"purged": N}`, the responses removed from this
+/// instance's memory. With the shared tier, also from Redis (`"shared": M`) and every other
+/// instance's memory (by a published message); if Redis cannot be reached, 503
+/// `cache_store_unavailable` says only this instance was purged.
 async fn purge(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
     let bad = |message: &str| error(StatusCode::BAD_REQUEST, "bad_request", message, None);
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
@@ -221,15 +225,34 @@ async fn purge(State(s): State<AdminState>, body: axum::body::Bytes) -> Response
     if value.is_empty() {
         return bad("the value must not be empty");
     }
-    let store = s.gateway.shared.registries.policies.cache.current();
-    let purged = match (kind.as_str(), &store) {
-        (_, None) => 0,
-        ("prefix", Some(store)) if value.starts_with('/') => store.purge_prefix(value),
-        ("prefix", Some(_)) => return bad("a prefix is a path: it starts with /"),
-        ("key", Some(store)) => store.purge_key(value),
-        ("tag", Some(store)) => store.purge_tag(value),
+    let what = match kind.as_str() {
+        "prefix" if value.starts_with('/') => Purge::Prefix(value.clone()),
+        "prefix" => return bad("a prefix is a path: it starts with /"),
+        "key" => Purge::Key(value.clone()),
+        "tag" => Purge::Tag(value.clone()),
         _ => return bad("give exactly one of \"prefix\", \"key\" or \"tag\""),
     };
-    tracing::info!(kind = %kind, value = %value, purged, "cache purged");
-    Json(json!({ "purged": purged })).into_response()
+    let Some((store, shared)) = s.gateway.shared.registries.policies.cache.current() else {
+        return Json(json!({ "purged": 0 })).into_response();
+    };
+    let purged = what.apply(&store);
+    let Some(shared) = shared else {
+        tracing::info!(kind = %kind, value = %value, purged, "cache purged");
+        return Json(json!({ "purged": purged })).into_response();
+    };
+    match shared.purge(&what).await {
+        Ok(removed) => {
+            tracing::info!(kind = %kind, value = %value, purged, shared = removed, "cache purged on every instance");
+            Json(json!({ "purged": purged, "shared": removed })).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(kind = %kind, value = %value, purged, error = %e, "cache purged on this instance only");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cache_store_unavailable",
+                &format!("purged {purged} responses from this instance's memory, but the shared tier could not be reached ({e}): Redis and the other instances still hold theirs"),
+                Some(("purged", json!(purged))),
+            )
+        }
+    }
 }

@@ -92,7 +92,7 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
 
     let cache = reader
         .table(&top, "cache")
-        .map(|t| super::cache::cache(&mut reader, &t))
+        .map(|t| super::cache::cache(&mut reader, &t, top.get("redis").is_some()))
         .unwrap_or_default();
     let load_shedding = reader
         .table(&top, "load_shedding")

@@ -6,20 +6,23 @@ use super::model::{CacheConfig, CacheEviction, RouteCacheConfig, DEFAULT_CACHE_S
 use super::raw::{Reader, Table};
 
 /// `[cache]`.
-pub fn cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> CacheConfig {
+/// `has_redis`: whether the file has a `[redis]` table, which `store = "memory+redis"` needs.
+pub fn cache(r: &mut Reader<'_>, t: &Table<'_, '_>, has_redis: bool) -> CacheConfig {
     r.check_keys(
         t,
         &["max_bytes", "max_object_bytes", "eviction", "store"],
         &[],
     );
     let defaults = CacheConfig::default();
+    let mut shared = false;
     if let Some((store, span)) = r.string(t, "store") {
         match store {
             "memory" => {}
+            "memory+redis" if has_redis => shared = true,
             "memory+redis" => r.report(
                 span,
                 format!(
-                    "{}: \"memory+redis\" is not supported yet in this version of sluicegate; use \"memory\"",
+                    "{}: \"memory+redis\" needs a [redis] table with the server's url",
                     t.key_path("store")
                 ),
             ),
@@ -64,6 +67,7 @@ pub fn cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> CacheConfig {
         max_bytes,
         max_object_bytes: max_object_bytes.min(max_bytes),
         eviction,
+        shared,
     }
 }
 

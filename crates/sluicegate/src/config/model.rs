@@ -648,6 +648,9 @@ pub struct CacheConfig {
     /// Larger responses stream through and are not stored.
     pub max_object_bytes: u64,
     pub eviction: CacheEviction,
+    /// `store = "memory+redis"`: a memory miss is looked up in `[redis]`, fills are stored
+    /// there too, and purges reach every instance.
+    pub shared: bool,
 }
 
 impl Default for CacheConfig {
@@ -656,6 +659,7 @@ impl Default for CacheConfig {
             max_bytes: 256 * 1024 * 1024,
             max_object_bytes: 8 * 1024 * 1024,
             eviction: CacheEviction::TinyLfu,
+            shared: false,
         }
     }
 }

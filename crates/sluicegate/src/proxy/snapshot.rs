@@ -367,11 +367,16 @@ impl Snapshot {
                             }),
                             priority: (r.priority, r.priority_from_header),
                             cache: r.cache.as_ref().map(|c| {
-                                let store = reg.policies.cache.store(&config.cache, m);
+                                let (store, shared) = reg.policies.cache.store(
+                                    &config.cache,
+                                    config.redis.as_ref(),
+                                    m,
+                                );
                                 policy::cache::RouteCache::new(
                                     &r.name,
                                     c,
                                     store,
+                                    shared,
                                     config.cache.max_object_bytes,
                                     m,
                                 )

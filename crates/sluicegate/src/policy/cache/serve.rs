@@ -15,6 +15,7 @@ use super::conditional;
 use super::directives::CacheControl;
 use super::freshness::{self, RequestHead, ResponseHead, Reuse, RouteRules, Timing};
 use super::key::{PrimaryKey, VaryOn};
+use super::shared::SharedTier;
 use super::store::{tags_of, Entry, MemoryStore};
 use crate::config::RouteCacheConfig;
 use crate::observe::metrics::{self, Counter};
@@ -33,6 +34,8 @@ pub struct RouteCache {
     /// `"ROUTE https"`, made once.
     scopes: [Box<str>; 2],
     store: Arc<MemoryStore>,
+    /// `store = "memory+redis"`: where a memory miss looks next, and fills go too.
+    shared: Option<Arc<SharedTier>>,
     ttl: Option<Duration>,
     statuses: Box<[u16]>,
     vary: Box<[HeaderName]>,
@@ -96,6 +99,11 @@ pub struct Pending {
     stale: Option<(Arc<Entry>, bool)>,
     /// This request leads the fetch of its key; requests waiting for it wake when this goes.
     lead: Option<Lead>,
+    /// The target's invalidation count in the shared tier, read with the lookup there: the
+    /// fill is stored there only if it is unchanged (`None`: not looked up there).
+    shared_count: Option<u64>,
+    /// `only-if-cached`: answered from a store or with 504, never forwarded.
+    only_if_cached: bool,
 }
 
 impl Pending {
@@ -171,6 +179,7 @@ impl RouteCache {
         route: &str,
         config: &RouteCacheConfig,
         store: Arc<MemoryStore>,
+        shared: Option<Arc<SharedTier>>,
         max_object_bytes: u64,
         metrics: &metrics::Registry,
     ) -> RouteCache {
@@ -184,6 +193,7 @@ impl RouteCache {
         RouteCache {
             scopes: ["http", "https"].map(|scheme| format!("{route} {scheme}").into()),
             store,
+            shared,
             ttl: config.ttl,
             statuses: config.statuses.clone().into(),
             vary: config.vary.clone().into(),
@@ -264,13 +274,19 @@ impl RouteCache {
                 Reuse::Revalidate { stale_if_error } => stale = Some((entry, stale_if_error)),
             }
         }
-        if request_cc.only_if_cached {
+        // With a shared tier, the memory miss is not the last word: `consult` decides.
+        let shared = self.shared.is_some();
+        if request_cc.only_if_cached && !shared {
             self.misses.inc();
             return Lookup::NotCached;
         }
         // Only a request the upstream's answer could be stored for leads or waits: a HEAD or
         // an uncacheable request (no-store) does not hold others back.
-        let lead = if collapse && method == Method::GET && !request_cc.no_store {
+        let lead = if collapse
+            && method == Method::GET
+            && !request_cc.no_store
+            && !request_cc.only_if_cached
+        {
             match self.flights.join(&key) {
                 Ok(lead) => Some(lead),
                 Err(rx) => return Lookup::Wait(rx),
@@ -278,7 +294,9 @@ impl RouteCache {
         } else {
             None
         };
-        self.misses.inc();
+        if !shared {
+            self.misses.inc();
+        }
         Lookup::Miss(Pending {
             key,
             generation,
@@ -287,7 +305,57 @@ impl RouteCache {
             request: headers.clone(),
             stale,
             lead,
+            shared_count: None,
+            only_if_cached: request_cc.only_if_cached,
         })
+    }
+
+    /// Whether a memory miss is looked up in the shared tier ([`consult`](Self::consult)).
+    pub fn shares(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// A memory miss, looked up in the shared tier: a fresh response stored there by any
+    /// instance is copied into memory and answers (a stale one goes with the miss, to be
+    /// revalidated); a miss there, or Redis not answering, goes upstream. `only-if-cached`
+    /// ends here with 504.
+    pub async fn consult(&self, mut pending: Pending) -> Lookup {
+        let Some(shared) = &self.shared else {
+            return Lookup::Miss(pending);
+        };
+        let found = shared
+            .get(&pending.key, &pending.request, pending.generation)
+            .await;
+        if let Ok(found) = found {
+            pending.shared_count = Some(found.count);
+            if let Some((entry, vary)) = found.entry {
+                let now = SystemTime::now();
+                let newer = pending.stale.as_ref().is_none_or(|(stale, _)| {
+                    stale.timing.response_time < entry.timing.response_time
+                });
+                if newer {
+                    if let Some(entry) = self.store.insert(entry, vary, &pending.request) {
+                        let request_cc = CacheControl::from_headers(&pending.request);
+                        match freshness::reuse(&entry.timing, &entry.cc, &request_cc, now) {
+                            Reuse::Fresh => {
+                                self.hits.inc();
+                                let hit = answer(&entry, &pending.method, &pending.request, now);
+                                return Lookup::Hit(hit);
+                            }
+                            Reuse::StaleWhileRevalidate => pending.stale = Some((entry, false)),
+                            Reuse::Revalidate { stale_if_error } => {
+                                pending.stale = Some((entry, stale_if_error))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.misses.inc();
+        if pending.only_if_cached {
+            return Lookup::NotCached;
+        }
+        Lookup::Miss(pending)
     }
 
     /// A 304 answered the revalidation of `pending`'s stale entry: the entry, freshened with
@@ -360,8 +428,14 @@ impl RouteCache {
         headers.remove(header::AGE);
         headers.remove(X_CACHE);
         let timing = Timing::new(response, pending.request_time, now, lifetime);
+        let shared = self
+            .shared
+            .as_ref()
+            .zip(pending.shared_count)
+            .map(|(tier, count)| (Arc::clone(tier), count));
         Some(Filling {
             store: Arc::clone(&self.store),
+            shared,
             limit: self.max_object_bytes,
             vary,
             _lead: pending.lead,
@@ -384,6 +458,9 @@ impl RouteCache {
     pub fn invalidate(&self, key: &PrimaryKey, status: StatusCode) {
         if status.is_success() || status.is_redirection() {
             self.store.forget(key);
+            if let Some(shared) = &self.shared {
+                shared.forget(key.target());
+            }
         }
     }
 
@@ -442,6 +519,8 @@ fn answer_parts(
 /// A response being stored as it streams.
 pub struct Filling {
     store: Arc<MemoryStore>,
+    /// The shared tier, and the invalidation count the lookup there read.
+    shared: Option<(Arc<SharedTier>, u64)>,
     limit: u64,
     vary: VaryOn,
     request: HeaderMap,
@@ -460,6 +539,7 @@ impl Filling {
     pub fn store(self, body: Bytes) {
         let Filling {
             store,
+            shared,
             vary,
             request,
             mut entry,
@@ -467,6 +547,9 @@ impl Filling {
             ..
         } = self;
         entry.body = body;
+        if let Some((tier, count)) = shared {
+            tier.put(&entry, &vary, &vary.variant(&request), count);
+        }
         store.insert(entry, vary, &request);
         drop(_lead);
     }

@@ -8,7 +8,7 @@
 //! is two hash lookups.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -74,6 +74,15 @@ impl Entry {
         };
         let remaining = self.timing.lifetime.saturating_sub(self.timing.initial_age);
         remaining + stale + revalidation
+    }
+
+    /// Whether it is still within its `keep` at `now` (an entry read from the shared tier may
+    /// have outlived it there, beside a longer-lived one).
+    pub fn kept_at(&self, now: SystemTime) -> bool {
+        self.timing
+            .response_time
+            .checked_add(self.keep())
+            .is_some_and(|until| now < until)
     }
 
     /// What the entry counts for against `max_bytes`.
@@ -193,9 +202,14 @@ impl MemoryStore {
     /// changed its target while it was fetched. Entries larger than the store are refused by
     /// its weigher's bound, as moka does. The fields are copied, so that the entry does not
     /// keep the connection buffer they were read into alive.
-    pub fn insert(&self, mut entry: Entry, vary: VaryOn, request: &HeaderMap) {
+    pub fn insert(
+        &self,
+        mut entry: Entry,
+        vary: VaryOn,
+        request: &HeaderMap,
+    ) -> Option<Arc<Entry>> {
         if entry.generation != self.generation(&entry.key) {
-            return;
+            return None;
         }
         entry.headers = entry
             .headers
@@ -204,15 +218,29 @@ impl MemoryStore {
             .collect();
         let key = Self::entry_key(&entry.key, &vary.variant(request));
         self.vary.insert(entry.key.clone(), Arc::new(vary));
-        self.entries.insert(key, Arc::new(entry));
+        let entry = Arc::new(entry);
+        self.entries.insert(key, Arc::clone(&entry));
+        Some(entry)
     }
 
     /// Stops using everything stored for `key`'s target, every variant and every credential's,
     /// and what fetches in flight would store: an unsafe request changed what they describe.
     /// They are no longer found, and age out of the store.
     pub fn forget(&self, key: &PrimaryKey) {
+        self.forget_target(key.target());
+    }
+
+    /// [`forget`](Self::forget) by the target itself ([`PrimaryKey::target`]).
+    pub fn forget_target(&self, target: &str) {
         let next = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.generations.insert(key.target().to_string(), next);
+        self.generations.insert(target.to_string(), next);
+    }
+
+    /// Drops every entry (the shared tier's subscription was lost: purges may have been
+    /// missed).
+    pub fn clear(&self) {
+        self.entries.invalidate_all();
+        self.vary.invalidate_all();
     }
 
     /// Removes what matches; returns how many entries did (counted before removal).
@@ -286,29 +314,9 @@ pub fn tags_of(response: &HeaderMap) -> Box<[Box<str>]> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_entry as entry;
     use super::super::test_headers as headers;
     use super::*;
-    use std::time::SystemTime;
-
-    fn entry(path: &str, body: &'static [u8], fields: &[(&'static str, &str)]) -> Entry {
-        let headers = headers(fields);
-        let now = SystemTime::now();
-        Entry {
-            key: PrimaryKey::new("r", "h", path, None),
-            generation: 0,
-            status: StatusCode::OK,
-            cc: CacheControl::from_headers(&headers),
-            tags: tags_of(&headers),
-            timing: Timing {
-                request_time: now,
-                response_time: now,
-                initial_age: Duration::ZERO,
-                lifetime: Duration::from_secs(60),
-            },
-            headers,
-            body: Bytes::from_static(body),
-        }
-    }
 
     #[test]
     fn variants_of_one_key_are_kept_apart() {

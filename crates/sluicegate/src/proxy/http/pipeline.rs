@@ -442,6 +442,14 @@ pub async fn handle(
             let _ = tokio::time::timeout(wait, fetched.changed()).await;
             lookup = look(false);
         }
+        // A memory miss is looked up in the shared tier next, when the route has one.
+        if let policy::cache::Lookup::Miss(pending) = lookup {
+            lookup = if cache.shares() {
+                cache.consult(pending).await
+            } else {
+                policy::cache::Lookup::Miss(pending)
+            };
+        }
         match lookup {
             policy::cache::Lookup::Hit(hit) => {
                 exchange.policies.note((policy::cache::STEP, "hit"));
