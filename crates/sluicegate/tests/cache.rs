@@ -73,6 +73,11 @@ fn a_miss_is_stored_and_hits_carry_a_growing_age() {
         1
     );
     assert!(gw.metric("sluicegate_cache_bytes ") > 0);
+    let metrics = gw.admin().get("/metrics").text();
+    for reason in ["size", "expired"] {
+        let series = format!("sluicegate_cache_evictions_total{{reason=\"{reason}\"}} 0");
+        assert!(metrics.contains(&series), "{series}");
+    }
 }
 
 #[test]

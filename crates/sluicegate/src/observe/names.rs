@@ -125,6 +125,12 @@ pub const CACHE_LOOKUPS_TOTAL_HELP: &str =
 pub const CACHE_BYTES: &str = "sluicegate_cache_bytes";
 pub const CACHE_BYTES_HELP: &str = "Bytes the response cache's memory tier holds.";
 
+/// Counter. Labels: `reason` = `size` (dropped to stay within `[cache] max_bytes`, or not
+/// admitted by TinyLFU) or `expired` (kept past any use). Purges are not counted.
+pub const CACHE_EVICTIONS_TOTAL: &str = "sluicegate_cache_evictions_total";
+pub const CACHE_EVICTIONS_TOTAL_HELP: &str =
+    "Responses the cache's memory tier dropped by itself, by reason (size, expired).";
+
 /// Counter. Labels: `priority`. Requests shed with 503 `overloaded`, by priority class.
 pub const LOAD_SHED_TOTAL: &str = "sluicegate_load_shed_total";
 pub const LOAD_SHED_TOTAL_HELP: &str = "Requests shed with 503 overloaded, by priority.";
@@ -207,6 +213,7 @@ pub const ALL: &[(&str, &str)] = &[
     (JWKS_KEYS, JWKS_KEYS_HELP),
     (CACHE_LOOKUPS_TOTAL, CACHE_LOOKUPS_TOTAL_HELP),
     (CACHE_BYTES, CACHE_BYTES_HELP),
+    (CACHE_EVICTIONS_TOTAL, CACHE_EVICTIONS_TOTAL_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
     (LOAD_SHEDDING_IN_FLIGHT, LOAD_SHEDDING_IN_FLIGHT_HELP),
     (LOAD_SHEDDING_LIMIT, LOAD_SHEDDING_LIMIT_HELP),

@@ -87,6 +87,25 @@ impl Registry {
             CacheEviction::TinyLfu => Eviction::TinyLfu,
         };
         let store = Arc::new(MemoryStore::new(config.max_bytes, eviction));
+        for reason in ["size", "expired"] {
+            let weak = Arc::downgrade(&store);
+            metrics.counter_fn(
+                names::CACHE_EVICTIONS_TOTAL,
+                names::CACHE_EVICTIONS_TOTAL_HELP,
+                &[(names::label::REASON, reason)],
+                Arc::new(move || {
+                    weak.upgrade().map_or(0, |s| {
+                        let e = s.evictions();
+                        let counter = if reason == "size" {
+                            &e.size
+                        } else {
+                            &e.expired
+                        };
+                        counter.load(std::sync::atomic::Ordering::Relaxed)
+                    })
+                }),
+            );
+        }
         let weak = Arc::downgrade(&store);
         metrics.gauge_fn(
             names::CACHE_BYTES,
@@ -112,6 +131,12 @@ impl Registry {
         if !config.routes.iter().any(|r| r.cache.is_some()) {
             *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Held::default();
             metrics.remove_fn(names::CACHE_BYTES, &[]);
+            for reason in ["size", "expired"] {
+                metrics.remove_fn(
+                    names::CACHE_EVICTIONS_TOTAL,
+                    &[(names::label::REASON, reason)],
+                );
+            }
         }
     }
 }

@@ -7,11 +7,13 @@
 //! under its primary key and the variant of the request that brought it (`key.rs`), so a lookup
 //! is two hash lookups.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
 
@@ -115,9 +117,18 @@ impl Expiry<String, Arc<Entry>> for KeepFor {
     }
 }
 
+/// Entries the store dropped by itself: to stay within its bytes, and past their `keep`
+/// (`sluicegate_cache_evictions_total{reason}`).
+#[derive(Debug, Default)]
+pub struct Evictions {
+    pub size: AtomicU64,
+    pub expired: AtomicU64,
+}
+
 /// The memory tier.
 pub struct MemoryStore {
     entries: Cache<String, Arc<Entry>>,
+    evictions: Arc<Evictions>,
     /// Each primary key's `Vary` names (of its latest stored response).
     vary: Cache<PrimaryKey, Arc<VaryOn>>,
     /// Targets an unsafe request changed, with their generation (absent: 0).
@@ -133,8 +144,19 @@ impl MemoryStore {
             Eviction::Lru => EvictionPolicy::lru(),
             Eviction::TinyLfu => EvictionPolicy::tiny_lfu(),
         };
+        let evictions = Arc::new(Evictions::default());
+        let counted = Arc::clone(&evictions);
         let entries = Cache::builder()
             .max_capacity(max_bytes)
+            .eviction_listener(move |_, _, cause| {
+                let counter = match cause {
+                    RemovalCause::Size => &counted.size,
+                    RemovalCause::Expired => &counted.expired,
+                    // Purged, invalidated or replaced: not the store's choice.
+                    RemovalCause::Explicit | RemovalCause::Replaced => return,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            })
             .weigher(|key: &String, entry: &Arc<Entry>| {
                 u32::try_from(entry.weight() + key.len() as u64).unwrap_or(u32::MAX)
             })
@@ -160,6 +182,7 @@ impl MemoryStore {
             .build();
         MemoryStore {
             entries,
+            evictions,
             vary,
             generations,
         }
@@ -273,6 +296,11 @@ impl MemoryStore {
     pub fn purge_tag(&self, tag: &str) -> usize {
         let tag: Box<str> = tag.into();
         self.purge(move |e| e.tags.contains(&tag))
+    }
+
+    /// What the store dropped by itself so far.
+    pub fn evictions(&self) -> &Evictions {
+        &self.evictions
     }
 
     /// Bytes the entries count for now (`sluicegate_cache_bytes`).
@@ -406,6 +434,12 @@ mod tests {
         let bytes = store.bytes();
         assert!(bytes <= 64 * 1024, "{bytes}");
         assert!(store.len() >= 10, "{}", store.len());
+        let evicted = store.evictions().size.load(Ordering::Relaxed);
+        assert_eq!(
+            evicted + store.len(),
+            100,
+            "every entry stored or counted as evicted"
+        );
     }
 
     #[test]
