@@ -209,6 +209,41 @@ fn an_unsafe_request_invalidates_what_was_stored_for_its_target() {
 }
 
 #[test]
+fn within_stale_while_revalidate_the_stale_response_answers_at_once_and_one_refresh_runs() {
+    let b = Backend::start("b");
+    let gw = gateway(&b, "", "");
+    // The upstream takes 0.5 s per answer (which counts in the stored response's age).
+    let path = with(
+        "/sleep/500",
+        &[
+            "cache-control: max-age=2, stale-while-revalidate=30",
+            "etag: \"v1\"",
+        ],
+    );
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get(&path)), "MISS");
+    std::thread::sleep(Duration::from_millis(1600));
+    // Stale: answered from the store without waiting for the upstream (a foreground
+    // revalidation would have answered HIT after the upstream's 304), five times, while one
+    // refresh runs.
+    for _ in 0..5 {
+        let r = c.get(&path);
+        assert_eq!(
+            (r.status, r.text().as_str(), x_cache(&r)),
+            (200, "b", "STALE")
+        );
+        assert!(r.header("age").is_some());
+    }
+    support::wait_until("the background refresh", Duration::from_secs(10), || {
+        x_cache(&c.get(&path)) == "HIT"
+    });
+    assert_eq!(b.hits(), 2, "one refresh for all the stale answers");
+    let refresh = b.last_seen();
+    assert_eq!(refresh.headers.get("if-none-match").unwrap(), "\"v1\"");
+    assert_eq!(refresh.headers.get("cache-control").unwrap(), "no-cache");
+}
+
+#[test]
 fn cache_settings_not_built_yet_or_wrong_are_refused() {
     let b = Backend::start("b");
     let toml = |route: &str, top: &str| {

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{CacheConfig, CacheEviction, Config, RedisConfig};
 use crate::observe::{metrics, names};
-pub use serve::{CacheRequest, Filling, Hit, Lookup, Pending, RouteCache, X_CACHE};
+pub use serve::{CacheRequest, Filling, Hit, Lookup, Pending, Refresh, RouteCache, X_CACHE};
 pub use shared::{Purge, SharedTier};
 
 /// The step's name in the access log (`"cache": "hit"`).

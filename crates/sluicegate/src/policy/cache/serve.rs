@@ -1,7 +1,7 @@
 //! A caching route's side of a request: look the request up, answer it from the store when RFC
 //! 9111 allows, and otherwise say how its response is to be stored as it streams to the client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,6 +45,22 @@ pub struct RouteCache {
     hits: Counter,
     misses: Counter,
     flights: Arc<Flights>,
+    /// Keys being refreshed in the background (`stale-while-revalidate`), one refresh each.
+    refreshing: Arc<Mutex<HashSet<PrimaryKey>>>,
+}
+
+/// The claim on a key's background refresh: released when dropped (the refresh done, or
+/// failed).
+pub struct Refresh {
+    refreshing: Arc<Mutex<HashSet<PrimaryKey>>>,
+    key: PrimaryKey,
+}
+
+impl Drop for Refresh {
+    fn drop(&mut self) {
+        let mut keys = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        keys.remove(&self.key);
+    }
 }
 
 /// What the cache reads of a request.
@@ -72,6 +88,10 @@ pub struct Hit {
 /// What a lookup found.
 pub enum Lookup {
     Hit(Hit),
+    /// A stale response within its `stale-while-revalidate`: sent now (`x-cache: STALE`); with
+    /// a `Refresh`, this request is the one to have it revalidated in the background (RFC
+    /// 5861 §3), by a request of the caller's that skips the stored response.
+    Stale(Hit, Option<Refresh>),
     /// Forward it; `Pending` says how to store the response.
     Miss(Pending),
     /// Another request is fetching this key now: wait for its response to be stored (the
@@ -202,6 +222,7 @@ impl RouteCache {
             hits: counter(names::value::SUCCESS),
             misses: counter(names::value::FAILURE),
             flights: Arc::default(),
+            refreshing: Arc::default(),
         }
     }
 
@@ -267,10 +288,10 @@ impl RouteCache {
                     self.hits.inc();
                     return Lookup::Hit(answer(&entry, method, headers, now));
                 }
-                // Served stale only on error for now; within stale-while-revalidate it is
-                // revalidated in the foreground (allowed: RFC 5861 lets a cache serve it,
-                // never obliges it to).
-                Reuse::StaleWhileRevalidate => stale = Some((entry, false)),
+                Reuse::StaleWhileRevalidate => {
+                    self.hits.inc();
+                    return self.stale_while_revalidate(&entry, &key, method, headers, now);
+                }
                 Reuse::Revalidate { stale_if_error } => stale = Some((entry, stale_if_error)),
             }
         }
@@ -310,6 +331,26 @@ impl RouteCache {
         })
     }
 
+    /// `entry`, stale within its `stale-while-revalidate`, answers now; the first such request
+    /// for `key` also gets the claim to refresh it.
+    fn stale_while_revalidate(
+        &self,
+        entry: &Entry,
+        key: &PrimaryKey,
+        method: &Method,
+        request: &HeaderMap,
+        now: SystemTime,
+    ) -> Lookup {
+        let mut hit = answer(entry, method, request, now);
+        hit.headers.insert(X_CACHE, STALE);
+        let mut keys = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        let refresh = keys.insert(key.clone()).then(|| Refresh {
+            refreshing: Arc::clone(&self.refreshing),
+            key: key.clone(),
+        });
+        Lookup::Stale(hit, refresh)
+    }
+
     /// Whether a memory miss is looked up in the shared tier ([`consult`](Self::consult)).
     pub fn shares(&self) -> bool {
         self.shared.is_some()
@@ -342,7 +383,16 @@ impl RouteCache {
                                 let hit = answer(&entry, &pending.method, &pending.request, now);
                                 return Lookup::Hit(hit);
                             }
-                            Reuse::StaleWhileRevalidate => pending.stale = Some((entry, false)),
+                            Reuse::StaleWhileRevalidate => {
+                                self.hits.inc();
+                                return self.stale_while_revalidate(
+                                    &entry,
+                                    &pending.key,
+                                    &pending.method,
+                                    &pending.request,
+                                    now,
+                                );
+                            }
                             Reuse::Revalidate { stale_if_error } => {
                                 pending.stale = Some((entry, stale_if_error))
                             }

@@ -455,6 +455,13 @@ pub async fn handle(
                 exchange.policies.note((policy::cache::STEP, "hit"));
                 return Ok(cached_answer(exchange, hit, request_id, &stats));
             }
+            policy::cache::Lookup::Stale(hit, refresh) => {
+                exchange.policies.note((policy::cache::STEP, "stale"));
+                if let Some(refresh) = refresh {
+                    refresh_in_background(&worker, &conn, &parts, refresh);
+                }
+                return Ok(cached_answer(exchange, hit, request_id, &stats));
+            }
             policy::cache::Lookup::Miss(pending) => {
                 exchange.policies.note((policy::cache::STEP, "miss"));
                 let validators = pending.validators();
@@ -774,6 +781,51 @@ pub async fn handle(
     }
     body.on_finish(exchange);
     Ok(Response::from_parts(head, body))
+}
+
+/// Revalidates a stale stored response in the background (`stale-while-revalidate`, RFC 5861
+/// §3): the same request as a GET without a body, through the whole pipeline again (route,
+/// policies, load shedding, the upstream), with `Cache-Control: no-cache` so that the cache
+/// skips the stored response and sends its validators; the response refreshes the store as any
+/// other would. Its body is read to the end and dropped; `refresh` is held until then, so one
+/// refresh runs per key. It is logged and counted as the request it is.
+fn refresh_in_background(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    parts: &http::request::Parts,
+    refresh: policy::cache::Refresh,
+) {
+    let mut request = Request::new(ClientBody::Empty);
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    let headers = request.headers_mut();
+    *headers = parts.headers.clone();
+    // The client's conditions are its own; the cache adds the stored response's validators.
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let (worker, conn) = (Rc::clone(worker), Rc::clone(conn));
+    tokio::task::spawn_local(async move {
+        let _refresh = refresh;
+        // Boxed as a trait object: `handle` spawning itself would otherwise be a type of
+        // infinite size.
+        let handling: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>>,
+        > = Box::pin(handle(worker, conn, request, None, None));
+        let Ok(response) = handling.await;
+        let mut body = response.into_body();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// The longest a request waits for another's fetch of the same cache key.
