@@ -118,3 +118,19 @@ CACHE = [
      b"0", b"yesterday", b"99999999999999999999", b"*", b"", b"", b""],
 ]
 write("cache_headers", [b"\xff".join(fields) for fields in CACHE])
+
+# cache_entry: first byte odd = the rest follows a valid header (magic, status, times, key):
+# field count, fields (u16 name length, name, u32 value length, value), body.
+def fields(*pairs):
+    out = struct.pack(">I", len(pairs))
+    for name, value in pairs:
+        out += struct.pack(">H", len(name)) + name + struct.pack(">I", len(value)) + value
+    return out
+
+
+write("cache_entry", [
+    b"\x01" + fields((b"cache-control", b"max-age=60"), (b"etag", b'"v1"')) + b"body",
+    b"\x01" + fields((b"x-a", b"1"), (b"x-a", b"2"), (b"cache-tag", b"a, b")),
+    b"\x01" + fields(),
+    b"\x00SGC1\x00\xc8" + b"\x00" * 32,
+])
