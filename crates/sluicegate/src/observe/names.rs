@@ -242,6 +242,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 23);
+        assert_eq!(ALL.len(), 24);
     }
 }

@@ -594,6 +594,12 @@ fn spec_metrics_render_valid_text() {
         &[],
         Arc::new(|| 0),
     );
+    r.counter_fn(
+        names::CACHE_EVICTIONS_TOTAL,
+        names::CACHE_EVICTIONS_TOTAL_HELP,
+        &[(label::REASON, "size")],
+        Arc::new(|| 0),
+    );
     r.gauge_fn(
         names::LOAD_SHEDDING_IN_FLIGHT,
         names::LOAD_SHEDDING_IN_FLIGHT_HELP,

@@ -800,12 +800,15 @@ fn refresh_in_background(
     *request.version_mut() = parts.version;
     let headers = request.headers_mut();
     *headers = parts.headers.clone();
-    // The client's conditions are its own; the cache adds the stored response's validators.
+    // The client's conditions are its own (the cache adds the stored response's validators),
+    // it has no body, and it gets a request id of its own.
     for name in [
         header::IF_NONE_MATCH,
         header::IF_MODIFIED_SINCE,
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
+        header::EXPECT,
+        X_REQUEST_ID,
     ] {
         headers.remove(name);
     }
