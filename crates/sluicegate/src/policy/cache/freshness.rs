@@ -229,14 +229,17 @@ impl Timing {
     }
 }
 
-/// The response's `Age` (§5.1): one valid delta-seconds, else 0 (an `Age` that is not one is
-/// ignored).
+/// The response's `Age` (§5.1): "a cache encountering a message with a list-based Age field
+/// value SHOULD use the first member of the field value, discarding subsequent ones"; if that
+/// member "is invalid (e.g., it contains something other than a non-negative integer), a cache
+/// SHOULD ignore the field" (0 here). Several `Age` lines are one list.
 fn age_of(response: &HeaderMap) -> Duration {
-    let mut ages = response.get_all(AGE).iter();
-    let (Some(first), None) = (ages.next(), ages.next()) else {
+    let Some(first) = response.get(AGE) else {
         return Duration::ZERO;
     };
-    let text = first.as_bytes().trim_ascii();
+    let bytes = first.as_bytes();
+    let member = bytes.split(|b| *b == b',').next().unwrap_or(bytes);
+    let text = member.trim_ascii();
     if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return Duration::ZERO;
     }
@@ -489,6 +492,15 @@ mod tests {
         let resp = headers(&[("date", "Tue, 14 Nov 2023 22:13:11 GMT"), ("age", "ten")]);
         let timing = Timing::new(&resp, response_time, response_time, Duration::ZERO);
         assert_eq!(timing.initial_age, Duration::from_secs(11));
+        // A list: its first member counts, on one line or over several.
+        let initial = |fields: &[(&'static str, &str)]| {
+            Timing::new(&headers(fields), response_time, response_time, Duration::ZERO).initial_age
+        };
+        let old = Duration::from_secs(7200);
+        assert_eq!(initial(&[("age", "7200, 0")]), old);
+        assert_eq!(initial(&[("age", "7200"), ("age", "0")]), old);
+        assert_eq!(initial(&[("age", "0, 7200")]), Duration::ZERO);
+        assert_eq!(initial(&[("age", "x, 7200")]), Duration::ZERO);
     }
 
     fn timing(lifetime: u64) -> Timing {
