@@ -2,7 +2,9 @@
 
 use http::HeaderName;
 
-use super::model::{CacheConfig, CacheEviction, RouteCacheConfig, DEFAULT_CACHE_STATUSES};
+use super::model::{
+    CacheConfig, CacheEviction, CacheKey, CacheKeyQuery, RouteCacheConfig, DEFAULT_CACHE_STATUSES,
+};
 use super::raw::{Reader, Table};
 
 /// `[cache]`.
@@ -71,12 +73,12 @@ pub fn cache(r: &mut Reader<'_>, t: &Table<'_, '_>, has_redis: bool) -> CacheCon
     }
 }
 
-/// A route's `cache = { ttl, statuses, vary, store_set_cookie }`.
+/// A route's `cache = { ttl, statuses, vary, store_set_cookie, key }`.
 pub fn route_cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteCacheConfig {
     r.check_keys(
         t,
-        &["ttl", "statuses", "vary", "store_set_cookie"],
-        &["key"],
+        &["ttl", "statuses", "vary", "store_set_cookie", "key"],
+        &[],
     );
     let ttl = r.duration(t, "ttl").filter(|d| !d.is_zero());
     let statuses = r
@@ -112,5 +114,58 @@ pub fn route_cache(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteCacheConfig {
         statuses,
         vary,
         store_set_cookie: r.bool(t, "store_set_cookie").unwrap_or(false),
+        key: cache_key(r, t),
     }
+}
+
+/// `key = ["host", "path", "query:page", "header:x-tenant"]`: `path` is required (without it,
+/// every path of the route would be one response); `query` and `query:NAME` exclude each other.
+fn cache_key(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<CacheKey> {
+    let parts = r.strings(t, "key")?;
+    let path = t.key_path("key");
+    let span = t.get("key").map_or(t.span.clone(), |v| v.span());
+    let mut key = CacheKey {
+        host: false,
+        query: CacheKeyQuery::Ignored,
+        headers: Vec::new(),
+    };
+    let mut has_path = false;
+    for (part, span) in parts {
+        match (part, part.split_once(':')) {
+            ("host", _) => key.host = true,
+            ("path", _) => has_path = true,
+            ("query", _) => match key.query {
+                CacheKeyQuery::Only(_) => r.report(
+                    span,
+                    format!("{path}: \"query\" takes the whole query; drop the \"query:NAME\" parts or it"),
+                ),
+                _ => key.query = CacheKeyQuery::Whole,
+            },
+            (_, Some(("query", name))) if !name.is_empty() => match &mut key.query {
+                CacheKeyQuery::Whole => r.report(
+                    span,
+                    format!("{path}: \"query\" takes the whole query; drop the \"query:NAME\" parts or it"),
+                ),
+                CacheKeyQuery::Only(names) => names.push(name.to_string()),
+                CacheKeyQuery::Ignored => key.query = CacheKeyQuery::Only(vec![name.to_string()]),
+            },
+            (_, Some(("header", name))) => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => key.headers.push(name),
+                Err(_) => r.report(span, format!("{path}: \"{name}\" is not a header name")),
+            },
+            _ => r.report(
+                span,
+                format!(
+                    "{path}: unknown part \"{part}\"; expected \"host\", \"path\", \"query\", \"query:NAME\" or \"header:NAME\""
+                ),
+            ),
+        }
+    }
+    if !has_path {
+        r.report(
+            span,
+            format!("{path}: must include \"path\" (without it every path of the route would share one response)"),
+        );
+    }
+    Some(key)
 }

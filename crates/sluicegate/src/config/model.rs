@@ -684,6 +684,29 @@ pub struct RouteCacheConfig {
     pub vary: Vec<HeaderName>,
     /// Whether responses with `Set-Cookie` may be stored (and served to others, cookie and all).
     pub store_set_cookie: bool,
+    /// What of the request the primary key is made of (`key`); `None`: host, path and query.
+    pub key: Option<CacheKey>,
+}
+
+/// A route's cache `key`: the path always, and what else of the request tells responses apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    /// `"host"`: the `Host` (port included).
+    pub host: bool,
+    pub query: CacheKeyQuery,
+    /// `"header:NAME"`: these request fields' values.
+    pub headers: Vec<HeaderName>,
+}
+
+/// Which of the query a cache key takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKeyQuery {
+    /// None of it.
+    Ignored,
+    /// `"query"`: all of it, as sent.
+    Whole,
+    /// `"query:NAME"`: these parameters' values, in this order.
+    Only(Vec<String>),
 }
 
 /// The statuses a route caches by default: those RFC 9110 §15.1 calls heuristically cacheable

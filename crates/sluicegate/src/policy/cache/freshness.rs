@@ -494,7 +494,13 @@ mod tests {
         assert_eq!(timing.initial_age, Duration::from_secs(11));
         // A list: its first member counts, on one line or over several.
         let initial = |fields: &[(&'static str, &str)]| {
-            Timing::new(&headers(fields), response_time, response_time, Duration::ZERO).initial_age
+            Timing::new(
+                &headers(fields),
+                response_time,
+                response_time,
+                Duration::ZERO,
+            )
+            .initial_age
         };
         let old = Duration::from_secs(7200);
         assert_eq!(initial(&[("age", "7200, 0")]), old);

@@ -76,6 +76,35 @@ impl PrimaryKey {
     }
 }
 
+/// The query part of a key that takes only the parameters `names` (a route's `key =
+/// ["query:NAME", …]`): `?` and each listed parameter as sent, in the order listed, each of its
+/// occurrences in the request's order; `""` when none is there.
+///
+/// Names are compared after percent-decoding (and `+` as a space), as applications read them, so
+/// that `p%61ge=2` is `page=2` here too. A query the key could read differently from the
+/// upstream is not keyed at all (`None`: the request bypasses the cache): a `;` anywhere (some
+/// servers split parameters there too, so an ignored parameter could carry a keyed one past
+/// the cache: "parameter cloaking"), or a name that does not decode.
+pub fn keyed_query(query: &str, names: &[String]) -> Option<String> {
+    if query.contains(';') {
+        return None;
+    }
+    let mut pairs = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let raw_name = pair.split('=').next().unwrap_or(pair);
+        let name = crate::policy::auth::percent_decode(raw_name.as_bytes())?;
+        pairs.push((name, pair));
+    }
+    let mut out = String::new();
+    for wanted in names {
+        for (_, pair) in pairs.iter().filter(|(n, _)| n == wanted.as_bytes()) {
+            out.push(if out.is_empty() { '?' } else { '&' });
+            out.push_str(pair);
+        }
+    }
+    Some(out)
+}
+
 /// The fields a response varies on, in a fixed order (lower case, sorted, each once), so that
 /// the same set always makes the same variant key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -172,6 +201,25 @@ mod tests {
         assert_eq!(a.target(), acme.target());
         assert_eq!(a.path(), "/users?x=1");
         assert_eq!(acme.display(), "api.example.com/users?x=1");
+    }
+
+    #[test]
+    fn a_keyed_query_takes_the_listed_parameters_as_applications_read_them() {
+        let names = ["page".to_string(), "lang".to_string()];
+        let key = |q: &str| keyed_query(q, &names);
+        assert_eq!(key("lang=en&utm=x&page=2").unwrap(), "?page=2&lang=en");
+        assert_eq!(key("utm=x").unwrap(), "");
+        assert_eq!(key("").unwrap(), "");
+        // Every occurrence, in order: the upstream may take either.
+        assert_eq!(key("page=1&page=2").unwrap(), "?page=1&page=2");
+        // An encoded name is the same name; its pair is kept as sent.
+        assert_eq!(key("p%61ge=2").unwrap(), "?p%61ge=2");
+        assert_ne!(key("p%61ge=2"), key("utm=2"));
+        // What could hide a parameter from the key is not keyed.
+        assert_eq!(key("utm=x;page=2"), None);
+        assert_eq!(key("%zz=1&page=2"), None);
+        // A name without a value, and empty pairs.
+        assert_eq!(key("&&lang&page=").unwrap(), "?page=&lang");
     }
 
     #[test]

@@ -14,10 +14,10 @@ use tokio::sync::watch;
 use super::conditional;
 use super::directives::CacheControl;
 use super::freshness::{self, RequestHead, ResponseHead, Reuse, RouteRules, Timing};
-use super::key::{PrimaryKey, VaryOn};
+use super::key::{keyed_query, PrimaryKey, VaryOn};
 use super::shared::SharedTier;
 use super::store::{tags_of, Entry, MemoryStore};
-use crate::config::RouteCacheConfig;
+use crate::config::{CacheKey, CacheKeyQuery, RouteCacheConfig};
 use crate::observe::metrics::{self, Counter};
 use crate::observe::names;
 
@@ -40,6 +40,8 @@ pub struct RouteCache {
     statuses: Box<[u16]>,
     vary: Box<[HeaderName]>,
     store_set_cookie: bool,
+    /// The route's `key`; `None`: host, path and query.
+    key: Option<CacheKey>,
     max_object_bytes: u64,
     /// `sluicegate_cache_lookups_total{route, result}`: success = a hit, failure = a miss.
     hits: Counter,
@@ -218,6 +220,7 @@ impl RouteCache {
             statuses: config.statuses.clone().into(),
             vary: config.vary.clone().into(),
             store_set_cookie: config.store_set_cookie,
+            key: config.key.clone(),
             max_object_bytes,
             hits: counter(names::value::SUCCESS),
             misses: counter(names::value::FAILURE),
@@ -227,10 +230,12 @@ impl RouteCache {
     }
 
     /// The key of a request: the route and scheme, the `Host` the upstream gets (port
-    /// included), the path and query; and who it is for when it carries credentials — the
-    /// consumer the route's auth found, and a digest of its `Authorization` and `Cookie`
-    /// fields — so that a response stored for one is never served to another, nor one stored
-    /// under one token's claims to another token of the same consumer.
+    /// included), the path and query — or what the route's `key` names of them, and the
+    /// request fields it names; and who it is for when it carries credentials — the consumer
+    /// the route's auth found, and a digest of its `Authorization` and `Cookie` fields — so
+    /// that a response stored for one is never served to another, nor one stored under one
+    /// token's claims to another token of the same consumer. `None` when the route's `key`
+    /// cannot read the query unambiguously ([`keyed_query`]).
     fn key(
         &self,
         tls: bool,
@@ -238,31 +243,73 @@ impl RouteCache {
         uri: &Uri,
         headers: &HeaderMap,
         consumer: Option<&str>,
-    ) -> PrimaryKey {
-        let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    ) -> Option<PrimaryKey> {
         let scope = &self.scopes[usize::from(tls)];
-        let mut digest = Sha256::new();
-        let mut carried = false;
-        for name in [header::AUTHORIZATION, header::COOKIE] {
-            for value in headers.get_all(&name) {
-                carried = true;
-                digest.update(name.as_str().as_bytes());
-                digest.update([0]);
-                digest.update(value.as_bytes());
-                digest.update([0]);
-            }
-        }
-        let credential = match (consumer, carried) {
-            (None, false) => None,
-            (consumer, _) => {
-                let digest = digest.finalize();
-                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-                Some(format!("{}|{hex}", consumer.unwrap_or("")))
-            }
+        let Some(rule) = &self.key else {
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let credential = credential_of(headers, consumer, String::new());
+            return Some(PrimaryKey::new(scope, host, path, credential.as_deref()));
         };
-        PrimaryKey::new(scope, host, path, credential.as_deref())
+        let mut path = uri.path().to_string();
+        match (&rule.query, uri.query()) {
+            (CacheKeyQuery::Whole, Some(query)) => {
+                path.push('?');
+                path.push_str(query);
+            }
+            (CacheKeyQuery::Only(names), Some(query)) => path.push_str(&keyed_query(query, names)?),
+            _ => {}
+        }
+        // The named fields go with who the response is for, not with the target: an unsafe
+        // request invalidates every one of their values.
+        let mut fields = String::new();
+        for name in &rule.headers {
+            fields.push_str(name.as_str());
+            for value in headers.get_all(name) {
+                fields.push('=');
+                // Bytes outside ASCII are kept apart, not merged into U+FFFD, and `=` is
+                // escaped: two lines `a`, `b` are not one line `a=b`.
+                for b in value.as_bytes() {
+                    if b.is_ascii() && *b != b'%' && *b != b'=' {
+                        fields.push(char::from(*b));
+                    } else {
+                        fields.push_str(&format!("%{b:02x}"));
+                    }
+                }
+            }
+            fields.push('\u{1d}');
+        }
+        let host = if rule.host { host } else { "" };
+        let credential = credential_of(headers, consumer, fields);
+        Some(PrimaryKey::new(scope, host, &path, credential.as_deref()))
     }
+}
 
+/// Who a response is for: `fields` (the route's keyed request fields, if any), then, when the
+/// request carries credentials, the consumer and a digest of its `Authorization` and `Cookie`.
+fn credential_of(headers: &HeaderMap, consumer: Option<&str>, fields: String) -> Option<String> {
+    let mut digest = Sha256::new();
+    let mut carried = false;
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        for value in headers.get_all(&name) {
+            carried = true;
+            digest.update(name.as_str().as_bytes());
+            digest.update([0]);
+            digest.update(value.as_bytes());
+            digest.update([0]);
+        }
+    }
+    match (consumer, carried) {
+        (None, false) if fields.is_empty() => None,
+        (None, false) => Some(fields),
+        (consumer, _) => {
+            let digest = digest.finalize();
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            Some(format!("{fields}{}|{hex}", consumer.unwrap_or("")))
+        }
+    }
+}
+
+impl RouteCache {
     /// Looks a request up (RFC 9111 §4). A fresh stored response is answered (304 to a
     /// conditional request that matches it); a miss goes upstream, unless another request is
     /// fetching the same key and `collapse` allows waiting for it; a stale entry goes with the
@@ -274,7 +321,9 @@ impl RouteCache {
             headers,
             ..
         } = *request;
-        let key = self.key(request.tls, request.host, uri, headers, request.consumer);
+        let Some(key) = self.key(request.tls, request.host, uri, headers, request.consumer) else {
+            return Lookup::Bypass(None);
+        };
         if method != Method::GET && method != Method::HEAD {
             let safe = matches!(*method, Method::OPTIONS | Method::TRACE);
             return Lookup::Bypass((!safe).then_some(key));
