@@ -8,9 +8,16 @@ VCL, 64 MiB malloc storage). HIT: wrk asks the same URL over and over (after one
 request), so every request after the first is a hit. MISS (Sluicegate alone): a Lua script
 gives every request its own query string, so each one misses and is stored, against the same
 requests on a route without a cache.
+
+The shared tier (`store = "memory+redis"`, a redis-server on loopback; skipped without
+`redis-server`): a MISS stored in memory and Redis against the memory-only MISS above, and a
+hit from Redis — a second instance whose memory holds almost nothing (256 KiB) cycles through
+10,000 URLs the first instance stored, so nearly every request is a memory miss found in Redis.
+Redis's own CPU is not counted.
 """
 
 import os
+import shutil
 import subprocess
 
 from compare import (exe, free_port, measure, nginx_conf, print_table, ratio_note, run_wrk,
@@ -45,6 +52,20 @@ request = function()
   counter = counter + 1
   return wrk.format("GET", "{prefix}" .. counter .. "-" .. math.random(1, 1000000000))
 end
+"""
+
+CYCLE = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/c/r-" .. (counter % {n}))
+end
+"""
+
+SHARED = """
+[redis]
+url = "redis://127.0.0.1:{redis}"
+timeout = "100ms"
 """
 
 COLUMNS = [("req/s", "{:>12.0f}"), ("p99 ms", "{:>12.2f}"), ("errors", "{:>12}"),
@@ -153,8 +174,56 @@ def cache_scenario(args, work, backend, binary, conns=64):
                           ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), title,
                           args.show_rounds)
         report(args, title, results, [("plain", "miss")])
+        if shutil.which("redis-server"):
+            shared_tier(args, work, cached_port, binary, sg, scripts["/c/miss-"], conns)
+        else:
+            print("\nshared tier: redis-server is not installed; skipped")
     finally:
         for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+def shared_tier(args, work, cached_port, binary, memory_only, unique, conns):
+    redis_port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = []
+    try:
+        wait_port(redis_port)
+        routes = CACHE_ROUTES.format(backend=cached_port) + SHARED.format(redis=redis_port)
+        instances = {}
+        for name, max_bytes in (("filled", "256MiB"), ("small", "256KiB")):
+            sg_work = os.path.join(work, f"sg-shared-{name}")
+            os.makedirs(sg_work, exist_ok=True)
+            config = routes.replace('max_bytes = "256MiB"',
+                                    f'max_bytes = "{max_bytes}"\nstore = "memory+redis"')
+            instances[name] = start_sluicegate(sg_work, cached_port, cached_port, binary,
+                                               rate_limit=config)
+            procs.append(instances[name][0])
+        cycle = os.path.join(work, "cycle.lua")
+        with open(cycle, "w") as f:
+            f.write(CYCLE.format(n=10000))
+        # The first instance stores the 10,000 URLs (in memory and Redis).
+        run_wrk(instances["filled"][1]["http"], conns, 3, "/", script=cycle)
+        runs = {"redis-hit": (instances["small"], cycle), "miss": (memory_only, unique),
+                "miss+redis": (instances["filled"], unique)}
+
+        def run(name, ports):
+            _, script = runs[name]
+            requests, rps, p50, p99, errors = run_wrk(ports["http"], conns, args.duration, "/",
+                                                      script=script)
+            return (rps, p50, p99, errors, requests)
+
+        title = (f"Shared tier (memory+redis, one redis-server on loopback), wrk -t1 -c{conns}; "
+                 "redis-hit: memory miss found in Redis")
+        results = measure({n: instance for n, (instance, _) in runs.items()}, args.rounds, run,
+                          ("req/s", "p50_ms", "p99_ms", "errors", "requests", "cpu_s"), title,
+                          args.show_rounds)
+        report(args, title, results, [("miss", "miss+redis"), ("miss", "redis-hit")])
+    finally:
+        for p in procs + [redis]:
             p.terminate()
             p.wait(timeout=10)
 
