@@ -182,14 +182,28 @@ impl RedisClient {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        self.run_within(self.config.timeout, call).await
+        self.call(self.config.timeout, true, call).await
     }
 
-    /// [`run`](Self::run) with a timeout of the caller's (writes larger than a request's
-    /// usual call).
-    pub async fn run_within<T, F, Fut>(
+    /// [`run`](Self::run) with a timeout of the caller's, for background writes: skipped while
+    /// backing off like any call, but its outcome says nothing of Redis's health (a large
+    /// write that times out, or a script refused for memory, must not turn the lookups away).
+    pub async fn run_in_background<T, F, Fut>(
         self: &std::sync::Arc<Self>,
         timeout: Duration,
+        call: F,
+    ) -> Result<T, RedisError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.call(timeout, false, call).await
+    }
+
+    async fn call<T, F, Fut>(
+        self: &std::sync::Arc<Self>,
+        timeout: Duration,
+        track: bool,
         call: F,
     ) -> Result<T, RedisError>
     where
@@ -213,8 +227,9 @@ impl RedisClient {
             Err(_) => Err(RedisError::Timeout),
         };
         match &result {
-            Ok(_) => self.succeeded(),
-            Err(e) => self.failed(e),
+            Ok(_) if track => self.succeeded(),
+            Err(e) if track => self.failed(e),
+            _ => {}
         }
         result
     }

@@ -270,6 +270,11 @@ fn a_route_key_takes_what_it_names_and_bypasses_what_it_cannot_read() {
     // A `;` could carry a keyed parameter past the key: not answered from the store.
     assert_eq!(get(&mut c, "/list?utm=x;page=2", &acme), "BYPASS");
     assert_eq!(b.hits(), 6);
+    // An unsafe request with such a query invalidates every reading of it: `page=2` too.
+    assert_eq!(get(&mut c, "/list?page=2", &acme), "HIT");
+    let r = c.request("POST", "/list?utm=x;page=2", &acme, b"");
+    assert_eq!((r.status, x_cache(&r)), (200, "BYPASS"));
+    assert_eq!(get(&mut c, "/list?page=2", &acme), "MISS");
     // Purge names the key as the route makes it: no host, the keyed query.
     let r = gw.admin().request(
         "POST",

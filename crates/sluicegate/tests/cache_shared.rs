@@ -109,14 +109,18 @@ fn a_fill_on_one_instance_is_a_hit_on_the_other() {
     }
 }
 
-/// The name of the one key in `redis`.
+/// The name of the one key in `redis` (empty when there is none).
 fn only_key(redis: &RedisServer) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
     use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
     stream.write_all(b"KEYS *\r\n").unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    for _ in 0..3 {
+    reader.read_line(&mut line).unwrap();
+    if line.trim() != "*1" {
+        return String::new();
+    }
+    for _ in 0..2 {
         line.clear();
         reader.read_line(&mut line).unwrap();
     }
@@ -277,4 +281,39 @@ fn a_redis_cluster_shares_fills_and_purges() {
     );
     assert!(paths.iter().all(|p| !holds(&two, p)));
     assert_eq!(b.hits(), 12);
+}
+
+#[test]
+fn a_busy_targets_hash_drops_its_dead_variants() {
+    let redis = RedisServer::start();
+    let (_backend, one, _two) = two_instances(&redis);
+    // One target, 20 variants (by `x-v`), each usable for 1 s.
+    let path = "/v?h=vary:x-v&h=cache-control:max-age%3D1";
+    let fill = |v: &str| {
+        let r = one
+            .client()
+            .request("GET", path, &[("host", HOST), ("x-v", v)], b"");
+        assert_eq!(x_cache(&r), "MISS");
+    };
+    for v in 0..20 {
+        fill(&v.to_string());
+    }
+    let fields = || {
+        support::redis::command(redis.port, &["HLEN", &only_key(&redis)])
+            .and_then(|r| r.trim_start_matches(':').parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    support::wait_until(
+        "the 20 variants reach Redis",
+        Duration::from_secs(5),
+        || fields() >= 40,
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // The next fill finds them dead and drops them.
+    fill("new");
+    support::wait_until(
+        "the dead variants are dropped",
+        Duration::from_secs(5),
+        || fields() < 10,
+    );
 }

@@ -250,7 +250,7 @@ async fn purge(State(s): State<AdminState>, body: axum::body::Bytes) -> Response
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cache_store_unavailable",
-                &format!("purged {purged} responses from this instance's memory, but the shared tier could not be reached ({e}): Redis and the other instances still hold theirs"),
+                &format!("purged {purged} responses from this instance's memory, but the purge of the shared tier failed ({e}): Redis, and other instances if the purge could not be published, may still hold some; purge again"),
                 Some(("purged", json!(purged))),
             )
         }

@@ -22,6 +22,9 @@ use super::key::PrimaryKey;
 use super::store::{tags_of, Entry};
 
 const MAGIC: &[u8; 4] = b"SGC1";
+/// The most fields an entry may have: far more than a response head within the codec's limits
+/// holds, and far below what would make a header map give up (it panics past 32,768).
+const MAX_FIELDS: u32 = 1024;
 
 /// The bytes of `entry`.
 pub fn encode(entry: &Entry) -> Vec<u8> {
@@ -69,6 +72,9 @@ pub fn decode(bytes: Bytes, key: &PrimaryKey, generation: u64) -> Option<Entry> 
         return None;
     }
     let count = r.u32()?;
+    if count > MAX_FIELDS {
+        return None;
+    }
     let mut headers = HeaderMap::new();
     for _ in 0..count {
         let n = usize::from(r.u16()?);
@@ -81,6 +87,8 @@ pub fn decode(bytes: Bytes, key: &PrimaryKey, generation: u64) -> Option<Entry> 
     Some(Entry {
         key: key.clone(),
         generation,
+        // The caller's to set, as it looked the key up.
+        epoch: 0,
         status,
         cc: CacheControl::from_headers(&headers),
         tags: tags_of(&headers),
@@ -190,5 +198,15 @@ mod tests {
         let count_at = 4 + 2 + 32 + 4 + e.key.as_str().len();
         huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(Bytes::from(huge), &e.key, 0).is_none());
+        // Many small distinct fields: refused by count, before any map grows.
+        let mut many = encode(&e)[..count_at].to_vec();
+        many.extend_from_slice(&40_000u32.to_be_bytes());
+        for i in 0..40_000u32 {
+            let name = format!("x-{i}");
+            many.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            many.extend_from_slice(name.as_bytes());
+            many.extend_from_slice(&0u32.to_be_bytes());
+        }
+        assert!(decode(Bytes::from(many), &e.key, 0).is_none());
     }
 }

@@ -80,29 +80,72 @@ impl PrimaryKey {
 /// ["query:NAME", …]`): `?` and each listed parameter as sent, in the order listed, each of its
 /// occurrences in the request's order; `""` when none is there.
 ///
-/// Names are compared after percent-decoding (and `+` as a space), as applications read them, so
-/// that `p%61ge=2` is `page=2` here too. A query the key could read differently from the
-/// upstream is not keyed at all (`None`: the request bypasses the cache): a `;` anywhere (some
-/// servers split parameters there too, so an ignored parameter could carry a keyed one past
-/// the cache: "parameter cloaking"), or a name that does not decode.
+/// A parameter counts as listed when its name reads as a listed one the way some application
+/// could read it ([`loose_name`]: percent-decoded, `+` as a space, surrounding spaces trimmed,
+/// case ignored, a trailing `[]` dropped): `PAGE=2`, `p%61ge=2` and `page[]=2` are in the key
+/// of a route that lists `page` (each as sent, so each keyed apart), never left out of it while
+/// the upstream reads them as `page`. A query the key could read differently from the upstream
+/// is not keyed at all (`None`: the request bypasses the cache): a `;` anywhere (some servers
+/// split parameters there too, so an ignored parameter could carry a keyed one past the cache:
+/// "parameter cloaking"), or a name that does not decode.
 pub fn keyed_query(query: &str, names: &[String]) -> Option<String> {
     if query.contains(';') {
         return None;
     }
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let raw_name = pair.split('=').next().unwrap_or(pair);
-        let name = crate::policy::auth::percent_decode(raw_name.as_bytes())?;
-        pairs.push((name, pair));
+        pairs.push((loose_name(pair)?, pair));
     }
+    Some(select(&pairs, names))
+}
+
+/// Every way an upstream could read `query` for a key of `names`: split at `&` only, and at
+/// `&` and `;`, names that do not decode compared as written (for invalidation, which must
+/// reach whatever the upstream understood). One or two distinct query parts.
+pub fn keyed_query_readings(query: &str, names: &[String]) -> Vec<String> {
+    let mut readings = Vec::new();
+    for separators in [&['&'][..], &['&', ';'][..]] {
+        let pairs: Vec<(Vec<u8>, &str)> = query
+            .split(separators)
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let written = pair.split('=').next().unwrap_or(pair).to_ascii_lowercase();
+                (loose_name(pair).unwrap_or(written.into_bytes()), pair)
+            })
+            .collect();
+        let reading = select(&pairs, names);
+        if !readings.contains(&reading) {
+            readings.push(reading);
+        }
+    }
+    readings
+}
+
+/// The pairs whose name is listed, in the order listed, as a query part.
+fn select(pairs: &[(Vec<u8>, &str)], names: &[String]) -> String {
     let mut out = String::new();
     for wanted in names {
-        for (_, pair) in pairs.iter().filter(|(n, _)| n == wanted.as_bytes()) {
+        let wanted = loose(wanted.as_bytes());
+        for (_, pair) in pairs.iter().filter(|(n, _)| *n == wanted) {
             out.push(if out.is_empty() { '?' } else { '&' });
             out.push_str(pair);
         }
     }
-    Some(out)
+    out
+}
+
+/// A parameter's name (before its first `=`) as loosely as applications read names; `None`
+/// when it does not percent-decode.
+fn loose_name(pair: &str) -> Option<Vec<u8>> {
+    let raw = pair.split('=').next().unwrap_or(pair);
+    let decoded = crate::policy::auth::percent_decode(raw.as_bytes())?;
+    Some(loose(&decoded))
+}
+
+fn loose(name: &[u8]) -> Vec<u8> {
+    let name = name.trim_ascii();
+    let name = name.strip_suffix(b"[]").unwrap_or(name);
+    name.to_ascii_lowercase()
 }
 
 /// The fields a response varies on, in a fixed order (lower case, sorted, each once), so that
@@ -220,6 +263,23 @@ mod tests {
         assert_eq!(key("%zz=1&page=2"), None);
         // A name without a value, and empty pairs.
         assert_eq!(key("&&lang&page=").unwrap(), "?page=&lang");
+        // Names some application reads as `page` are in the key, each as sent.
+        assert_eq!(key("PAGE=2").unwrap(), "?PAGE=2");
+        assert_eq!(key("%20page=2").unwrap(), "?%20page=2");
+        assert_eq!(key("page[]=2").unwrap(), "?page[]=2");
+        assert_eq!(key("pages=2").unwrap(), "");
+    }
+
+    #[test]
+    fn an_ambiguous_query_has_every_reading_for_invalidation() {
+        let names = ["page".to_string()];
+        assert_eq!(
+            keyed_query_readings("utm=x;page=2", &names),
+            ["", "?page=2"]
+        );
+        assert_eq!(keyed_query_readings("page=1", &names), ["?page=1"]);
+        assert_eq!(keyed_query_readings("%zz=1&page=2", &names), ["?page=2"]);
+        assert_eq!(keyed_query_readings("a=1;b=2", &names), [""]);
     }
 
     #[test]

@@ -159,6 +159,7 @@ fn test_entry(path: &str, body: &'static [u8], fields: &[(&'static str, &str)]) 
     store::Entry {
         key: key::PrimaryKey::new("r", "h", path, None),
         generation: 0,
+        epoch: 0,
         status: http::StatusCode::OK,
         cc: directives::CacheControl::from_headers(&headers),
         tags: store::tags_of(&headers),

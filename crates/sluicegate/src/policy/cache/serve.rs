@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::conditional;
 use super::directives::CacheControl;
 use super::freshness::{self, RequestHead, ResponseHead, Reuse, RouteRules, Timing};
-use super::key::{keyed_query, PrimaryKey, VaryOn};
+use super::key::{keyed_query, keyed_query_readings, PrimaryKey, VaryOn};
 use super::shared::SharedTier;
 use super::store::{tags_of, Entry, MemoryStore};
 use crate::config::{CacheKey, CacheKeyQuery, RouteCacheConfig};
@@ -102,16 +102,19 @@ pub enum Lookup {
     /// The request asked for a stored response only (`only-if-cached`) and none answers it:
     /// 504 (RFC 9111 §5.2.1.7).
     NotCached,
-    /// Not a request the cache answers (not GET or HEAD); for an unsafe method, the key whose
-    /// stored responses its success invalidates.
-    Bypass(Option<PrimaryKey>),
+    /// Not a request the cache answers (not GET or HEAD, or a query a route's `key` cannot
+    /// read unambiguously); for an unsafe method, the targets whose stored responses its
+    /// success invalidates.
+    Bypass(Vec<PrimaryKey>),
 }
 
 /// A miss on its way upstream.
 pub struct Pending {
     key: PrimaryKey,
-    /// The target's generation at lookup (`MemoryStore::forget`).
+    /// The target's generation and the store's purge count at lookup (`MemoryStore::forget`,
+    /// `MemoryStore::purge_*`).
     generation: u64,
+    epoch: u64,
     /// Only GET responses are stored (a HEAD's has no body).
     method: Method,
     request_time: SystemTime,
@@ -282,6 +285,28 @@ impl RouteCache {
         let credential = credential_of(headers, consumer, fields);
         Some(PrimaryKey::new(scope, host, &path, credential.as_deref()))
     }
+
+    /// The targets an unsafe request changes: its key's target — every reading of it, when a
+    /// route's `key` takes some parameters and the query could be read more than one way
+    /// ([`keyed_query_readings`]), so that what an upstream may have understood is
+    /// invalidated whichever it was.
+    fn targets(&self, tls: bool, host: &str, uri: &Uri) -> Vec<PrimaryKey> {
+        let scope = &self.scopes[usize::from(tls)];
+        let Some(rule) = &self.key else {
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            return vec![PrimaryKey::new(scope, host, path, None)];
+        };
+        let host = if rule.host { host } else { "" };
+        let queries = match (&rule.query, uri.query()) {
+            (CacheKeyQuery::Whole, Some(query)) => vec![format!("?{query}")],
+            (CacheKeyQuery::Only(names), Some(query)) => keyed_query_readings(query, names),
+            _ => vec![String::new()],
+        };
+        queries
+            .into_iter()
+            .map(|query| PrimaryKey::new(scope, host, &format!("{}{query}", uri.path()), None))
+            .collect()
+    }
 }
 
 /// Who a response is for: `fields` (the route's keyed request fields, if any), then, when the
@@ -321,14 +346,17 @@ impl RouteCache {
             headers,
             ..
         } = *request;
-        let Some(key) = self.key(request.tls, request.host, uri, headers, request.consumer) else {
-            return Lookup::Bypass(None);
-        };
         if method != Method::GET && method != Method::HEAD {
-            let safe = matches!(*method, Method::OPTIONS | Method::TRACE);
-            return Lookup::Bypass((!safe).then_some(key));
+            if matches!(*method, Method::OPTIONS | Method::TRACE) {
+                return Lookup::Bypass(Vec::new());
+            }
+            return Lookup::Bypass(self.targets(request.tls, request.host, uri));
         }
+        let Some(key) = self.key(request.tls, request.host, uri, headers, request.consumer) else {
+            return Lookup::Bypass(Vec::new());
+        };
         let generation = self.store.generation(&key);
+        let epoch = self.store.epoch();
         let request_cc = CacheControl::from_headers(headers);
         let mut stale = None;
         if let Some(entry) = self.store.get_at(&key, headers, generation) {
@@ -370,6 +398,7 @@ impl RouteCache {
         Lookup::Miss(Pending {
             key,
             generation,
+            epoch,
             method: method.clone(),
             request_time: now,
             request: headers.clone(),
@@ -413,12 +442,19 @@ impl RouteCache {
         let Some(shared) = &self.shared else {
             return Lookup::Miss(pending);
         };
-        let found = shared
-            .get(&pending.key, &pending.request, pending.generation)
-            .await;
+        // An unsafe request through this instance changed the target and Redis may not have
+        // heard yet: what it holds for it is not read (nor written: no count).
+        let found = if shared.invalidating(pending.key.target()) {
+            Err(crate::redis_client::RedisError::BackingOff)
+        } else {
+            shared
+                .get(&pending.key, &pending.request, pending.generation)
+                .await
+        };
         if let Ok(found) = found {
             pending.shared_count = Some(found.count);
-            if let Some((entry, vary)) = found.entry {
+            if let Some((mut entry, vary)) = found.entry {
+                entry.epoch = pending.epoch;
                 let now = SystemTime::now();
                 let newer = pending.stale.as_ref().is_none_or(|(stale, _)| {
                     stale.timing.response_time < entry.timing.response_time
@@ -542,6 +578,7 @@ impl RouteCache {
             entry: Entry {
                 key: pending.key,
                 generation: pending.generation,
+                epoch: pending.epoch,
                 status,
                 tags: tags_of(response),
                 cc: response_cc,

@@ -25,7 +25,9 @@
 //! Redis down: lookups and fills skip it at once (`redis_client`'s backoff), the memory tier
 //! serves alone, clients see no error, and the state change is logged once each way.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -49,16 +51,40 @@ pub const CHANNEL: &str = "sluicegate:cache:purge";
 pub const INVALIDATION_KEEP: Duration = Duration::from_secs(3600);
 /// How long a fill may take to be written (bodies up to `max_object_bytes`).
 const FILL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most fills being written at once by one instance: beyond, a fill stays in memory only
+/// (each holds its encoded copy until written).
+const MAX_FILLS_IN_FLIGHT: usize = 64;
 /// The longest a purge may scan Redis.
 pub const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Stores a response if the target's invalidation count is still the one its lookup read.
 /// KEYS[1]: the target's hash. ARGV: 1 the count read, 2 the vary field, 3 the vary names,
 /// 4 the entry field, 5 the entry, 6 how long to keep it (ms), 7 the purge key, 8… tags.
+///
+/// Each entry `e:V` has `x:V`, when it stops being usable (Redis's clock, ms). A hash that a
+/// busy target keeps alive would otherwise gather its dead variants: once it has more than 16
+/// fields, and at most every 10 s (`p`), the entries past their time are dropped; a hash that
+/// still has 4,096 fields takes no more.
 const FILL: &str = r"
 local i = redis.call('HGET', KEYS[1], 'i') or '0'
 if i ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local size = redis.call('HLEN', KEYS[1])
+if size > 16 and now >= (tonumber(redis.call('HGET', KEYS[1], 'p') or '0') or 0) then
+  redis.call('HSET', KEYS[1], 'p', now + 10000)
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 2) == 'x:' then
+      local dead = tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0
+      if dead < now then redis.call('HDEL', KEYS[1], f, 'e:' .. string.sub(f, 3)) end
+    end
+  end
+  size = redis.call('HLEN', KEYS[1])
+end
+if size >= 4096 then return 0 end
+local keep = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+  'x:' .. string.sub(ARGV[4], 3), string.format('%.0f', now + keep))
 local m = redis.call('HGET', KEYS[1], 'm') or ('k:' .. ARGV[7])
 local lines = '\n' .. m .. '\n'
 for n = 8, #ARGV do
@@ -69,7 +95,6 @@ for n = 8, #ARGV do
   end
 end
 redis.call('HSET', KEYS[1], 'm', m)
-local keep = tonumber(ARGV[6])
 if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
 return 1
 ";
@@ -130,7 +155,7 @@ impl Purge {
 /// A message on [`CHANNEL`].
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {
-    /// The instance that sent it (which has applied it already).
+    /// The instance that sent it.
     from: u64,
     #[serde(flatten)]
     what: Published,
@@ -157,10 +182,64 @@ pub struct SharedTier {
     client: Arc<RedisClient>,
     fill: Script,
     invalidate: Script,
-    /// Tells this instance's messages apart.
+    /// Tells this instance's messages apart (in the debug log).
     instance: u64,
     memory: Weak<MemoryStore>,
     subscriber: Option<tokio::task::JoinHandle<()>>,
+    /// Fills being written now.
+    fills: Arc<AtomicUsize>,
+    /// Targets this instance has forgotten whose invalidation Redis has not confirmed yet,
+    /// with how many are under way: their Redis copies are not read meanwhile.
+    invalidating: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A target's invalidation under way, until dropped.
+struct Invalidating {
+    targets: Arc<Mutex<HashMap<String, usize>>>,
+    target: String,
+}
+
+impl Invalidating {
+    fn start(targets: &Arc<Mutex<HashMap<String, usize>>>, target: &str) -> Invalidating {
+        let mut map = targets.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(target.to_string()).or_default() += 1;
+        Invalidating {
+            targets: Arc::clone(targets),
+            target: target.to_string(),
+        }
+    }
+}
+
+impl Drop for Invalidating {
+    fn drop(&mut self) {
+        let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.target) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.target);
+            }
+        }
+    }
+}
+
+/// One of the [`MAX_FILLS_IN_FLIGHT`] places, given back when dropped.
+struct FillSlot(Arc<AtomicUsize>);
+
+impl FillSlot {
+    fn take(fills: &Arc<AtomicUsize>) -> Option<FillSlot> {
+        fills
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_FILLS_IN_FLIGHT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FillSlot(Arc::clone(fills)))
+    }
+}
+
+impl Drop for FillSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for SharedTier {
@@ -195,11 +274,19 @@ impl SharedTier {
             instance,
             memory: Arc::downgrade(memory),
             subscriber,
+            fills: Arc::default(),
+            invalidating: Arc::default(),
         })
     }
 
     pub fn config(&self) -> &RedisConfig {
         self.client.config()
+    }
+
+    /// Whether this instance's invalidation of `target` has not reached Redis yet.
+    pub fn invalidating(&self, target: &str) -> bool {
+        let map = self.invalidating.lock().unwrap_or_else(|e| e.into_inner());
+        map.contains_key(target)
     }
 
     /// Looks `key` up for `request` (on a worker, within the `[redis] timeout`): one round
@@ -257,6 +344,10 @@ impl SharedTier {
     /// Stores `entry` in Redis in the background (on a worker), if the target's invalidation
     /// count is still `count`.
     pub fn put(self: &Arc<Self>, entry: &Entry, vary: &VaryOn, variant: &str, count: u64) {
+        let Some(slot) = FillSlot::take(&self.fills) else {
+            tracing::debug!("too many fills in flight: this one stays in memory only");
+            return;
+        };
         let names: Vec<&str> = vary.names().iter().map(|n| n.as_str()).collect();
         let keep = u64::try_from(entry.keep().as_millis())
             .unwrap_or(u64::MAX)
@@ -274,8 +365,9 @@ impl SharedTier {
         let hash = hash_key(entry.key.target());
         let (client, script) = (Arc::clone(&self.client), self.fill.clone());
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let stored = client
-                .run_within(FILL_TIMEOUT, |mut conn| async move {
+                .run_in_background(FILL_TIMEOUT, |mut conn| async move {
                     let mut invocation = script.key(&hash);
                     for arg in &args {
                         invocation.arg(&arg[..]);
@@ -295,7 +387,9 @@ impl SharedTier {
         let hash = hash_key(target);
         let message = self.message(Published::Forget(target.to_string()));
         let (client, script) = (Arc::clone(&self.client), self.invalidate.clone());
+        let under_way = Invalidating::start(&self.invalidating, target);
         tokio::task::spawn_local(async move {
+            let _under_way = under_way;
             let done = client
                 .run(|mut conn| async move {
                     script
@@ -320,9 +414,15 @@ impl SharedTier {
     /// Removes what `purge` matches from Redis (scanning every primary of a Redis Cluster)
     /// and tells every instance; returns how many stored responses Redis held for it. Runs
     /// off the workers (the admin API), on a connection of its own.
+    ///
+    /// The purge is published before the scan (every instance's memory is purged at once,
+    /// even if the scan then fails or runs out of time) and again after it (what an instance
+    /// copied from Redis while the scan ran goes too).
     pub async fn purge(&self, purge: &Purge) -> Result<usize, RedisError> {
+        let message = self.message(Published::Purge(purge.clone()));
         let work = async {
             let mut conn = self.client.connect().await?;
+            publish(&mut conn, &message).await?;
             let mut removed = 0usize;
             for node in nodes(&mut conn).await? {
                 let mut cursor = 0u64;
@@ -336,14 +436,17 @@ impl SharedTier {
                         .arg("TYPE")
                         .arg("hash");
                     let (next, keys): (u64, Vec<String>) = on_node(&mut conn, &node, scan).await?;
-                    for key in keys {
-                        let m: Option<String> = redis::cmd("HGET")
-                            .arg(&key)
-                            .arg("m")
-                            .query_async(&mut conn)
-                            .await?;
-                        if m.is_some_and(|m| purge.matches(&m)) {
-                            let mut invocation = self.invalidate.key(&key);
+                    // A page's `m` fields asked together (the connection is multiplexed).
+                    let reads = keys.iter().map(|key| {
+                        let mut conn = conn.clone();
+                        let mut get = redis::cmd("HGET");
+                        get.arg(key).arg("m");
+                        async move { get.query_async::<Option<String>>(&mut conn).await }
+                    });
+                    let ms = futures_util::future::join_all(reads).await;
+                    for (key, m) in keys.iter().zip(ms) {
+                        if m?.is_some_and(|m| purge.matches(&m)) {
+                            let mut invocation = self.invalidate.key(key);
                             invocation.arg(INVALIDATION_KEEP.as_millis() as u64);
                             let n: i64 = invocation.invoke_async(&mut conn).await?;
                             removed += usize::try_from(n).unwrap_or(0);
@@ -355,11 +458,7 @@ impl SharedTier {
                     }
                 }
             }
-            redis::cmd("PUBLISH")
-                .arg(CHANNEL)
-                .arg(self.message(Published::Purge(purge.clone())))
-                .query_async::<i64>(&mut conn)
-                .await?;
+            publish(&mut conn, &message).await?;
             Ok(removed)
         };
         tokio::time::timeout(PURGE_TIMEOUT, work)
@@ -379,6 +478,15 @@ impl SharedTier {
     pub fn memory(&self) -> Option<Arc<MemoryStore>> {
         self.memory.upgrade()
     }
+}
+
+async fn publish(conn: &mut Conn, message: &str) -> Result<(), RedisError> {
+    redis::cmd("PUBLISH")
+        .arg(CHANNEL)
+        .arg(message)
+        .query_async::<i64>(conn)
+        .await?;
+    Ok(())
 }
 
 /// Where a scan runs: the one server, or each primary of a cluster.
@@ -406,7 +514,11 @@ async fn nodes(conn: &mut Conn) -> Result<Vec<Node>, RedisError> {
         else {
             continue;
         };
-        if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+        // A primary only suspected of failing (`fail?`) still holds its keys; one that failed
+        // (`fail`) or has no address (`noaddr`) cannot be scanned, and its slots belong to
+        // whichever replica took over.
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.contains(&"fail") || flags.contains(&"noaddr") {
             continue;
         }
         let address = address.split(['@', ',']).next().unwrap_or_default();
@@ -507,19 +619,19 @@ async fn subscribe(client: Arc<RedisClient>, memory: Weak<MemoryStore>, instance
     }
 }
 
-/// Applies one published message (others' only; what does not parse is ignored).
+/// Applies one published message, this instance's own too: their echo comes after Redis was
+/// changed, and removes what a lookup here copied from Redis in between. What does not parse
+/// is ignored.
 fn apply(payload: &[u8], memory: &MemoryStore, instance: u64) {
     let Ok(message) = serde_json::from_slice::<Message>(payload) else {
         tracing::debug!("ignored a message on {CHANNEL} that is not one of ours");
         return;
     };
-    if message.from == instance {
-        return;
-    }
+    let own = message.from == instance;
     match message.what {
         Published::Purge(purge) => {
             let n = purge.apply(memory);
-            tracing::debug!(?purge, purged = n, "cache purge from another instance");
+            tracing::debug!(?purge, purged = n, own, "cache purge published");
         }
         Published::Forget(target) => memory.forget_target(&target),
     }

@@ -49,6 +49,9 @@ pub struct Entry {
     /// The target's generation when the request that brought it was looked up: an unsafe
     /// request since then makes it unused.
     pub generation: u64,
+    /// The store's purge count when the request that brought it was looked up: a purge since
+    /// then (of anything: a purge names no single target) keeps it out of the store.
+    pub epoch: u64,
     pub status: StatusCode,
     /// The response's fields as stored (hop-by-hop fields and `Age` already removed).
     pub headers: HeaderMap,
@@ -78,6 +81,15 @@ impl Entry {
         remaining + stale + revalidation
     }
 
+    /// What is left of its `keep` at `now` (an entry copied from the shared tier arrives with
+    /// part of it gone).
+    pub fn keep_left(&self, now: SystemTime) -> Duration {
+        let resident = now
+            .duration_since(self.timing.response_time)
+            .unwrap_or(Duration::ZERO);
+        self.keep().saturating_sub(resident)
+    }
+
     /// Whether it is still within its `keep` at `now` (an entry read from the shared tier may
     /// have outlived it there, beside a longer-lived one).
     pub fn kept_at(&self, now: SystemTime) -> bool {
@@ -103,7 +115,7 @@ struct KeepFor;
 
 impl Expiry<String, Arc<Entry>> for KeepFor {
     fn expire_after_create(&self, _: &String, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(entry.keep())
+        Some(entry.keep_left(SystemTime::now()))
     }
 
     fn expire_after_update(
@@ -113,7 +125,7 @@ impl Expiry<String, Arc<Entry>> for KeepFor {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.keep())
+        Some(entry.keep_left(SystemTime::now()))
     }
 }
 
@@ -133,6 +145,8 @@ pub struct MemoryStore {
     vary: Cache<PrimaryKey, Arc<VaryOn>>,
     /// Targets an unsafe request changed, with their generation (absent: 0).
     generations: Cache<String, u64>,
+    /// Purges so far ([`Entry::epoch`]).
+    purges: AtomicU64,
 }
 
 /// Generations are unique across the process.
@@ -185,6 +199,7 @@ impl MemoryStore {
             evictions,
             vary,
             generations,
+            purges: AtomicU64::new(0),
         }
     }
 
@@ -194,6 +209,11 @@ impl MemoryStore {
         k.push(VARIANT_SEP);
         k.push_str(variant);
         k
+    }
+
+    /// The purge count now (what a lookup records, for its fill).
+    pub fn epoch(&self) -> u64 {
+        self.purges.load(Ordering::Acquire)
     }
 
     /// The generation of `key`'s target now (what a lookup records, for its fill).
@@ -231,7 +251,7 @@ impl MemoryStore {
         vary: VaryOn,
         request: &HeaderMap,
     ) -> Option<Arc<Entry>> {
-        if entry.generation != self.generation(&entry.key) {
+        if entry.generation != self.generation(&entry.key) || entry.epoch != self.epoch() {
             return None;
         }
         entry.headers = entry
@@ -262,12 +282,16 @@ impl MemoryStore {
     /// Drops every entry (the shared tier's subscription was lost: purges may have been
     /// missed).
     pub fn clear(&self) {
+        self.purges.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
         self.vary.invalidate_all();
     }
 
-    /// Removes what matches; returns how many entries did (counted before removal).
+    /// Removes what matches; returns how many entries did (counted before removal). What
+    /// fetches in flight would store is dropped too.
     fn purge(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) -> usize {
+        // Fetches in flight, looked up before the purge, are not stored after it.
+        self.purges.fetch_add(1, Ordering::AcqRel);
         let count = self.entries.iter().filter(|(_, e)| matches(e)).count();
         if count > 0 {
             // Registered closures are applied to every entry stored before this call, and a
@@ -421,6 +445,20 @@ mod tests {
         fresh.generation = store.generation(&mine(None));
         store.insert(fresh, VaryOn::default(), &none);
         assert_eq!(&store.get(&mine(None), &none).unwrap().body[..], b"new");
+    }
+
+    #[test]
+    fn a_purge_keeps_out_what_was_looked_up_before_it() {
+        let store = MemoryStore::new(1 << 20, Eviction::Lru);
+        let none = HeaderMap::new();
+        let mut before = entry("/a", b"old", &[]);
+        before.epoch = store.epoch();
+        // A purge of anything (the fetch's target cannot be told from a prefix or a tag).
+        assert_eq!(store.purge_tag("unrelated"), 0);
+        assert!(store.insert(before, VaryOn::default(), &none).is_none());
+        let mut after = entry("/a", b"new", &[]);
+        after.epoch = store.epoch();
+        assert!(store.insert(after, VaryOn::default(), &none).is_some());
     }
 
     #[test]

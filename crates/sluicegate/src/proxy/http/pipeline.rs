@@ -758,8 +758,8 @@ pub async fn handle(
                 policy::cache::RouteCache::mark(&mut head.headers, true);
             }
             Err(invalidates) => {
-                if let Some(key) = invalidates {
-                    cache.invalidate(&key, head.status);
+                for key in &invalidates {
+                    cache.invalidate(key, head.status);
                 }
                 policy::cache::RouteCache::mark(&mut head.headers, false);
             }
@@ -800,11 +800,16 @@ fn refresh_in_background(
     *request.version_mut() = parts.version;
     let headers = request.headers_mut();
     *headers = parts.headers.clone();
-    // The client's conditions are its own (the cache adds the stored response's validators),
-    // it has no body, and it gets a request id of its own.
+    // The client's conditions and range are its own (the cache adds the stored response's
+    // validators, and stores whole responses), it has no body, and it gets a request id of its
+    // own.
     for name in [
         header::IF_NONE_MATCH,
         header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
         header::EXPECT,
