@@ -267,6 +267,9 @@ impl SharedTier {
                 instance,
             ))
         });
+        if subscriber.is_none() {
+            tracing::warn!("no runtime to subscribe to cache purges on: other instances' purges will not reach this one");
+        }
         Arc::new(SharedTier {
             client,
             fill: Script::new(FILL),
