@@ -284,3 +284,82 @@ fn readyz_turns_503_while_draining_and_the_in_flight_request_finishes() {
     assert_eq!(r.status, 200, "the in-flight request finished");
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn write_endpoints_need_the_admin_token_when_one_is_set_and_a_reload_rotates_it() {
+    let b = Backend::start("b");
+    let with_token = |token: &str| {
+        config(&[(&b, 1)], false).replace(
+            "[admin]\nbind = \"127.0.0.1:0\"\n",
+            &format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"),
+        )
+    };
+    let gw = Gateway::start(&with_token("first-0123456789"));
+    let reload =
+        |headers: &[(&str, &str)]| gw.admin().request("POST", "/api/v1/reload", headers, b"");
+    let refused = reload(&[]);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"], "unauthenticated");
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some("Bearer realm=\"sluicegate-admin\"")
+    );
+    for wrong in [
+        "Bearer first-012345678",
+        "Basic first-0123456789",
+        "first-0123456789",
+    ] {
+        assert_eq!(reload(&[("authorization", wrong)]).status, 401, "{wrong}");
+    }
+    let purge = gw
+        .admin()
+        .request("POST", "/api/v1/cache/purge", &[], br#"{"prefix": "/"}"#);
+    assert_eq!(purge.status, 401, "every write endpoint");
+    // Reads stay open.
+    assert_eq!(gw.admin().get("/api/v1/status").status, 200);
+    assert_eq!(gw.admin().get("/metrics").status, 200);
+    // The right token, in any case of the scheme; a reload to a new token rotates it.
+    gw.write_config(&with_token("second-0123456789"));
+    let r = reload(&[("authorization", "bearer first-0123456789")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        reload(&[("authorization", "Bearer first-0123456789")]).status,
+        401
+    );
+    assert_eq!(
+        reload(&[("authorization", "Bearer second-0123456789")]).status,
+        200
+    );
+}
+
+#[test]
+fn a_non_loopback_admin_without_a_token_serves_reads_only() {
+    let b = Backend::start("b");
+    let toml = config(&[(&b, 1)], false).replace(
+        "[admin]\nbind = \"127.0.0.1:0\"\n",
+        "[admin]\nbind = \"0.0.0.0:0\"\n",
+    );
+    let gw = Gateway::start(&toml);
+    let r = gw.admin().request("POST", "/api/v1/reload", &[], b"");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(gw.admin().get("/api/v1/status").status, 200);
+    assert!(gw
+        .stderr_text()
+        .contains("bound to a non-loopback address without [admin] token"));
+}
+
+#[test]
+fn an_admin_token_that_cannot_be_a_bearer_token_is_refused() {
+    for token in ["", "has space", "quote\\\"d"] {
+        let toml = format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
+        let (code, _, stderr) = support::check(&toml);
+        assert_eq!(code, 1, "{token}");
+        assert!(
+            stderr.contains("admin.token: expected a non-empty bearer token"),
+            "{stderr}"
+        );
+    }
+}

@@ -15,7 +15,9 @@ use crate::observe::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::policy::cache::Purge;
 use crate::proxy::http::headers::new_request_id;
 
-pub fn router(state: AdminState) -> Router {
+/// The admin API's routes; `loopback`: whether it is bound to a loopback address.
+pub fn router(state: AdminState, loopback: bool) -> Router {
+    let guard = axum::middleware::from_fn_with_state((state.clone(), loopback), guard_writes);
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
@@ -26,7 +28,61 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/cache/purge", post(purge))
         .fallback(not_found)
+        .layer(guard)
         .with_state(state)
+}
+
+/// The write endpoints (every method but GET and HEAD): with `[admin] token`, only for
+/// `Authorization: Bearer TOKEN` (compared in constant time; 401 otherwise); without one, only
+/// on a loopback bind (403 otherwise). The token is read from the config in force, so a reload
+/// rotates it.
+async fn guard_writes(
+    State((s, loopback)): State<(AdminState, bool)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    if matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return next.run(request).await;
+    }
+    let config = Arc::clone(&s.gateway.shared.snapshot.load().config);
+    let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        if loopback {
+            return next.run(request).await;
+        }
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the admin API is bound to a non-loopback address without [admin] token: its write endpoints are disabled",
+            None,
+        );
+    };
+    let mut given = request.headers().get_all(header::AUTHORIZATION).iter();
+    let presented = match (given.next(), given.next()) {
+        (Some(value), None) => value
+            .as_bytes()
+            .split_at_checked(7)
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|(_, credential)| credential),
+        _ => None,
+    };
+    if presented.is_some_and(|p| bool::from(p.ct_eq(token.as_bytes()))) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "this endpoint needs the admin token: Authorization: Bearer TOKEN",
+        None,
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"sluicegate-admin\""),
+    );
+    response
 }
 
 /// The JSON error body of SPEC 5.

@@ -50,7 +50,21 @@ pub struct AdminState {
 pub async fn serve(bind: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(bind).await?;
     let address = listener.local_addr()?;
-    let app = api::router(state);
+    let loopback = address.ip().is_loopback();
+    if !loopback
+        && state
+            .gateway
+            .shared
+            .snapshot
+            .load()
+            .config
+            .admin
+            .as_ref()
+            .is_none_or(|a| a.token.is_none())
+    {
+        tracing::warn!(%address, "the admin API is bound to a non-loopback address without [admin] token: its write endpoints (reload, purge, registry) answer 403");
+    }
+    let app = api::router(state, loopback);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin API stopped");

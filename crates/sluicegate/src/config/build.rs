@@ -187,12 +187,31 @@ fn check_policies(
 }
 
 fn admin(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<AdminConfig> {
-    r.check_keys(t, &["bind"], &[]);
+    r.check_keys(t, &["bind", "token"], &[]);
     if t.get("bind").is_none() {
         r.missing(t, "bind", "an address such as \"127.0.0.1:9901\"");
         return None;
     }
-    r.address(t, "bind").map(|bind| AdminConfig { bind })
+    // A token travels in `Authorization: Bearer TOKEN`: RFC 6750's token68 characters only.
+    let token = r.string(t, "token").and_then(|(token, span)| {
+        let valid = !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+        if valid {
+            Some(token.to_string())
+        } else {
+            r.report(
+                span,
+                format!(
+                    "{}: expected a non-empty bearer token of letters, digits and -._~+/= (e.g. from `openssl rand -hex 32`)",
+                    t.key_path("token")
+                ),
+            );
+            None
+        }
+    });
+    r.address(t, "bind").map(|bind| AdminConfig { bind, token })
 }
 
 fn runtime(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RuntimeConfig {

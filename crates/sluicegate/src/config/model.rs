@@ -38,6 +38,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// `token`: the bearer token the write endpoints (every method but GET and HEAD) require.
+    /// Without it, writes are served on a loopback bind only (403 on any other).
+    pub token: Option<String>,
 }
 
 /// `[runtime]`.
