@@ -5,13 +5,19 @@
 //! from the live registries (so kept endpoints keep health, in-flight counts, pools and
 //! counters), swap it in atomically, then start and stop listeners and restart the health
 //! checkers. Requests in flight keep the snapshot they started with.
+//!
+//! A change of a discovered endpoint set (`discovery/`) takes the same way without the file:
+//! the config last loaded, with the discovered endpoints added, becomes the new snapshot, and
+//! only the health checkers of endpoints that came or went are started or stopped.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{self, Config, LoadError};
+use crate::config::{self, Config, DiscoveryConfig, LoadError};
+use crate::discovery::{self, Registrations};
 use crate::health::{self, CheckResult, CheckerHandle, Target};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Counter;
@@ -69,8 +75,14 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     workers: Mutex<Option<Workers>>,
     listeners: Mutex<Vec<ListenerBinding>>,
-    checkers: Mutex<Vec<CheckerHandle>>,
+    /// The active checkers, by service and endpoint.
+    checkers: Mutex<HashMap<(String, SocketAddr), CheckerHandle>>,
     config_path: Option<PathBuf>,
+    /// The config as last loaded from the file (the snapshot's adds discovered endpoints).
+    file_config: Mutex<Arc<Config>>,
+    /// Endpoints registered over the admin API (`discovery = { type = "registry" }`); kept
+    /// across reloads.
+    pub registrations: Registrations,
     config_hash: Mutex<String>,
     last_reload: Mutex<ReloadStatus>,
     /// Serialises reloads (SIGHUP and the admin API may race); never held on the request path.
@@ -106,6 +118,7 @@ impl Gateway {
             bound.push(b);
         }
         let registries = Registries::default();
+        let file_config = Arc::new(config.clone());
         let snapshot = Snapshot::build(config, &registries);
         let reloads = |result: &str| {
             registries.metrics.counter(
@@ -131,8 +144,10 @@ impl Gateway {
             shared,
             workers: Mutex::new(Some(workers)),
             listeners: Mutex::new(bindings),
-            checkers: Mutex::new(Vec::new()),
+            checkers: Mutex::new(HashMap::new()),
             config_path,
+            file_config: Mutex::new(file_config),
+            registrations: Registrations::default(),
             config_hash: Mutex::new(config_hash),
             last_reload: Mutex::new(ReloadStatus {
                 success: true,
@@ -144,8 +159,25 @@ impl Gateway {
             reloads_failed,
             started: Instant::now(),
         });
-        gateway.restart_checkers();
+        gateway.restart_checkers(true);
+        tokio::spawn(expire_registrations(Arc::downgrade(&gateway)));
         Ok(gateway)
+    }
+
+    /// A discovered endpoint set changed: the config last loaded, with the discovered
+    /// endpoints now, becomes the snapshot; checkers start and stop for the endpoints that came
+    /// and went. Blocks while the snapshot is built (call it off the async threads).
+    pub fn discovery_changed(&self) {
+        let _serial = lock(&self.reloading);
+        let file = Arc::clone(&lock(&self.file_config));
+        let snapshot = Snapshot::build(
+            discovery::effective(&file, &self.registrations),
+            &self.shared.registries,
+        );
+        let retained = Arc::clone(&snapshot.config);
+        self.shared.publish(snapshot);
+        self.restart_checkers(false);
+        self.shared.registries.retain(&retained);
     }
 
     /// Listeners with their bound addresses.
@@ -242,7 +274,18 @@ impl Gateway {
             .cloned()
             .collect();
 
-        let snapshot = Snapshot::build(config, &self.shared.registries);
+        // Registrations stay for the services that still use the registry.
+        self.registrations.retain_services(|name| {
+            config.services.iter().any(|s| {
+                s.name == name && matches!(s.discovery, Some(DiscoveryConfig::Registry { .. }))
+            })
+        });
+        let file = Arc::new(config);
+        let snapshot = Snapshot::build(
+            discovery::effective(&file, &self.registrations),
+            &self.shared.registries,
+        );
+        *lock(&self.file_config) = file;
         let retained = Arc::clone(&snapshot.config);
         self.shared.publish(snapshot);
         for r in &removed {
@@ -255,17 +298,25 @@ impl Gateway {
         }
         *lock(&self.listeners) = bindings;
         drop(workers_guard);
-        self.restart_checkers();
+        self.restart_checkers(true);
         self.shared.registries.retain(&retained);
         *lock(&self.config_hash) = hash.clone();
         Ok(hash)
     }
 
-    /// Replaces every active health checker with one per endpoint of the current snapshot.
-    /// Check counters live in the endpoints' state, so a restart loses no progress.
-    fn restart_checkers(&self) {
+    /// Runs one active health checker per endpoint of the current snapshot: `all` replaces
+    /// every checker (a reload may have changed the checks or the transport); otherwise only
+    /// the endpoints that came get one and those that went lose theirs. Check counters live in
+    /// the endpoints' state, so a restart loses no progress.
+    fn restart_checkers(&self, all: bool) {
         let snapshot = self.shared.snapshot.load();
-        let mut checkers = Vec::new();
+        let mut running = lock(&self.checkers);
+        let mut old = if all {
+            HashMap::new()
+        } else {
+            std::mem::take(&mut *running)
+        };
+        let mut checkers = HashMap::new();
         for service in snapshot.config.services.iter() {
             let Some(check) = &service.health_check else {
                 continue;
@@ -275,6 +326,11 @@ impl Gateway {
                 continue;
             };
             for e in &service.endpoints {
+                let key = (service.name.clone(), e.address);
+                if let Some(kept) = old.remove(&key) {
+                    checkers.insert(key, kept);
+                    continue;
+                }
                 let state = self
                     .shared
                     .registries
@@ -302,16 +358,15 @@ impl Gateway {
                     transport: runtime.transport.clone(),
                     connect_timeout: runtime.connect_timeout,
                 };
-                checkers.push(health::spawn_checker(
-                    target,
-                    check.clone(),
-                    state,
-                    on_result,
-                ));
+                checkers.insert(
+                    key,
+                    health::spawn_checker(target, check.clone(), state, on_result),
+                );
             }
         }
         // Dropping the old handles stops their tasks.
-        *lock(&self.checkers) = checkers;
+        *running = checkers;
+        drop(old);
     }
 
     /// Stops accepting and waits up to `runtime.shutdown_grace` for open requests.
@@ -320,6 +375,26 @@ impl Gateway {
         let grace = self.shared.snapshot.load().config.runtime.shutdown_grace;
         let workers = lock(&self.workers).take();
         workers.is_none_or(|w| w.shutdown(grace))
+    }
+}
+
+/// Removes the registrations not renewed in time, every 100 ms, for as long as the gateway
+/// lives.
+async fn expire_registrations(gateway: Weak<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        let gone = gateway.registrations.expire(Instant::now());
+        if gone.is_empty() {
+            continue;
+        }
+        for (service, address) in &gone {
+            tracing::info!(%service, endpoint = %address, "registration expired without a heartbeat: endpoint removed");
+        }
+        let _ = tokio::task::spawn_blocking(move || gateway.discovery_changed()).await;
     }
 }
 

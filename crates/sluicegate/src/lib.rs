@@ -9,6 +9,7 @@ pub mod answer;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod gateway;
 pub mod health;
 pub mod jose;

@@ -27,6 +27,14 @@ pub fn router(state: AdminState, loopback: bool) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/cache/purge", post(purge))
+        .route(
+            "/api/v1/services/{name}/endpoints",
+            post(register).delete(deregister_by_body),
+        )
+        .route(
+            "/api/v1/services/{name}/endpoints/{address}",
+            axum::routing::delete(deregister_by_path),
+        )
         .fallback(not_found)
         .layer(guard)
         .with_state(state)
@@ -219,10 +227,12 @@ async fn services(State(s): State<AdminState>) -> Json<Value> {
                 .endpoints
                 .iter()
                 .zip(&r.health)
-                .map(|(e, h)| {
+                .zip(&c.endpoints)
+                .map(|((e, h), config)| {
                     json!({
                         "address": e.address.to_string(),
                         "weight": e.weight,
+                        "source": config.source.as_str(),
                         "healthy": h.is_healthy(),
                         "ejected": h.is_ejected(now),
                         "breaker": if r.breaker.is_some() { h.breaker.state().name() } else { "closed" },
@@ -230,14 +240,180 @@ async fn services(State(s): State<AdminState>) -> Json<Value> {
                     })
                 })
                 .collect();
+            let discovery = match &c.discovery {
+                Some(crate::config::DiscoveryConfig::Registry { default_ttl }) => json!({
+                    "type": "registry",
+                    "default_ttl_seconds": default_ttl.as_secs_f64(),
+                    "registered": s.gateway.registrations.list(&c.name).len(),
+                }),
+                None => Value::Null,
+            };
             json!({
                 "name": c.name,
                 "algorithm": c.algorithm.name(),
                 "endpoints": endpoints,
+                "discovery": discovery,
             })
         })
         .collect();
     Json(json!({ "services": services }))
+}
+
+/// `POST /api/v1/services/{name}/endpoints` with `{"address": "IP:PORT", "weight": 1, "ttl":
+/// "10s"}` (weight and ttl optional; ttl as a duration string or whole seconds; default the
+/// service's `default_ttl`): registers the endpoint, or renews it (a heartbeat). 200 with the
+/// registration; 404 for an unknown service, 400 for a service without registry discovery or
+/// a bad body.
+async fn register(
+    State(s): State<AdminState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "bad_request", message, None);
+    let default_ttl = match registry_of(&s, &name) {
+        Ok(ttl) => ttl,
+        Err(response) => return *response,
+    };
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+        return bad(
+            "expected a JSON object: {\"address\": \"IP:PORT\", \"weight\": 1, \"ttl\": \"30s\"}",
+        );
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["address", "weight", "ttl"].contains(&k.as_str()))
+    {
+        return bad(&format!(
+            "unknown field \"{unknown}\"; expected address, weight, ttl"
+        ));
+    }
+    let Some(address) = fields
+        .get("address")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+    else {
+        return bad("\"address\" must be an IP address and port, such as \"10.0.0.5:8080\"");
+    };
+    let weight = match fields.get("weight") {
+        None => 1,
+        Some(w) => match w
+            .as_u64()
+            .filter(|w| (1..=u64::from(crate::config::MAX_WEIGHT)).contains(w))
+        {
+            Some(w) => w as u32,
+            None => {
+                return bad(&format!(
+                    "\"weight\" must be a whole number from 1 to {}",
+                    crate::config::MAX_WEIGHT
+                ))
+            }
+        },
+    };
+    let ttl = match fields.get("ttl") {
+        None => default_ttl,
+        Some(Value::String(text)) => match crate::config::units::parse_duration(text) {
+            Ok(ttl) if !ttl.is_zero() => ttl,
+            _ => return bad("\"ttl\" must be a duration such as \"30s\", more than 0"),
+        },
+        Some(v) => match v.as_u64().filter(|n| *n > 0) {
+            Some(seconds) => std::time::Duration::from_secs(seconds),
+            None => return bad("\"ttl\" must be a duration such as \"30s\", more than 0"),
+        },
+    };
+    let outcome =
+        s.gateway
+            .registrations
+            .register(&name, address, weight, ttl, std::time::Instant::now());
+    if outcome != crate::discovery::registry::Registered::Renewed {
+        tracing::info!(service = %name, endpoint = %address, weight, ?outcome, "endpoint registered");
+        let gateway = Arc::clone(&s.gateway);
+        let _ = tokio::task::spawn_blocking(move || gateway.discovery_changed()).await;
+    }
+    Json(json!({
+        "service": name,
+        "address": address.to_string(),
+        "weight": weight,
+        "ttl_seconds": ttl.as_secs_f64(),
+    }))
+    .into_response()
+}
+
+/// `DELETE /api/v1/services/{name}/endpoints` with `{"address": "IP:PORT"}`.
+async fn deregister_by_body(
+    State(s): State<AdminState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let address = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("address")?.as_str().map(str::to_string));
+    let Some(address) = address else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected a JSON object: {\"address\": \"IP:PORT\"}",
+            None,
+        );
+    };
+    deregister(s, name, address).await
+}
+
+/// `DELETE /api/v1/services/{name}/endpoints/{address}`.
+async fn deregister_by_path(
+    State(s): State<AdminState>,
+    axum::extract::Path((name, address)): axum::extract::Path<(String, String)>,
+) -> Response {
+    deregister(s, name, address).await
+}
+
+async fn deregister(s: AdminState, name: String, address: String) -> Response {
+    if let Err(response) = registry_of(&s, &name) {
+        return *response;
+    }
+    let Ok(address) = address.parse::<std::net::SocketAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the address must be an IP address and port, such as \"10.0.0.5:8080\"",
+            None,
+        );
+    };
+    if !s.gateway.registrations.deregister(&name, address) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("{address} is not registered in service {name}"),
+            None,
+        );
+    }
+    tracing::info!(service = %name, endpoint = %address, "endpoint deregistered");
+    let gateway = Arc::clone(&s.gateway);
+    let _ = tokio::task::spawn_blocking(move || gateway.discovery_changed()).await;
+    Json(json!({ "service": name, "address": address.to_string(), "deregistered": true }))
+        .into_response()
+}
+
+/// The `default_ttl` of `name`'s registry, or the error answer: 404 for an unknown service, 400
+/// for one that does not discover through the registry.
+fn registry_of(s: &AdminState, name: &str) -> Result<std::time::Duration, Box<Response>> {
+    let snapshot = s.gateway.shared.snapshot.load();
+    let Some(service) = snapshot.config.services.iter().find(|c| c.name == name) else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no service named {name}"),
+            None,
+        )));
+    };
+    match &service.discovery {
+        Some(crate::config::DiscoveryConfig::Registry { default_ttl }) => Ok(*default_ttl),
+        _ => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("service {name} does not use discovery = {{ type = \"registry\" }}"),
+            None,
+        ))),
+    }
 }
 
 async fn reload(State(s): State<AdminState>) -> Response {

@@ -106,12 +106,16 @@ impl Default for BuildOptions {
     }
 }
 
-/// Builds the balancer for `algorithm` over `endpoints` (at least one).
+/// Builds the balancer for `algorithm` over `endpoints` (none: a discovered service with no
+/// endpoint yet, whose every pick is `None`).
 pub fn build(
     algorithm: Algorithm,
     endpoints: Arc<[Endpoint]>,
     options: BuildOptions,
 ) -> Box<dyn Balancer> {
+    if endpoints.is_empty() {
+        return Box::new(NoEndpoint);
+    }
     match algorithm {
         Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(endpoints.len())),
         Algorithm::WeightedRoundRobin => {
@@ -125,6 +129,16 @@ pub fn build(
         Algorithm::Hash => Box::new(hash::Hash::new(&endpoints)),
         Algorithm::RingHash => Box::new(ring_hash::RingHash::new(&endpoints)),
         Algorithm::Maglev => Box::new(maglev::Maglev::new(&endpoints, options.maglev_table_size)),
+    }
+}
+
+/// The balancer of a service that has no endpoint now.
+#[derive(Debug)]
+struct NoEndpoint;
+
+impl Balancer for NoEndpoint {
+    fn pick(&self, _: Option<u64>, _: &dyn Fn(usize) -> bool) -> Option<usize> {
+        None
     }
 }
 

@@ -741,8 +741,10 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             "sticky_sessions",
             "tls",
             "send_proxy_protocol",
+            "discovery",
+            "initial_health",
         ],
-        &["discovery"],
+        &[],
     );
     let name = r.required_string(t, "name", "a unique service name");
     let algorithm = match r.string(t, "algorithm") {
@@ -800,7 +802,22 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
             }
         }
     }
-    let endpoints = endpoints(r, t);
+    let discovery = r.table(t, "discovery").and_then(|d| discovery(r, &d));
+    let endpoints = endpoints(r, t, t.get("discovery").is_some());
+    let initial_health = match r.string(t, "initial_health") {
+        None | Some(("healthy", _)) => InitialHealth::Healthy,
+        Some(("unhealthy", _)) => InitialHealth::Unhealthy,
+        Some((other, span)) => {
+            r.report(
+                span,
+                format!(
+                    "{}: unknown value \"{other}\"; expected \"healthy\" or \"unhealthy\"",
+                    t.key_path("initial_health")
+                ),
+            );
+            InitialHealth::Healthy
+        }
+    };
     let connect_timeout = r
         .duration(t, "connect_timeout")
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -919,7 +936,48 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
         sticky_sessions,
         protocol,
         send_proxy_protocol,
+        discovery,
+        initial_health,
     })
+}
+
+/// A service's `discovery = { type = … }`.
+fn discovery(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<DiscoveryConfig> {
+    let (kind, span) = r.required_string(t, "type", "\"registry\", \"dns\" or \"file\"")?;
+    match kind {
+        "registry" => {
+            r.check_keys(t, &["type", "default_ttl"], &[]);
+            let default_ttl = r.duration(t, "default_ttl").unwrap_or(DEFAULT_REGISTRY_TTL);
+            if default_ttl.is_zero() {
+                let span = t.get("default_ttl").map_or(t.span.clone(), |v| v.span());
+                r.report(
+                    span,
+                    format!("{}: must be more than 0", t.key_path("default_ttl")),
+                );
+            }
+            Some(DiscoveryConfig::Registry { default_ttl })
+        }
+        "dns" | "file" => {
+            r.report(
+                span,
+                format!(
+                    "{}: \"{kind}\" is not supported yet in this version of sluicegate; \"registry\" is",
+                    t.key_path("type")
+                ),
+            );
+            None
+        }
+        other => {
+            r.report(
+                span,
+                format!(
+                    "{}: unknown discovery \"{other}\"; expected \"registry\", \"dns\" or \"file\"",
+                    t.key_path("type")
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// A service's TLS settings (its `tls` table, or the defaults when there is none), with the
@@ -1221,8 +1279,12 @@ fn sticky_sessions(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<StickyConfig
     })
 }
 
-fn endpoints(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Vec<EndpointConfig> {
+/// `endpoints`: required, and not empty, unless the service discovers endpoints.
+fn endpoints(r: &mut Reader<'_>, t: &Table<'_, '_>, discovers: bool) -> Vec<EndpointConfig> {
     if t.get("endpoints").is_none() {
+        if discovers {
+            return Vec::new();
+        }
         r.missing(
             t,
             "endpoints",
@@ -1232,7 +1294,7 @@ fn endpoints(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Vec<EndpointConfig> {
     }
     let mut out: Vec<EndpointConfig> = Vec::new();
     let tables = r.tables(t, "endpoints");
-    if tables.is_empty() {
+    if tables.is_empty() && !discovers {
         if let Some(v) = t.get("endpoints") {
             r.report(
                 v.span(),
@@ -1264,7 +1326,11 @@ fn endpoints(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Vec<EndpointConfig> {
             );
             continue;
         }
-        out.push(EndpointConfig { address, weight });
+        out.push(EndpointConfig {
+            address,
+            weight,
+            source: EndpointSource::Static,
+        });
     }
     out
 }

@@ -385,6 +385,59 @@ pub struct ServiceConfig {
     pub protocol: UpstreamProtocol,
     /// For `protocol = "tcp"`: the PROXY protocol header sent first, if any.
     pub send_proxy_protocol: Option<ProxyProtocol>,
+    /// Where endpoints come from besides `endpoints`.
+    pub discovery: Option<DiscoveryConfig>,
+    /// Whether a discovered endpoint takes traffic before its first active check passes.
+    pub initial_health: InitialHealth,
+}
+
+/// A service's `discovery`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryConfig {
+    /// `type = "registry"`: endpoints registered over the admin API, removed when not renewed
+    /// within their ttl (`default_ttl` when the registration names none).
+    Registry { default_ttl: Duration },
+}
+
+impl DiscoveryConfig {
+    /// The source's name, as `/api/v1/services` shows it.
+    pub fn source(&self) -> EndpointSource {
+        match self {
+            DiscoveryConfig::Registry { .. } => EndpointSource::Registry,
+        }
+    }
+}
+
+/// Where an endpoint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointSource {
+    /// The config file's `endpoints`.
+    #[default]
+    Static,
+    /// Registered over the admin API.
+    Registry,
+}
+
+impl EndpointSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointSource::Static => "static",
+            EndpointSource::Registry => "registry",
+        }
+    }
+}
+
+/// `default_ttl` of a registry when the config names none.
+pub const DEFAULT_REGISTRY_TTL: Duration = Duration::from_secs(30);
+
+/// `initial_health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialHealth {
+    /// A new endpoint takes traffic at once (as static ones do).
+    #[default]
+    Healthy,
+    /// A new endpoint of a service with active checks waits for its checks to pass.
+    Unhealthy,
 }
 
 /// Which PROXY protocol version to send to an upstream. Both carry the same facts; v2 is binary,
@@ -465,6 +518,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct EndpointConfig {
     pub address: SocketAddr,
     pub weight: u32,
+    pub source: EndpointSource,
 }
 
 /// Largest accepted endpoint weight; keeps smooth WRR cycles and ring sizes bounded.

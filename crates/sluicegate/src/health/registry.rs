@@ -31,6 +31,24 @@ impl Registry {
             .clone()
     }
 
+    /// The state of `address` in `service`; created with `healthy` as its first verdict when
+    /// it is new (a discovered endpoint that must pass its checks first starts unhealthy).
+    pub fn get_or_create_as(
+        &self,
+        service: &str,
+        address: SocketAddr,
+        healthy: bool,
+    ) -> Arc<EndpointHealth> {
+        self.lock()
+            .entry((service.to_string(), address))
+            .or_insert_with(|| {
+                let state = EndpointHealth::new();
+                state.set_healthy(healthy);
+                Arc::new(state)
+            })
+            .clone()
+    }
+
     /// The state of `address` in `service`, if it exists (for the admin API).
     pub fn get(&self, service: &str, address: SocketAddr) -> Option<Arc<EndpointHealth>> {
         self.lock().get(&(service.to_string(), address)).cloned()

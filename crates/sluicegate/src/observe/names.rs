@@ -125,6 +125,10 @@ pub const CACHE_LOOKUPS_TOTAL_HELP: &str =
 pub const CACHE_BYTES: &str = "sluicegate_cache_bytes";
 pub const CACHE_BYTES_HELP: &str = "Bytes the response cache's memory tier holds.";
 
+/// Gauge. Labels: `service`. Endpoints the service has now, static and discovered.
+pub const ENDPOINTS: &str = "sluicegate_endpoints";
+pub const ENDPOINTS_HELP: &str = "Endpoints a service has now, static and discovered, by service.";
+
 /// Counter. Labels: `reason` = `size` (dropped to stay within `[cache] max_bytes`, or not
 /// admitted by TinyLFU) or `expired` (kept past any use). Purges are not counted.
 pub const CACHE_EVICTIONS_TOTAL: &str = "sluicegate_cache_evictions_total";
@@ -214,6 +218,7 @@ pub const ALL: &[(&str, &str)] = &[
     (CACHE_LOOKUPS_TOTAL, CACHE_LOOKUPS_TOTAL_HELP),
     (CACHE_BYTES, CACHE_BYTES_HELP),
     (CACHE_EVICTIONS_TOTAL, CACHE_EVICTIONS_TOTAL_HELP),
+    (ENDPOINTS, ENDPOINTS_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
     (LOAD_SHEDDING_IN_FLIGHT, LOAD_SHEDDING_IN_FLIGHT_HELP),
     (LOAD_SHEDDING_LIMIT, LOAD_SHEDDING_LIMIT_HELP),
@@ -242,6 +247,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 24);
+        assert_eq!(ALL.len(), 25);
     }
 }

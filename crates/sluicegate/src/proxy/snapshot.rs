@@ -183,6 +183,8 @@ pub struct ServiceRuntime {
     pub sticky: Option<Sticky>,
     pub transport: Transport,
     pub send_proxy_protocol: Option<ProxyProtocol>,
+    /// `sluicegate_endpoints{service}`, held so that the series lives as long as the service.
+    pub endpoint_count: crate::observe::metrics::Gauge,
 }
 
 impl std::fmt::Debug for ServiceRuntime {
@@ -228,6 +230,12 @@ impl ServiceRuntime {
 
 fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceRuntime {
     let m = &reg.metrics;
+    let endpoint_count = m.gauge(
+        names::ENDPOINTS,
+        names::ENDPOINTS_HELP,
+        &[(names::label::SERVICE, &s.name)],
+    );
+    endpoint_count.set(i64::try_from(s.endpoints.len()).unwrap_or(i64::MAX));
     let endpoints: Arc<[Endpoint]> = s
         .endpoints
         .iter()
@@ -237,9 +245,17 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
             load: reg.load(&s.name, e.address),
         })
         .collect();
-    let health: Vec<Arc<EndpointHealth>> = endpoints
+    let health: Vec<Arc<EndpointHealth>> = s
+        .endpoints
         .iter()
-        .map(|e| reg.health.get_or_create(&s.name, e.address))
+        .map(|e| {
+            // A discovered endpoint of a service with active checks may have to pass them
+            // before it takes traffic.
+            let wait = e.source != crate::config::EndpointSource::Static
+                && s.health_check.is_some()
+                && s.initial_health == crate::config::InitialHealth::Unhealthy;
+            reg.health.get_or_create_as(&s.name, e.address, !wait)
+        })
         .collect();
     let mut upstream = Vec::new();
     let endpoint_names = endpoints
@@ -313,6 +329,7 @@ fn build_service(s: &crate::config::ServiceConfig, reg: &Registries) -> ServiceR
         }
     };
     ServiceRuntime {
+        endpoint_count,
         name: Arc::from(s.name.as_str()),
         endpoints,
         endpoint_names,

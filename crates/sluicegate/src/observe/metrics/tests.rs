@@ -594,6 +594,12 @@ fn spec_metrics_render_valid_text() {
         &[],
         Arc::new(|| 0),
     );
+    r.gauge(
+        names::ENDPOINTS,
+        names::ENDPOINTS_HELP,
+        &[(label::SERVICE, "app")],
+    )
+    .set(2);
     r.counter_fn(
         names::CACHE_EVICTIONS_TOTAL,
         names::CACHE_EVICTIONS_TOTAL_HELP,

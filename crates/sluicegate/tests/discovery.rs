@@ -1,0 +1,277 @@
+//! Service discovery through the real binary: endpoints registered over the admin API (with a
+//! token), kept by heartbeats, removed by silence or `DELETE`, kept across reloads, and changed
+//! under load without a failed request.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Backend, Client, Gateway, Toml};
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A gateway whose service `app` has `static_endpoints` and registry discovery with
+/// `default_ttl`, behind an admin API with a token.
+fn config(static_endpoints: &[&Backend], default_ttl: &str) -> String {
+    let addrs: Vec<_> = static_endpoints.iter().map(|b| b.addr).collect();
+    let toml = Toml::new()
+        .admin()
+        .listener("public", "")
+        .route("all", "app", "")
+        .service(
+            "app",
+            &addrs,
+            &format!("discovery = {{ type = \"registry\", default_ttl = \"{default_ttl}\" }}"),
+        )
+        .build();
+    toml.replace(
+        "[admin]\nbind = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+    )
+}
+
+const AUTH: (&str, &str) = ("authorization", "Bearer test-token-0123456789");
+
+fn register(gw: &Gateway, backend: &Backend, ttl: &str) -> u16 {
+    let body = format!(r#"{{"address": "{}", "ttl": "{ttl}"}}"#, backend.addr);
+    gw.admin()
+        .request(
+            "POST",
+            "/api/v1/services/app/endpoints",
+            &[AUTH],
+            body.as_bytes(),
+        )
+        .status
+}
+
+/// The backends that answered `n` requests.
+fn answered(gw: &Gateway, n: usize) -> HashSet<String> {
+    let mut c = gw.client();
+    (0..n).map(|_| c.get("/").text()).collect()
+}
+
+fn endpoints(gw: &Gateway) -> Vec<(String, String)> {
+    let services = gw.admin().get("/api/v1/services").json();
+    services["services"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_string(),
+                e["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn heartbeats_keep_registered_endpoints_and_silence_removes_them() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let gw = Gateway::start(&config(&[], "30s"));
+    // Nothing registered yet: no endpoint to send to.
+    let none = gw.client().get("/");
+    assert_eq!(
+        (none.status, none.json()["error"].as_str()),
+        (503, Some("no_healthy_upstream"))
+    );
+    for backend in [&a, &b, &c] {
+        assert_eq!(register(&gw, backend, "2s"), 200);
+    }
+    assert_eq!(
+        answered(&gw, 30),
+        HashSet::from(["a", "b", "c"].map(String::from))
+    );
+    let registered = Instant::now();
+    // a and b send heartbeats every 500 ms; c falls silent.
+    let mut gone_at = None;
+    while registered.elapsed() < Duration::from_millis(4500) {
+        std::thread::sleep(Duration::from_millis(500));
+        for backend in [&a, &b] {
+            assert_eq!(register(&gw, backend, "2s"), 200);
+        }
+        if gone_at.is_none() && endpoints(&gw).len() == 2 {
+            gone_at = Some(registered.elapsed());
+        }
+    }
+    let gone_at = gone_at.expect("the silent endpoint was removed");
+    assert!(
+        gone_at <= Duration::from_secs(3),
+        "removed after {gone_at:?}"
+    );
+    assert_eq!(
+        answered(&gw, 30),
+        HashSet::from(["a", "b"].map(String::from))
+    );
+    let listed = endpoints(&gw);
+    assert!(
+        listed.iter().all(|(_, source)| source == "registry"),
+        "{listed:?}"
+    );
+    assert!(gw
+        .stderr_text()
+        .contains("registration expired without a heartbeat"));
+}
+
+#[test]
+fn writes_need_the_token_and_bad_registrations_are_refused() {
+    let a = Backend::start("a");
+    let gw = Gateway::start(&config(&[], "30s"));
+    let body = format!(r#"{{"address": "{}"}}"#, a.addr);
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        gw.admin().request("POST", path, headers, body.as_bytes())
+    };
+    let r = post("/api/v1/services/app/endpoints", &[], &body);
+    assert_eq!(r.status, 401);
+    let r = post("/api/v1/services/nope/endpoints", &[AUTH], &body);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    for bad in [
+        r#"{"address": "not-an-address"}"#,
+        r#"{"address": "127.0.0.1:1", "weight": 0}"#,
+        r#"{"address": "127.0.0.1:1", "ttl": "soon"}"#,
+        r#"{"address": "127.0.0.1:1", "zone": "a"}"#,
+        "[]",
+    ] {
+        let r = post("/api/v1/services/app/endpoints", &[AUTH], bad);
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    assert!(endpoints(&gw).is_empty());
+}
+
+#[test]
+fn static_and_registered_endpoints_together_deregistered_and_kept_across_a_reload() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let gw = Gateway::start(&config(&[&a], "60s"));
+    assert_eq!(register(&gw, &b, "60s"), 200);
+    assert_eq!(
+        answered(&gw, 20),
+        HashSet::from(["a", "b"].map(String::from))
+    );
+    let mut listed = endpoints(&gw);
+    listed.sort();
+    let mut expected = vec![
+        (a.addr.to_string(), "static".to_string()),
+        (b.addr.to_string(), "registry".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
+    // A reload (the same file) keeps the registration.
+    gw.write_config(&config(&[&a], "60s"));
+    let r = gw.admin().request("POST", "/api/v1/reload", &[AUTH], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        answered(&gw, 20),
+        HashSet::from(["a", "b"].map(String::from))
+    );
+    // DELETE by path, then again: 404.
+    let path = format!("/api/v1/services/app/endpoints/{}", b.addr);
+    let r = gw.admin().request("DELETE", &path, &[AUTH], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answered(&gw, 10), HashSet::from(["a".to_string()]));
+    let r = gw.admin().request("DELETE", &path, &[AUTH], b"");
+    assert_eq!(r.status, 404);
+    // DELETE with a body.
+    assert_eq!(register(&gw, &b, "60s"), 200);
+    let body = format!(r#"{{"address": "{}"}}"#, b.addr);
+    let r = gw.admin().request(
+        "DELETE",
+        "/api/v1/services/app/endpoints",
+        &[AUTH],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(endpoints(&gw).len(), 1);
+}
+
+#[test]
+fn endpoints_come_and_go_under_load_without_a_failed_request() {
+    let backends: Vec<Backend> = (0..4).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let gw = Gateway::start(&config(&[&backends[0]], "60s"));
+    let addr = gw.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c.get("/");
+                    let counter = if r.status == 200 { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Every 200 ms for 3 s, one of three backends is registered or deregistered.
+    let started = Instant::now();
+    let mut step = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let backend = &backends[1 + step % 3];
+        if (step / 3) % 2 == 0 {
+            assert_eq!(register(&gw, backend, "60s"), 200);
+        } else {
+            let path = format!("/api/v1/services/app/endpoints/{}", backend.addr);
+            assert_eq!(
+                gw.admin().request("DELETE", &path, &[AUTH], b"").status,
+                200
+            );
+        }
+        step += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 100, "{ok}");
+    assert!(backends[1..].iter().any(|b| b.hits() > 0));
+}
+
+#[test]
+fn discovery_settings_not_built_yet_or_wrong_are_refused() {
+    let service = |extra: &str| {
+        Toml::new()
+            .listener("public", "")
+            .route("all", "app", "")
+            .service("app", &[], extra)
+            .build()
+    };
+    for (extra, expected) in [
+        (
+            "discovery = { type = \"dns\", name = \"x\", port = 80 }",
+            "\"dns\" is not supported yet",
+        ),
+        (
+            "discovery = { type = \"consul\" }",
+            "unknown discovery \"consul\"",
+        ),
+        (
+            "discovery = { type = \"registry\", default_ttl = \"0s\" }",
+            "default_ttl: must be more than 0",
+        ),
+        (
+            "discovery = { type = \"registry\" }\ninitial_health = \"maybe\"",
+            "initial_health: unknown value \"maybe\"",
+        ),
+        ("", "needs at least one endpoint"),
+    ] {
+        let (code, _, stderr) = support::check(&service(extra));
+        assert_eq!(code, 1, "{extra}");
+        assert!(stderr.contains(expected), "{extra}: {stderr}");
+    }
+    let (code, _, stderr) = support::check(&service("discovery = { type = \"registry\" }"));
+    assert_eq!(code, 0, "{stderr}");
+}
