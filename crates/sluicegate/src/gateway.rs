@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{self, Config, DiscoveryConfig, LoadError};
-use crate::discovery::{self, Registrations};
+use crate::discovery::{self, FileSources, Registrations};
 use crate::health::{self, CheckResult, CheckerHandle, Target};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Counter;
@@ -83,6 +83,10 @@ pub struct Gateway {
     /// Endpoints registered over the admin API (`discovery = { type = "registry" }`); kept
     /// across reloads.
     pub registrations: Registrations,
+    /// The watched files of `type = "file"` discovery.
+    pub files: Arc<FileSources>,
+    /// This gateway, for the callbacks of the sources it starts.
+    me: std::sync::OnceLock<Weak<Gateway>>,
     config_hash: Mutex<String>,
     last_reload: Mutex<ReloadStatus>,
     /// Serialises reloads (SIGHUP and the admin API may race); never held on the request path.
@@ -148,6 +152,8 @@ impl Gateway {
             config_path,
             file_config: Mutex::new(file_config),
             registrations: Registrations::default(),
+            files: Arc::default(),
+            me: std::sync::OnceLock::new(),
             config_hash: Mutex::new(config_hash),
             last_reload: Mutex::new(ReloadStatus {
                 success: true,
@@ -159,9 +165,36 @@ impl Gateway {
             reloads_failed,
             started: Instant::now(),
         });
+        gateway.watch_files();
+        let watches_files = lock(&gateway.file_config)
+            .services
+            .iter()
+            .any(|s| matches!(s.discovery, Some(DiscoveryConfig::File { .. })));
+        if watches_files {
+            // The files' endpoints join the first snapshot's.
+            gateway.discovery_changed();
+        }
         gateway.restart_checkers(true);
         tokio::spawn(expire_registrations(Arc::downgrade(&gateway)));
         Ok(gateway)
+    }
+
+    /// Watches the discovery files the config last loaded names.
+    fn watch_files(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+        let file = Arc::clone(&lock(&self.file_config));
+        self.files
+            .sync(&file, self.on_discovery(), &self.shared.registries.metrics);
+    }
+
+    /// What a discovery source calls when its set changed.
+    fn on_discovery(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let gateway = self.me.get().cloned().unwrap_or_default();
+        Arc::new(move || {
+            if let Some(gateway) = gateway.upgrade() {
+                gateway.discovery_changed();
+            }
+        })
     }
 
     /// A discovered endpoint set changed: the config last loaded, with the discovered
@@ -171,7 +204,7 @@ impl Gateway {
         let _serial = lock(&self.reloading);
         let file = Arc::clone(&lock(&self.file_config));
         let snapshot = Snapshot::build(
-            discovery::effective(&file, &self.registrations),
+            discovery::effective(&file, &self.registrations, &self.files),
             &self.shared.registries,
         );
         let retained = Arc::clone(&snapshot.config);
@@ -281,8 +314,11 @@ impl Gateway {
             })
         });
         let file = Arc::new(config);
+        // The files as the config just read them; new ones are watched from now.
+        self.files
+            .sync(&file, self.on_discovery(), &self.shared.registries.metrics);
         let snapshot = Snapshot::build(
-            discovery::effective(&file, &self.registrations),
+            discovery::effective(&file, &self.registrations, &self.files),
             &self.shared.registries,
         );
         *lock(&self.file_config) = file;

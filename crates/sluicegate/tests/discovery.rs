@@ -275,3 +275,110 @@ fn discovery_settings_not_built_yet_or_wrong_are_refused() {
     let (code, _, stderr) = support::check(&service("discovery = { type = \"registry\" }"));
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// A gateway whose service `app` takes its endpoints from `path`.
+fn file_config(path: &std::path::Path) -> String {
+    Toml::new()
+        .admin()
+        .listener("public", "")
+        .route("all", "app", "")
+        .service(
+            "app",
+            &[],
+            &format!(
+                "discovery = {{ type = \"file\", path = \"{}\" }}",
+                path.display()
+            ),
+        )
+        .build()
+}
+
+fn listing(backends: &[&Backend]) -> String {
+    let entries: Vec<String> = backends
+        .iter()
+        .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+/// Waits until `gw` answers with exactly `names`; how long that took.
+fn follows(gw: &Gateway, names: &[&str]) -> Duration {
+    let wanted: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+    let started = Instant::now();
+    support::wait_until("traffic follows the file", Duration::from_secs(5), || {
+        answered(gw, 12) == wanted
+    });
+    started.elapsed()
+}
+
+#[test]
+fn a_watched_file_is_followed_through_rename_truncate_and_invalid_edits() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let dir = support::TempDir::new("discovery-file");
+    let path = dir.write("endpoints.json", &listing(&[&a]));
+    let gw = Gateway::start(&file_config(&path));
+    assert_eq!(answered(&gw, 10), HashSet::from(["a".to_string()]));
+    // Written elsewhere, then renamed over it (how deploy tools and editors write).
+    let staged = dir.write("staged.json", &listing(&[&a, &b]));
+    std::fs::rename(&staged, &path).unwrap();
+    let took = follows(&gw, &["a", "b"]);
+    assert!(
+        took <= Duration::from_secs(1),
+        "rename followed after {took:?}"
+    );
+    // Truncated and written in place.
+    std::fs::write(&path, listing(&[&c])).unwrap();
+    let took = follows(&gw, &["c"]);
+    assert!(
+        took <= Duration::from_secs(1),
+        "rewrite followed after {took:?}"
+    );
+    // An invalid edit is refused: the last good set stays, and the problem says where.
+    std::fs::write(
+        &path,
+        "[{\"address\": \"10.0.0.1:80\"},\n {\"address\": \"nope\"}]",
+    )
+    .unwrap();
+    support::wait_until("the problem is seen", Duration::from_secs(5), || {
+        gw.stderr_text().contains("discovery file refused")
+    });
+    assert_eq!(answered(&gw, 10), HashSet::from(["c".to_string()]));
+    let services = gw.admin().get("/api/v1/services").json();
+    let discovery = &services["services"][0]["discovery"];
+    assert_eq!(discovery["type"], "file");
+    let problem = discovery["last_error"].as_str().unwrap();
+    assert!(problem.contains("endpoints.json:2:3:"), "{problem}");
+    assert_eq!(
+        services["services"][0]["endpoints"][0]["source"], "file",
+        "{services}"
+    );
+    assert!(
+        gw.metric("sluicegate_discovery_refreshes_total{service=\"app\",result=\"failure\"}") >= 1
+    );
+    // Fixed again: followed.
+    std::fs::write(&path, listing(&[&a, &c])).unwrap();
+    follows(&gw, &["a", "c"]);
+}
+
+#[test]
+fn a_broken_discovery_file_refuses_the_config_with_where() {
+    let dir = support::TempDir::new("discovery-broken");
+    let path = dir.write(
+        "endpoints.toml",
+        "[[endpoints]]\naddress = \"10.0.0.1:80\"\nweight = 0\n",
+    );
+    let (code, _, stderr) = support::check(&file_config(&path));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("endpoints.toml:3:10: weight 0 is not from 1 to 1000"),
+        "{stderr}"
+    );
+    let other = dir.write("endpoints.yaml", "[]");
+    let (code, _, stderr) = support::check(&file_config(&other));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("ends in .json or .toml"), "{stderr}");
+}

@@ -246,6 +246,15 @@ async fn services(State(s): State<AdminState>) -> Json<Value> {
                     "default_ttl_seconds": default_ttl.as_secs_f64(),
                     "registered": s.gateway.registrations.list(&c.name).len(),
                 }),
+                Some(crate::config::DiscoveryConfig::File { path, .. }) => {
+                    let state = s.gateway.files.state(&c.name);
+                    json!({
+                        "type": "file",
+                        "path": path.display().to_string(),
+                        "last_refresh": state.as_ref().and_then(|f| f.refreshed).map(crate::observe::time::rfc3339_millis),
+                        "last_error": state.and_then(|f| f.problem),
+                    })
+                }
                 None => Value::Null,
             };
             json!({

@@ -957,11 +957,23 @@ fn discovery(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<DiscoveryConfig> {
             }
             Some(DiscoveryConfig::Registry { default_ttl })
         }
-        "dns" | "file" => {
+        "file" => {
+            r.check_keys(t, &["type", "path"], &[]);
+            let (path, span) = r.required_string(t, "path", "the file listing the endpoints")?;
+            let path = std::path::PathBuf::from(path);
+            match crate::discovery::file::read(&path) {
+                Ok(endpoints) => Some(DiscoveryConfig::File { path, endpoints }),
+                Err(why) => {
+                    r.report(span, format!("{}: {why}", t.key_path("path")));
+                    None
+                }
+            }
+        }
+        "dns" => {
             r.report(
                 span,
                 format!(
-                    "{}: \"{kind}\" is not supported yet in this version of sluicegate; \"registry\" is",
+                    "{}: \"{kind}\" is not supported yet in this version of sluicegate; \"registry\" and \"file\" are",
                     t.key_path("type")
                 ),
             );

@@ -397,6 +397,12 @@ pub enum DiscoveryConfig {
     /// `type = "registry"`: endpoints registered over the admin API, removed when not renewed
     /// within their ttl (`default_ttl` when the registration names none).
     Registry { default_ttl: Duration },
+    /// `type = "file"`: endpoints listed in a watched JSON or TOML file; `endpoints` as read
+    /// when the config loaded.
+    File {
+        path: std::path::PathBuf,
+        endpoints: Vec<EndpointConfig>,
+    },
 }
 
 impl DiscoveryConfig {
@@ -404,6 +410,7 @@ impl DiscoveryConfig {
     pub fn source(&self) -> EndpointSource {
         match self {
             DiscoveryConfig::Registry { .. } => EndpointSource::Registry,
+            DiscoveryConfig::File { .. } => EndpointSource::File,
         }
     }
 }
@@ -416,6 +423,8 @@ pub enum EndpointSource {
     Static,
     /// Registered over the admin API.
     Registry,
+    /// Listed in a watched file.
+    File,
 }
 
 impl EndpointSource {
@@ -423,6 +432,7 @@ impl EndpointSource {
         match self {
             EndpointSource::Static => "static",
             EndpointSource::Registry => "registry",
+            EndpointSource::File => "file",
         }
     }
 }

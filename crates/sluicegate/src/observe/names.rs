@@ -125,6 +125,12 @@ pub const CACHE_LOOKUPS_TOTAL_HELP: &str =
 pub const CACHE_BYTES: &str = "sluicegate_cache_bytes";
 pub const CACHE_BYTES_HELP: &str = "Bytes the response cache's memory tier holds.";
 
+/// Counter. Labels: `service`, `result` = `success` | `failure`. Reads of a service's discovery
+/// source (a `type = "file"` file, when it changed).
+pub const DISCOVERY_REFRESHES_TOTAL: &str = "sluicegate_discovery_refreshes_total";
+pub const DISCOVERY_REFRESHES_TOTAL_HELP: &str =
+    "Reads of a service's discovery source, by service and result.";
+
 /// Gauge. Labels: `service`. Endpoints the service has now, static and discovered.
 pub const ENDPOINTS: &str = "sluicegate_endpoints";
 pub const ENDPOINTS_HELP: &str = "Endpoints a service has now, static and discovered, by service.";
@@ -219,6 +225,7 @@ pub const ALL: &[(&str, &str)] = &[
     (CACHE_BYTES, CACHE_BYTES_HELP),
     (CACHE_EVICTIONS_TOTAL, CACHE_EVICTIONS_TOTAL_HELP),
     (ENDPOINTS, ENDPOINTS_HELP),
+    (DISCOVERY_REFRESHES_TOTAL, DISCOVERY_REFRESHES_TOTAL_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
     (LOAD_SHEDDING_IN_FLIGHT, LOAD_SHEDDING_IN_FLIGHT_HELP),
     (LOAD_SHEDDING_LIMIT, LOAD_SHEDDING_LIMIT_HELP),
@@ -247,6 +254,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 25);
+        assert_eq!(ALL.len(), 26);
     }
 }

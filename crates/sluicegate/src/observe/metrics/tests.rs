@@ -600,6 +600,11 @@ fn spec_metrics_render_valid_text() {
         &[(label::SERVICE, "app")],
     )
     .set(2);
+    let _refreshes = r.counter(
+        names::DISCOVERY_REFRESHES_TOTAL,
+        names::DISCOVERY_REFRESHES_TOTAL_HELP,
+        &[(label::SERVICE, "app"), (label::RESULT, "success")],
+    );
     r.counter_fn(
         names::CACHE_EVICTIONS_TOTAL,
         names::CACHE_EVICTIONS_TOTAL_HELP,

@@ -29,12 +29,21 @@ impl FileWatch {
     /// now: start the watch, then read the file, so that no change falls between the two.
     /// Outside a tokio runtime (unit tests) nothing is watched.
     pub fn start(path: PathBuf, changed: impl Fn() + Send + 'static) -> FileWatch {
+        Self::start_every(path, POLL_INTERVAL, changed)
+    }
+
+    /// [`start`](Self::start), looking every `interval`.
+    pub fn start_every(
+        path: PathBuf,
+        interval: Duration,
+        changed: impl Fn() + Send + 'static,
+    ) -> FileWatch {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return FileWatch { task: None };
         };
         let mut last = stamp(&path);
         let task = runtime.spawn(async move {
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {

@@ -19,7 +19,7 @@
 mod api_key;
 mod credentials;
 mod fetch;
-mod file_watch;
+pub mod file_watch;
 mod jwt;
 mod key_source;
 mod token_cache;
