@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{self, Config, DiscoveryConfig, LoadError};
-use crate::discovery::{self, FileSources, Registrations};
+use crate::discovery::{self, DnsSources, FileSources, Registrations};
 use crate::health::{self, CheckResult, CheckerHandle, Target};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Counter;
@@ -85,6 +85,8 @@ pub struct Gateway {
     pub registrations: Registrations,
     /// The watched files of `type = "file"` discovery.
     pub files: Arc<FileSources>,
+    /// The resolved names of `type = "dns"` discovery.
+    pub dns: Arc<DnsSources>,
     /// This gateway, for the callbacks of the sources it starts.
     me: std::sync::OnceLock<Weak<Gateway>>,
     config_hash: Mutex<String>,
@@ -153,6 +155,7 @@ impl Gateway {
             file_config: Mutex::new(file_config),
             registrations: Registrations::default(),
             files: Arc::default(),
+            dns: Arc::default(),
             me: std::sync::OnceLock::new(),
             config_hash: Mutex::new(config_hash),
             last_reload: Mutex::new(ReloadStatus {
@@ -185,6 +188,23 @@ impl Gateway {
         let file = Arc::clone(&lock(&self.file_config));
         self.files
             .sync(&file, self.on_discovery(), &self.shared.registries.metrics);
+        self.dns.sync(
+            &file,
+            self.healthy(),
+            self.on_discovery(),
+            &self.shared.registries.metrics,
+        );
+    }
+
+    /// Whether an endpoint is healthy now, for the DNS sources' SRV priorities.
+    fn healthy(&self) -> discovery::dns::Healthy {
+        let gateway = self.me.get().cloned().unwrap_or_default();
+        Arc::new(move |service: &str, address: SocketAddr| {
+            gateway
+                .upgrade()
+                .and_then(|g| g.shared.registries.health.get(service, address))
+                .is_none_or(|h| h.is_healthy())
+        })
     }
 
     /// What a discovery source calls when its set changed.
@@ -204,7 +224,7 @@ impl Gateway {
         let _serial = lock(&self.reloading);
         let file = Arc::clone(&lock(&self.file_config));
         let snapshot = Snapshot::build(
-            discovery::effective(&file, &self.registrations, &self.files),
+            discovery::effective(&file, &self.registrations, &self.files, &self.dns),
             &self.shared.registries,
         );
         let retained = Arc::clone(&snapshot.config);
@@ -317,8 +337,14 @@ impl Gateway {
         // The files as the config just read them; new ones are watched from now.
         self.files
             .sync(&file, self.on_discovery(), &self.shared.registries.metrics);
+        self.dns.sync(
+            &file,
+            self.healthy(),
+            self.on_discovery(),
+            &self.shared.registries.metrics,
+        );
         let snapshot = Snapshot::build(
-            discovery::effective(&file, &self.registrations, &self.files),
+            discovery::effective(&file, &self.registrations, &self.files, &self.dns),
             &self.shared.registries,
         );
         *lock(&self.file_config) = file;

@@ -13,23 +13,27 @@ use support::{Backend, Client, Gateway, Toml};
 
 const TOKEN: &str = "test-token-0123456789";
 
-/// A gateway whose service `app` has `static_endpoints` and registry discovery with
-/// `default_ttl`, behind an admin API with a token.
-fn config(static_endpoints: &[&Backend], default_ttl: &str) -> String {
+/// A gateway (admin API with a token, listener `public`, route `all`) whose service `app` has
+/// `static_endpoints` and the keys `extra`.
+fn gateway_toml(static_endpoints: &[&Backend], extra: &str) -> String {
     let addrs: Vec<_> = static_endpoints.iter().map(|b| b.addr).collect();
     let toml = Toml::new()
         .admin()
         .listener("public", "")
         .route("all", "app", "")
-        .service(
-            "app",
-            &addrs,
-            &format!("discovery = {{ type = \"registry\", default_ttl = \"{default_ttl}\" }}"),
-        )
+        .service("app", &addrs, extra)
         .build();
     toml.replace(
         "[admin]\nbind = \"127.0.0.1:0\"\n",
         &format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+    )
+}
+
+/// `static_endpoints`, and registry discovery with `default_ttl`.
+fn config(static_endpoints: &[&Backend], default_ttl: &str) -> String {
+    gateway_toml(
+        static_endpoints,
+        &format!("discovery = {{ type = \"registry\", default_ttl = \"{default_ttl}\" }}"),
     )
 }
 
@@ -251,8 +255,16 @@ fn discovery_settings_not_built_yet_or_wrong_are_refused() {
     };
     for (extra, expected) in [
         (
-            "discovery = { type = \"dns\", name = \"x\", port = 80 }",
-            "\"dns\" is not supported yet",
+            "discovery = { type = \"dns\", name = \"x\" }",
+            "discovery.port",
+        ),
+        (
+            "discovery = { type = \"dns\", name = \"x\", record = \"mx\" }",
+            "unknown record \"mx\"",
+        ),
+        (
+            "discovery = { type = \"dns\", name = \"x\", port = 80, refresh = \"100ms\" }",
+            "refresh: must be at least 1s",
         ),
         (
             "discovery = { type = \"consul\" }",
@@ -278,19 +290,13 @@ fn discovery_settings_not_built_yet_or_wrong_are_refused() {
 
 /// A gateway whose service `app` takes its endpoints from `path`.
 fn file_config(path: &std::path::Path) -> String {
-    Toml::new()
-        .admin()
-        .listener("public", "")
-        .route("all", "app", "")
-        .service(
-            "app",
-            &[],
-            &format!(
-                "discovery = {{ type = \"file\", path = \"{}\" }}",
-                path.display()
-            ),
-        )
-        .build()
+    gateway_toml(
+        &[],
+        &format!(
+            "discovery = {{ type = \"file\", path = \"{}\" }}",
+            path.display()
+        ),
+    )
 }
 
 fn listing(backends: &[&Backend]) -> String {
@@ -381,4 +387,107 @@ fn a_broken_discovery_file_refuses_the_config_with_where() {
     let (code, _, stderr) = support::check(&file_config(&other));
     assert_eq!(code, 1);
     assert!(stderr.contains("ends in .json or .toml"), "{stderr}");
+}
+
+/// A gateway whose service `app` resolves its endpoints from the test's DNS server.
+fn dns_config(dns: &support::dns::DnsServer, discovery: &str) -> String {
+    gateway_toml(
+        &[],
+        &format!(
+            "algorithm = \"weighted_round_robin\"\ndiscovery = {{ type = \"dns\", resolver = \"{}\", refresh = \"1s\", {discovery} }}",
+            dns.addr
+        ),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_records_are_followed_and_a_dns_outage_keeps_the_last_set() {
+    let port = free_port();
+    let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), port);
+    let a = Backend::start_on("a", at("127.0.0.2"));
+    let b = Backend::start_on("b", at("127.0.0.3"));
+    let dns = support::dns::DnsServer::start();
+    dns.set_ips("users.test", &["127.0.0.2".parse().unwrap()]);
+    let gw = Gateway::start(&dns_config(
+        &dns,
+        &format!("name = \"users.test\", port = {port}"),
+    ));
+    follows(&gw, &["a"]);
+    // The records change: traffic follows within the refresh (1 s, the records' TTL too).
+    dns.set_ips(
+        "users.test",
+        &["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+    );
+    let took = follows(&gw, &["a", "b"]);
+    assert!(took <= Duration::from_secs(2), "followed after {took:?}");
+    let listed = endpoints(&gw);
+    assert!(
+        listed.iter().all(|(_, source)| source == "dns"),
+        "{listed:?}"
+    );
+    // The DNS server stops answering: the last set keeps serving.
+    dns.stop();
+    support::wait_until("the failure is seen", Duration::from_secs(10), || {
+        gw.stderr_text().contains("DNS discovery failed")
+    });
+    assert_eq!(
+        answered(&gw, 20),
+        HashSet::from(["a", "b"].map(String::from))
+    );
+    let services = gw.admin().get("/api/v1/services").json();
+    let discovery = &services["services"][0]["discovery"];
+    assert_eq!(discovery["type"], "dns");
+    assert!(discovery["last_error"].is_string(), "{discovery}");
+    drop((a, b));
+}
+
+#[test]
+fn srv_weights_split_traffic_and_only_the_lowest_priority_serves() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let dns = support::dns::DnsServer::start();
+    dns.set_srv(
+        "_http._tcp.users.test",
+        &[
+            (10, 1, a.addr.port(), "a.test"),
+            (10, 3, b.addr.port(), "b.test"),
+            (20, 1, c.addr.port(), "c.test"),
+        ],
+    );
+    for host in ["a.test", "b.test", "c.test"] {
+        dns.set_ips(host, &["127.0.0.1".parse().unwrap()]);
+    }
+    let gw = Gateway::start(&dns_config(
+        &dns,
+        "name = \"_http._tcp.users.test\", record = \"srv\"",
+    ));
+    follows(&gw, &["a", "b"]);
+    let mut c_hits = 0;
+    let mut counts = std::collections::HashMap::new();
+    let mut client = gw.client();
+    for _ in 0..400 {
+        let name = client.get("/").text();
+        c_hits += usize::from(name == "c");
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(
+        c_hits, 0,
+        "priority 20 is not used while priority 10 serves"
+    );
+    let (on_a, on_b) = (counts["a"], counts["b"]);
+    assert!(
+        (95..=105).contains(&on_a) && (295..=305).contains(&on_b),
+        "{counts:?}"
+    );
 }

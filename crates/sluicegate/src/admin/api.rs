@@ -255,6 +255,16 @@ async fn services(State(s): State<AdminState>) -> Json<Value> {
                         "last_error": state.and_then(|f| f.problem),
                     })
                 }
+                Some(crate::config::DiscoveryConfig::Dns { name, record, .. }) => {
+                    let state = s.gateway.dns.state(&c.name);
+                    json!({
+                        "type": "dns",
+                        "name": name,
+                        "record": match record { crate::config::DnsRecord::A => "a", crate::config::DnsRecord::Srv => "srv" },
+                        "last_refresh": state.as_ref().and_then(|d| d.refreshed).map(crate::observe::time::rfc3339_millis),
+                        "last_error": state.and_then(|d| d.problem),
+                    })
+                }
                 None => Value::Null,
             };
             json!({

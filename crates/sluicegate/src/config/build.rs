@@ -970,14 +970,52 @@ fn discovery(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<DiscoveryConfig> {
             }
         }
         "dns" => {
-            r.report(
-                span,
-                format!(
-                    "{}: \"{kind}\" is not supported yet in this version of sluicegate; \"registry\" and \"file\" are",
-                    t.key_path("type")
-                ),
+            r.check_keys(
+                t,
+                &["type", "name", "port", "refresh", "record", "resolver"],
+                &[],
             );
-            None
+            let name = r.required_string(t, "name", "a DNS name such as \"users.internal\"");
+            let record = match r.string(t, "record") {
+                None | Some(("a", _)) => Some(DnsRecord::A),
+                Some(("srv", _)) => Some(DnsRecord::Srv),
+                Some((other, span)) => {
+                    r.report(
+                        span,
+                        format!(
+                            "{}: unknown record \"{other}\"; expected \"a\" (A and AAAA) or \"srv\"",
+                            t.key_path("record")
+                        ),
+                    );
+                    None
+                }
+            };
+            let port = r
+                .integer(t, "port", 1, i64::from(u16::MAX))
+                .map(|(p, _)| p as u16);
+            if record == Some(DnsRecord::A) && port.is_none() && t.get("port").is_none() {
+                r.missing(t, "port", "the port of every address the name resolves to");
+            }
+            let refresh = r.duration(t, "refresh").unwrap_or(DEFAULT_DNS_REFRESH);
+            if refresh < std::time::Duration::from_secs(1) {
+                let span = t.get("refresh").map_or(t.span.clone(), |v| v.span());
+                r.report(
+                    span,
+                    format!("{}: must be at least 1s", t.key_path("refresh")),
+                );
+            }
+            let resolver = if t.get("resolver").is_some() {
+                Some(r.address(t, "resolver")?)
+            } else {
+                None
+            };
+            Some(DiscoveryConfig::Dns {
+                name: name?.0.to_string(),
+                record: record?,
+                port,
+                refresh,
+                resolver,
+            })
         }
         other => {
             r.report(

@@ -403,7 +403,30 @@ pub enum DiscoveryConfig {
         path: std::path::PathBuf,
         endpoints: Vec<EndpointConfig>,
     },
+    /// `type = "dns"`: `name` resolved every `refresh` (or at the records' TTL, if sooner, but
+    /// not more often than once a second).
+    Dns {
+        name: String,
+        record: DnsRecord,
+        /// For A/AAAA: the port of every address; SRV records give their own.
+        port: Option<u16>,
+        refresh: Duration,
+        /// `resolver = "IP:PORT"`; `None`: the system's (`/etc/resolv.conf`).
+        resolver: Option<SocketAddr>,
+    },
 }
+
+/// What a DNS discovery asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRecord {
+    /// A and AAAA: every address, at the configured port.
+    A,
+    /// SRV: targets, ports and weights from the records; the lowest priority's targets only.
+    Srv,
+}
+
+/// Default `refresh` of a DNS discovery.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(10);
 
 impl DiscoveryConfig {
     /// The source's name, as `/api/v1/services` shows it.
@@ -411,6 +434,7 @@ impl DiscoveryConfig {
         match self {
             DiscoveryConfig::Registry { .. } => EndpointSource::Registry,
             DiscoveryConfig::File { .. } => EndpointSource::File,
+            DiscoveryConfig::Dns { .. } => EndpointSource::Dns,
         }
     }
 }
@@ -425,6 +449,8 @@ pub enum EndpointSource {
     Registry,
     /// Listed in a watched file.
     File,
+    /// Resolved from DNS.
+    Dns,
 }
 
 impl EndpointSource {
@@ -433,6 +459,7 @@ impl EndpointSource {
             EndpointSource::Static => "static",
             EndpointSource::Registry => "registry",
             EndpointSource::File => "file",
+            EndpointSource::Dns => "dns",
         }
     }
 }

@@ -9,8 +9,10 @@
 //! a removed one finishes the requests it has: they hold the snapshot they started on.
 //!
 //! - `registry.rs`: endpoints registered over the admin API, expiring without a heartbeat;
-//! - `file.rs`: endpoints listed in a JSON or TOML file, watched here ([`FileSources`]).
+//! - `file.rs`: endpoints listed in a JSON or TOML file, watched here ([`FileSources`]);
+//! - `dns.rs`: endpoints resolved from A/AAAA or SRV records.
 
+pub mod dns;
 pub mod file;
 pub mod registry;
 
@@ -23,6 +25,7 @@ use crate::config::{Config, DiscoveryConfig, EndpointConfig};
 use crate::observe::metrics::{self, Counter};
 use crate::observe::names;
 use crate::policy::auth::file_watch::FileWatch;
+pub use dns::DnsSources;
 pub use registry::{Registration, Registrations};
 
 /// How often a discovery file is looked at: a change is in force well within a second.
@@ -30,12 +33,18 @@ pub const FILE_POLL: Duration = Duration::from_millis(250);
 
 /// `file` with each discovering service's discovered endpoints added after its static ones
 /// (an address that is also static stays static, once).
-pub fn effective(file: &Config, registrations: &Registrations, files: &FileSources) -> Config {
+pub fn effective(
+    file: &Config,
+    registrations: &Registrations,
+    files: &FileSources,
+    dns: &DnsSources,
+) -> Config {
     let mut config = file.clone();
     for service in &mut config.services {
         let discovered: Vec<EndpointConfig> = match &service.discovery {
             Some(DiscoveryConfig::Registry { .. }) => registrations.endpoints(&service.name),
             Some(DiscoveryConfig::File { .. }) => files.endpoints(&service.name),
+            Some(DiscoveryConfig::Dns { .. }) => dns.endpoints(&service.name),
             None => continue,
         };
         for e in discovered {
@@ -62,9 +71,9 @@ struct FileSource {
     _watch: FileWatch,
 }
 
-/// What `/api/v1/services` shows of a file source.
-pub struct FileState {
-    pub path: PathBuf,
+/// What `/api/v1/services` shows of a file or DNS source: when it last gave a good set, and
+/// the problem of its last read if that failed.
+pub struct SourceState {
     pub refreshed: Option<SystemTime>,
     pub problem: Option<String>,
 }
@@ -190,9 +199,8 @@ impl FileSources {
             .unwrap_or_default()
     }
 
-    pub fn state(&self, service: &str) -> Option<FileState> {
-        self.lock().get(service).map(|s| FileState {
-            path: s.path.clone(),
+    pub fn state(&self, service: &str) -> Option<SourceState> {
+        self.lock().get(service).map(|s| SourceState {
             refreshed: s.refreshed,
             problem: s.problem.clone(),
         })

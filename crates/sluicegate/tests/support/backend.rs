@@ -50,7 +50,24 @@ impl Backend {
     /// Starts a backend that names itself `name`.
     pub fn start(name: &str) -> Backend {
         let (runtime, listener) = super::small_runtime("backend", true);
-        let listener = listener.expect("listener");
+        Self::serve_on(name, runtime, listener.expect("listener"))
+    }
+
+    /// A backend on `addr` (another loopback address, e.g. `127.0.0.2:PORT`, so that DNS
+    /// answers with several addresses can share one port).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let (runtime, _) = super::small_runtime("backend", false);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
+        Self::serve_on(name, runtime, listener)
+    }
+
+    fn serve_on(
+        name: &str,
+        runtime: tokio::runtime::Runtime,
+        listener: tokio::net::TcpListener,
+    ) -> Backend {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
