@@ -204,7 +204,7 @@ fn endpoints_come_and_go_under_load_without_a_failed_request() {
     let addr = gw.addr();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let clients: Vec<_> = (0..4)
+    let clients: Vec<_> = (0..8)
         .map(|_| {
             let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
             std::thread::spawn(move || {
@@ -217,10 +217,10 @@ fn endpoints_come_and_go_under_load_without_a_failed_request() {
             })
         })
         .collect();
-    // Every 200 ms for 3 s, one of three backends is registered or deregistered.
+    // Every 200 ms for 10 s, one of three backends is registered or deregistered.
     let started = Instant::now();
     let mut step = 0;
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(10) {
         let backend = &backends[1 + step % 3];
         if (step / 3) % 2 == 0 {
             assert_eq!(register(&gw, backend, "60s"), 200);
@@ -490,4 +490,26 @@ fn srv_weights_split_traffic_and_only_the_lowest_priority_serves() {
         (95..=105).contains(&on_a) && (295..=305).contains(&on_b),
         "{counts:?}"
     );
+}
+
+#[test]
+fn a_new_endpoint_of_a_checked_service_waits_for_its_checks() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let checks = "discovery = { type = \"registry\" }\n[services.health_check]\npath = \"/healthz\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 2";
+    let gw = Gateway::start(&gateway_toml(&[&a], checks));
+    assert_eq!(register(&gw, &b, "60s"), 200);
+    // Registered, listed, but unhealthy until two checks pass.
+    let services = gw.admin().get("/api/v1/services").json();
+    let listed = services["services"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let new = listed
+        .iter()
+        .find(|e| e["address"] == b.addr.to_string())
+        .unwrap();
+    assert_eq!(new["healthy"], false, "{listed:?}");
+    assert_eq!(answered(&gw, 10), HashSet::from(["a".to_string()]));
+    follows(&gw, &["a", "b"]);
+    assert!(b.health_hits.load(Ordering::Relaxed) >= 2);
 }

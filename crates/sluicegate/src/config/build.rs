@@ -805,8 +805,8 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
     let discovery = r.table(t, "discovery").and_then(|d| discovery(r, &d));
     let endpoints = endpoints(r, t, t.get("discovery").is_some());
     let initial_health = match r.string(t, "initial_health") {
-        None | Some(("healthy", _)) => InitialHealth::Healthy,
-        Some(("unhealthy", _)) => InitialHealth::Unhealthy,
+        Some(("healthy", _)) => InitialHealth::Healthy,
+        None | Some(("unhealthy", _)) => InitialHealth::Unhealthy,
         Some((other, span)) => {
             r.report(
                 span,
@@ -815,7 +815,7 @@ fn service(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<ServiceConfig> {
                     t.key_path("initial_health")
                 ),
             );
-            InitialHealth::Healthy
+            InitialHealth::Unhealthy
         }
     };
     let connect_timeout = r

@@ -467,13 +467,14 @@ impl EndpointSource {
 /// `default_ttl` of a registry when the config names none.
 pub const DEFAULT_REGISTRY_TTL: Duration = Duration::from_secs(30);
 
-/// `initial_health`.
+/// `initial_health`: how a discovered endpoint of a service with active checks starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitialHealth {
-    /// A new endpoint takes traffic at once (as static ones do).
-    #[default]
+    /// It takes traffic at once (as static ones do).
     Healthy,
-    /// A new endpoint of a service with active checks waits for its checks to pass.
+    /// It waits for its checks to pass (`healthy_threshold` of them): a new instance is
+    /// checked before it gets traffic.
+    #[default]
     Unhealthy,
 }
 
