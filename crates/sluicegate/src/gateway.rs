@@ -89,6 +89,8 @@ pub struct Gateway {
     pub dns: Arc<DnsSources>,
     /// This gateway, for the callbacks of the sources it starts.
     me: std::sync::OnceLock<Weak<Gateway>>,
+    /// Set by `shutdown`: discovery changes no longer rebuild anything.
+    stopping: std::sync::atomic::AtomicBool,
     config_hash: Mutex<String>,
     last_reload: Mutex<ReloadStatus>,
     /// Serialises reloads (SIGHUP and the admin API may race); never held on the request path.
@@ -157,6 +159,7 @@ impl Gateway {
             files: Arc::default(),
             dns: Arc::default(),
             me: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             config_hash: Mutex::new(config_hash),
             last_reload: Mutex::new(ReloadStatus {
                 success: true,
@@ -207,12 +210,19 @@ impl Gateway {
         })
     }
 
-    /// What a discovery source calls when its set changed.
+    /// What a discovery source calls when its set changed: the rebuild runs on a blocking
+    /// thread, never on the control runtime (which serves the admin API and the checks).
     fn on_discovery(&self) -> Arc<dyn Fn() + Send + Sync> {
         let gateway = self.me.get().cloned().unwrap_or_default();
         Arc::new(move || {
-            if let Some(gateway) = gateway.upgrade() {
-                gateway.discovery_changed();
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || gateway.discovery_changed());
+                }
+                Err(_) => gateway.discovery_changed(),
             }
         })
     }
@@ -222,6 +232,9 @@ impl Gateway {
     /// and went. Blocks while the snapshot is built (call it off the async threads).
     pub fn discovery_changed(&self) {
         let _serial = lock(&self.reloading);
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let file = Arc::clone(&lock(&self.file_config));
         let snapshot = Snapshot::build(
             discovery::effective(&file, &self.registrations, &self.files, &self.dns),
@@ -433,6 +446,13 @@ impl Gateway {
 
     /// Stops accepting and waits up to `runtime.shutdown_grace` for open requests.
     pub fn shutdown(&self) -> bool {
+        {
+            let _serial = lock(&self.reloading);
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.files.clear();
+        self.dns.clear();
         lock(&self.checkers).clear();
         let grace = self.shared.snapshot.load().config.runtime.shutdown_grace;
         let workers = lock(&self.workers).take();

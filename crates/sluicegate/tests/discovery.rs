@@ -144,11 +144,20 @@ fn writes_need_the_token_and_bad_registrations_are_refused() {
         r#"{"address": "127.0.0.1:1", "weight": 0}"#,
         r#"{"address": "127.0.0.1:1", "ttl": "soon"}"#,
         r#"{"address": "127.0.0.1:1", "zone": "a"}"#,
+        r#"{"address": "127.0.0.1:1", "ttl": 18446744073709551615}"#,
+        r#"{"address": "127.0.0.1:1", "ttl": "2d"}"#,
         "[]",
     ] {
         let r = post("/api/v1/services/app/endpoints", &[AUTH], bad);
         assert_eq!(r.status, 400, "{bad}");
     }
+    // A browser's write (it sends Origin) is refused, token or not.
+    let r = post(
+        "/api/v1/services/app/endpoints",
+        &[AUTH, ("origin", "https://evil.example")],
+        &body,
+    );
+    assert_eq!(r.status, 403);
     assert!(endpoints(&gw).is_empty());
 }
 

@@ -56,6 +56,16 @@ async fn guard_writes(
     ) {
         return next.run(request).await;
     }
+    // Browsers send `Origin` with every cross-site write, and a page visited on the gateway's
+    // host could otherwise reach a loopback admin API: writes come from tools, never browsers.
+    if request.headers().contains_key(header::ORIGIN) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the admin API's write endpoints do not accept requests from browsers (Origin)",
+            None,
+        );
+    }
     let config = Arc::clone(&s.gateway.shared.snapshot.load().config);
     let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
         if loopback {
@@ -328,6 +338,7 @@ async fn register(
             }
         },
     };
+    const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
     let ttl = match fields.get("ttl") {
         None => default_ttl,
         Some(Value::String(text)) => match crate::config::units::parse_duration(text) {
@@ -339,6 +350,9 @@ async fn register(
             None => return bad("\"ttl\" must be a duration such as \"30s\", more than 0"),
         },
     };
+    if ttl > MAX_TTL {
+        return bad("\"ttl\" must be at most 1 day: an instance that stops without deregistering must still leave");
+    }
     let outcome =
         s.gateway
             .registrations

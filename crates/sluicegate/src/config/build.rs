@@ -948,6 +948,13 @@ fn discovery(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<DiscoveryConfig> {
         "registry" => {
             r.check_keys(t, &["type", "default_ttl"], &[]);
             let default_ttl = r.duration(t, "default_ttl").unwrap_or(DEFAULT_REGISTRY_TTL);
+            if default_ttl > std::time::Duration::from_secs(86_400) {
+                let span = t.get("default_ttl").map_or(t.span.clone(), |v| v.span());
+                r.report(
+                    span,
+                    format!("{}: must be at most 1d", t.key_path("default_ttl")),
+                );
+            }
             if default_ttl.is_zero() {
                 let span = t.get("default_ttl").map_or(t.span.clone(), |v| v.span());
                 r.report(

@@ -101,7 +101,16 @@ impl DnsSources {
                 _ => None,
             })
             .collect();
-        services.retain(|name, source| wanted.get(name.as_str()) == Some(&source.query));
+        // A source whose settings changed starts over, with the set its predecessor had until
+        // its first good answer: a reload never empties a service.
+        let mut carried: HashMap<String, Vec<EndpointConfig>> = HashMap::new();
+        services.retain(|name, source| {
+            let same = wanted.get(name.as_str()) == Some(&source.query);
+            if !same && wanted.contains_key(name.as_str()) {
+                carried.insert(name.clone(), std::mem::take(&mut source.endpoints));
+            }
+            same
+        });
         for (name, query) in wanted {
             if services.contains_key(name) {
                 continue;
@@ -132,7 +141,7 @@ impl DnsSources {
                 name.to_string(),
                 DnsSource {
                     query,
-                    endpoints: Vec::new(),
+                    endpoints: carried.remove(name).unwrap_or_default(),
                     refreshed: None,
                     problem: None,
                     task,
@@ -156,10 +165,21 @@ impl DnsSources {
         })
     }
 
-    /// Records a resolution; whether the set changed.
-    fn record(&self, service: &str, outcome: Result<Vec<EndpointConfig>, String>) -> bool {
+    /// Stops every resolution (the gateway is shutting down).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Records a resolution of `query`; whether the set changed.
+    fn record(
+        &self,
+        service: &str,
+        query: &Query,
+        outcome: Result<Vec<EndpointConfig>, String>,
+    ) -> bool {
         let mut services = self.lock();
-        let Some(source) = services.get_mut(service) else {
+        // A task of settings the service no longer has (aborted, but mid-call) writes nothing.
+        let Some(source) = services.get_mut(service).filter(|s| s.query == *query) else {
             return false;
         };
         match outcome {
@@ -204,7 +224,7 @@ impl Resolving {
             Ok(r) => r,
             Err(e) => {
                 if let Some(sources) = self.sources.upgrade() {
-                    sources.record(&self.service, Err(e));
+                    sources.record(&self.service, &self.query, Err(e));
                 }
                 return;
             }
@@ -221,7 +241,7 @@ impl Resolving {
                 Ok(_) => self.ok.inc(),
                 Err(_) => self.failed.inc(),
             }
-            if sources.record(&self.service, outcome) {
+            if sources.record(&self.service, &self.query, outcome) {
                 (self.changed)();
             }
             drop(sources);

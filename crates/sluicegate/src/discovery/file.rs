@@ -168,7 +168,11 @@ fn offset_of(text: &str, line: usize, column: usize) -> usize {
 
 /// 1-based line and column of byte offset `at` in `text`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, col)
@@ -234,5 +238,8 @@ mod tests {
         assert!(why.contains("listed twice"), "{why}");
         let (_, why) = at("[[endpoints]]\nadress = \"x\"\n", Format::Toml);
         assert!(why.contains("adress"), "{why}");
+        // A problem at the end of a file ending inside a multi-byte character.
+        let (pos, _) = at("[{\"address\": \"é", Format::Json);
+        assert_eq!(pos.0, 1);
     }
 }

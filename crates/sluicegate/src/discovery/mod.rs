@@ -109,8 +109,10 @@ impl FileSources {
         });
         for (name, (path, endpoints)) in wanted {
             if let Some(source) = services.get_mut(name) {
-                // The config's read is the newest.
-                source.endpoints = endpoints.clone();
+                // Read now: newer than the config's read, and than the watcher's last.
+                if let Ok(now) = file::read(path) {
+                    source.endpoints = now;
+                }
                 continue;
             }
             let counter = |result: &str| {
@@ -139,11 +141,14 @@ impl FileSources {
                     changed();
                 }
             });
+            // Watched first, read second (the watch's first look is now): no change falls
+            // between the two.
+            let endpoints = file::read(path).unwrap_or_else(|_| endpoints.clone());
             services.insert(
                 name.to_string(),
                 FileSource {
                     path: path.clone(),
-                    endpoints: endpoints.clone(),
+                    endpoints,
                     refreshed: Some(SystemTime::now()),
                     problem: None,
                     _watch: watch,
@@ -163,7 +168,8 @@ impl FileSources {
     ) -> bool {
         let read = file::read(path);
         let mut services = self.lock();
-        let Some(source) = services.get_mut(service) else {
+        // A watch of a path the service no longer uses (aborted, but mid-call) writes nothing.
+        let Some(source) = services.get_mut(service).filter(|s| s.path == path) else {
             return false;
         };
         match read {
@@ -189,6 +195,11 @@ impl FileSources {
                 false
             }
         }
+    }
+
+    /// Stops every watch (the gateway is shutting down).
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     /// `service`'s endpoints from its file.

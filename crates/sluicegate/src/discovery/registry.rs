@@ -56,7 +56,9 @@ impl Registrations {
     ) -> Registered {
         let mut services = self.lock();
         let list = services.entry(service.to_string()).or_default();
-        let expires = now + ttl;
+        let expires = now
+            .checked_add(ttl)
+            .unwrap_or(now + Duration::from_secs(86_400));
         match list.iter_mut().find(|r| r.address == address) {
             Some(r) => {
                 let changed = r.weight != weight;
