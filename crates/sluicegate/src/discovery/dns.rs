@@ -220,13 +220,19 @@ struct Resolving {
 
 impl Resolving {
     async fn run(self) {
-        let resolver = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(sources) = self.sources.upgrade() {
+        // A resolver that cannot be set up (no readable resolv.conf yet) is tried again.
+        let resolver = loop {
+            match self.resolver() {
+                Ok(r) => break r,
+                Err(e) => {
+                    self.failed.inc();
+                    let Some(sources) = self.sources.upgrade() else {
+                        return;
+                    };
                     sources.record(&self.service, &self.query, Err(e));
+                    drop(sources);
+                    tokio::time::sleep(self.query.refresh).await;
                 }
-                return;
             }
         };
         loop {
