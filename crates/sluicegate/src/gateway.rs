@@ -136,6 +136,7 @@ impl Gateway {
             )
         };
         let (reloads_ok, reloads_failed) = (reloads("success"), reloads("failure"));
+        crate::observe::process::register(&registries.metrics);
         let shared = Arc::new(Shared::new(snapshot, access_log, registries));
         let dropped = shared.access_log.clone();
         shared.registries.metrics.counter_fn(

@@ -81,6 +81,12 @@ fn metrics_parse_with_the_prometheus_parser_and_name_every_built_metric() {
         "sluicegate_endpoint_in_flight",
         "sluicegate_connections_active",
         "sluicegate_config_reloads_total",
+        "sluicegate_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} ")),

@@ -42,7 +42,7 @@ use std::collections::btree_map::Entry as MapEntry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-pub use handles::{Counter, CounterFn, FloatGauge, Gauge, GaugeFn, StatusCounters};
+pub use handles::{Counter, CounterFn, FloatCounterFn, FloatGauge, Gauge, GaugeFn, StatusCounters};
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 
 /// `Content-Type` of [`Registry::render`]'s output.
@@ -94,6 +94,7 @@ enum Series {
     FloatGauge(FloatGauge),
     GaugeFn(GaugeFn),
     CounterFn(CounterFn),
+    FloatCounterFn(FloatCounterFn),
     StatusCounters(StatusCounters),
     Histogram(Histogram),
 }
@@ -108,12 +109,15 @@ impl Series {
             Series::FloatGauge(g) => Some(g.holders()),
             Series::StatusCounters(s) => Some(s.holders()),
             Series::Histogram(h) => Some(h.holders()),
-            Series::GaugeFn(_) | Series::CounterFn(_) => None,
+            Series::GaugeFn(_) | Series::CounterFn(_) | Series::FloatCounterFn(_) => None,
         }
     }
 
     fn is_fn(&self) -> bool {
-        matches!(self, Series::GaugeFn(_) | Series::CounterFn(_))
+        matches!(
+            self,
+            Series::GaugeFn(_) | Series::CounterFn(_) | Series::FloatCounterFn(_)
+        )
     }
 }
 
@@ -248,6 +252,17 @@ impl Registry {
     /// Same rules as [`gauge_fn`](Self::gauge_fn).
     pub fn counter_fn(&self, name: &str, help: &str, labels: &[(&str, &str)], f: CounterFn) {
         self.register_fn(name, help, labels, Kind::Counter, Series::CounterFn(f));
+    }
+
+    /// [`counter_fn`](Self::counter_fn) in fractional units.
+    pub fn float_counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        f: FloatCounterFn,
+    ) {
+        self.register_fn(name, help, labels, Kind::Counter, Series::FloatCounterFn(f));
     }
 
     /// Drops the scrape-time function (`gauge_fn` or `counter_fn`) `name{labels}`; true if there

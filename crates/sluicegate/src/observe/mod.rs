@@ -3,4 +3,5 @@
 pub mod access_log;
 pub mod metrics;
 pub mod names;
+pub mod process;
 pub mod time;

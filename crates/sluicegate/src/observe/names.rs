@@ -12,6 +12,8 @@
 pub mod label {
     /// The listener's name from the config.
     pub const LISTENER: &str = "listener";
+    /// The gateway's version (`sluicegate_build_info`).
+    pub const VERSION: &str = "version";
     /// The route's name from the config.
     pub const ROUTE: &str = "route";
     /// The service's name from the config.
@@ -205,6 +207,36 @@ pub const WEBSOCKET_UPGRADES_TOTAL_HELP: &str =
 pub const WEBSOCKET_CONNECTIONS_ACTIVE: &str = "sluicegate_websocket_connections_active";
 pub const WEBSOCKET_CONNECTIONS_ACTIVE_HELP: &str = "Upgraded (WebSocket) tunnels open now.";
 
+/// Gauge, always 1. Labels: `version`. Which build is running (join on it in queries).
+pub const BUILD_INFO: &str = "sluicegate_build_info";
+pub const BUILD_INFO_HELP: &str = "The running build: 1, with its version as a label.";
+
+/// The process metrics, under the names every Prometheus client library uses
+/// (`observe/process.rs`).
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_CPU_SECONDS_TOTAL_HELP: &str = "Total user and system CPU time spent in seconds.";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_RESIDENT_MEMORY_BYTES_HELP: &str = "Resident memory size in bytes.";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_OPEN_FDS_HELP: &str = "Number of open file descriptors.";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_MAX_FDS_HELP: &str = "Maximum number of open file descriptors.";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+pub const PROCESS_START_TIME_SECONDS_HELP: &str =
+    "Start time of the process since unix epoch in seconds.";
+
+/// The process metrics with their help texts (outside the `sluicegate_` prefix on purpose).
+pub const PROCESS: &[(&str, &str)] = &[
+    (PROCESS_CPU_SECONDS_TOTAL, PROCESS_CPU_SECONDS_TOTAL_HELP),
+    (
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        PROCESS_RESIDENT_MEMORY_BYTES_HELP,
+    ),
+    (PROCESS_OPEN_FDS, PROCESS_OPEN_FDS_HELP),
+    (PROCESS_MAX_FDS, PROCESS_MAX_FDS_HELP),
+    (PROCESS_START_TIME_SECONDS, PROCESS_START_TIME_SECONDS_HELP),
+];
+
 /// Every name above with its help text, for checks that must cover them all.
 pub const ALL: &[(&str, &str)] = &[
     (HTTP_REQUESTS_TOTAL, HTTP_REQUESTS_TOTAL_HELP),
@@ -226,6 +258,7 @@ pub const ALL: &[(&str, &str)] = &[
     (CACHE_EVICTIONS_TOTAL, CACHE_EVICTIONS_TOTAL_HELP),
     (ENDPOINTS, ENDPOINTS_HELP),
     (DISCOVERY_REFRESHES_TOTAL, DISCOVERY_REFRESHES_TOTAL_HELP),
+    (BUILD_INFO, BUILD_INFO_HELP),
     (LOAD_SHED_TOTAL, LOAD_SHED_TOTAL_HELP),
     (LOAD_SHEDDING_IN_FLIGHT, LOAD_SHEDDING_IN_FLIGHT_HELP),
     (LOAD_SHEDDING_LIMIT, LOAD_SHEDDING_LIMIT_HELP),
@@ -254,6 +287,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 26);
+        assert_eq!(ALL.len(), 27);
     }
 }

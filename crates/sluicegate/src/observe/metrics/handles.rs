@@ -174,6 +174,10 @@ pub type GaugeFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// must never decrease.
 pub type CounterFn = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// A counter in fractional units (seconds of CPU) read at scrape time; same rules as
+/// [`CounterFn`].
+pub type FloatCounterFn = Arc<dyn Fn() -> f64 + Send + Sync>;
+
 /// Codes 100..=599 each have a slot; everything else shares this last one.
 const STATUS_SLOTS: usize = 500;
 const OTHER_SLOT: usize = STATUS_SLOTS;

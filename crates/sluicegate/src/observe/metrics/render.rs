@@ -65,6 +65,12 @@ fn series_lines(out: &mut String, name: &str, labels: &str, series: &Series) {
             write_float(out, g.get());
             out.push('\n');
         }
+        Series::FloatCounterFn(f) => {
+            sample_start(out, name, "", labels, None);
+            out.push(' ');
+            write_float(out, f());
+            out.push('\n');
+        }
         Series::StatusCounters(s) => {
             let mut code_text = String::new();
             s.for_each_nonzero(|code, n| {

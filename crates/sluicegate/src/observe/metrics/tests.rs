@@ -631,9 +631,14 @@ fn spec_metrics_render_valid_text() {
     );
     _hold.0.inc(200);
     _hold.1.observe(0.012);
+    crate::observe::process::register(&r);
     let families = check_exposition(&r.render()).unwrap();
     let rendered: HashSet<&str> = families.iter().map(|f| f.name.as_str()).collect();
-    let all: HashSet<&str> = names::ALL.iter().map(|(n, _)| *n).collect();
+    let all: HashSet<&str> = names::ALL
+        .iter()
+        .chain(names::PROCESS)
+        .map(|(n, _)| *n)
+        .collect();
     assert_eq!(rendered, all);
     assert!(families
         .iter()
