@@ -190,14 +190,15 @@ impl Gateway {
     fn watch_files(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
         let file = Arc::clone(&lock(&self.file_config));
-        self.files
-            .sync(&file, self.on_discovery(), &self.shared.registries.metrics);
-        self.dns.sync(
-            &file,
-            self.healthy(),
-            self.on_discovery(),
-            &self.shared.registries.metrics,
-        );
+        self.sync_sources(&file);
+    }
+
+    /// Starts, keeps or stops the file and DNS sources to match `config`.
+    fn sync_sources(&self, config: &Config) {
+        let metrics = &self.shared.registries.metrics;
+        self.files.sync(config, self.on_discovery(), metrics);
+        self.dns
+            .sync(config, self.healthy(), self.on_discovery(), metrics);
     }
 
     /// Whether an endpoint is healthy now, for the DNS sources' SRV priorities.
@@ -348,15 +349,8 @@ impl Gateway {
             })
         });
         let file = Arc::new(config);
-        // The files as the config just read them; new ones are watched from now.
-        self.files
-            .sync(&file, self.on_discovery(), &self.shared.registries.metrics);
-        self.dns.sync(
-            &file,
-            self.healthy(),
-            self.on_discovery(),
-            &self.shared.registries.metrics,
-        );
+        // The files as they are now; new sources are watched from now.
+        self.sync_sources(&file);
         let snapshot = Snapshot::build(
             discovery::effective(&file, &self.registrations, &self.files, &self.dns),
             &self.shared.registries,

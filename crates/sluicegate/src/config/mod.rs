@@ -15,7 +15,7 @@ use std::path::Path;
 
 pub use auth::{check_consumer, parse_api_keys, read_api_keys};
 pub use build::build;
-pub use diagnostic::{Diagnostic, Diagnostics};
+pub use diagnostic::{line_col, Diagnostic, Diagnostics};
 pub use model::*;
 
 /// Why a config file could not be loaded.

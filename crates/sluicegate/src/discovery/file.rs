@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{EndpointConfig, EndpointSource, MAX_WEIGHT};
+use crate::config::{line_col, EndpointConfig, EndpointSource, MAX_WEIGHT};
 
 /// How a file's endpoints are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,18 +164,6 @@ fn offset_of(text: &str, line: usize, column: usize) -> usize {
         .map(str::len)
         .sum();
     (start + column.saturating_sub(1)).min(text.len())
-}
-
-/// 1-based line and column of byte offset `at` in `text`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let mut at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
 }
 
 #[cfg(test)]
