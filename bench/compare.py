@@ -26,6 +26,9 @@ Scenarios (--scenarios, comma-separated; default all):
   resilience  Sluicegate alone: a route whose service has a circuit breaker and whose route a
          bulkhead and a retry policy (all idle) against its plain route (bench/resilience.py;
          not in the default set)
+  tracing  Sluicegate alone: tracing off against `[tracing]` with sample_ratio 0.01 and 1.0,
+         exporting over OTLP/HTTP to a collector in the script, CPU per request
+         (bench/tracing.py; not in the default set)
   idle   memory: --idle connections (default 10,000, capped by the file-descriptor limit)
          opened one after another, one request each, then left idle, against a fresh process of
          each proxy: RSS growth per connection (KiB), and RSS 30 s after they close; for plain
@@ -597,6 +600,9 @@ def main():
         if "resilience" in scenarios:
             from resilience import resilience_scenario  # here: it imports this module's helpers
             resilience_scenario(args, work, bport, binary)
+        if "tracing" in scenarios:
+            from tracing import tracing_scenario  # here: it imports this module's helpers
+            tracing_scenario(args, work, bport, binary)
         if "idle" in scenarios:
             from idle import idle_scenario  # here: idle.py imports this module's helpers
             idle_scenario(work, bport, binary, args.idle, args.idle_kinds.split(","), print_table)

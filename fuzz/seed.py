@@ -134,3 +134,11 @@ write("cache_entry", [
     b"\x01" + fields(),
     b"\x00SGC1\x00\xc8" + b"\x00" * 32,
 ])
+
+# trace_context: a traceparent, 0xff, a tracestate.
+write("trace_context", [
+    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\xffvendor=opaque,other=x",
+    b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future\xff",
+    b"00-00000000000000000000000000000000-00f067aa0ba902b7-01\xff==,,k=v",
+    b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+])

@@ -33,6 +33,7 @@ const TOP_KEYS: &[&str] = &[
     "auth",
     "load_shedding",
     "cache",
+    "tracing",
 ];
 const TOP_LATER: &[&str] = &["slos", "experiments"];
 
@@ -97,6 +98,9 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
     let load_shedding = reader
         .table(&top, "load_shedding")
         .map(|t| super::shedding::load_shedding(&mut reader, &t));
+    let tracing = reader
+        .table(&top, "tracing")
+        .map(|t| super::tracing::tracing(&mut reader, &t));
 
     cross_check(&mut reader, &listeners, &services, &routes);
     check_policies(
@@ -122,6 +126,7 @@ pub fn build(source: &str, path: &str) -> Result<Config, Diagnostics> {
         auth: auth.into_iter().map(|p| p.config).collect(),
         load_shedding,
         cache,
+        tracing,
     })
 }
 

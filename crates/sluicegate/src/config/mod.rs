@@ -9,6 +9,7 @@ mod model;
 mod policies;
 mod raw;
 mod shedding;
+mod tracing;
 pub mod units;
 
 use std::path::Path;

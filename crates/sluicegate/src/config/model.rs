@@ -32,6 +32,9 @@ pub struct Config {
     pub load_shedding: Option<LoadSheddingConfig>,
     /// `[cache]`: the response cache's store (defaults when only routes name `cache`).
     pub cache: CacheConfig,
+    /// `[tracing]`: OpenTelemetry traces; `None` = off (a client's `traceparent` then passes
+    /// through untouched).
+    pub tracing: Option<TracingConfig>,
 }
 
 /// `[admin]`: where the admin API listens.
@@ -808,3 +811,68 @@ pub enum CacheKeyQuery {
 /// (206 aside: ranges are not stored).
 pub const DEFAULT_CACHE_STATUSES: [u16; 11] =
     [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// `[tracing]`: OpenTelemetry traces exported over OTLP. Its presence turns tracing on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's URL; `None` = `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else the protocol's default port on localhost.
+    pub endpoint: Option<String>,
+    /// `None` = `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, else HTTP/protobuf.
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of new traces recorded (0.0 to 1.0).
+    pub sample_ratio: f64,
+    /// A caller's `traceparent` sampled flag decides for its trace.
+    pub parent_based: bool,
+    /// Sent with every export (an API key of a hosted collector); added to
+    /// `OTEL_EXPORTER_OTLP_HEADERS`.
+    pub headers: Vec<(String, String)>,
+    /// `service.name` of the spans; `None` = `OTEL_SERVICE_NAME`, else "sluicegate".
+    pub service_name: Option<String>,
+    /// How long one export may take; `None` = `OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s.
+    pub timeout: Option<Duration>,
+    /// Spans waiting for export at most; more are dropped and counted.
+    pub queue_size: usize,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            endpoint: None,
+            protocol: None,
+            sample_ratio: 1.0,
+            parent_based: true,
+            headers: Vec::new(),
+            service_name: None,
+            timeout: None,
+            queue_size: 2048,
+        }
+    }
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The names the OTLP exporter specification uses (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub fn parse(text: &str) -> Option<OtlpProtocol> {
+        match text {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}

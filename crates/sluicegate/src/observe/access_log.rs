@@ -48,6 +48,8 @@ pub struct LineStart<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
+    /// The request's trace id and the gateway's span id, when `[tracing]` is on.
+    pub trace: Option<([u8; 16], [u8; 8])>,
 }
 
 /// What a log line says that is known when the request ends.
@@ -81,6 +83,16 @@ fn write_start(out: &mut Vec<u8>, s: &LineStart<'_>) {
     json_string(out, s.host);
     out.extend_from_slice(b",\"path\":");
     json_string(out, s.path);
+    if let Some((trace_id, span_id)) = &s.trace {
+        let mut hex = [0u8; 32];
+        out.extend_from_slice(b",\"trace_id\":\"");
+        crate::observe::trace::context::hex_into(trace_id, &mut hex);
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\",\"span_id\":\"");
+        crate::observe::trace::context::hex_into(span_id, &mut hex[..16]);
+        out.extend_from_slice(&hex[..16]);
+        out.push(b'"');
+    }
 }
 
 /// Appends the rest of the line after [`write_start`], up to the closing `}`.
@@ -462,6 +474,7 @@ mod tests {
                 method: "GET",
                 host: "h",
                 path: "/p?q=1",
+                trace: Some(([0xab; 16], [0x01; 8])),
             },
             &LineEnd {
                 status: 200,
@@ -499,6 +512,8 @@ mod tests {
         assert_eq!(v["consumer"], "acme");
         assert_eq!(v["endpoint"], "127.0.0.1:9");
         assert!(v["service"].is_null());
+        assert_eq!(v["trace_id"], "ab".repeat(16));
+        assert_eq!(v["span_id"], "0101010101010101");
     }
 
     proptest::proptest! {
@@ -532,6 +547,7 @@ mod tests {
                     method: "PATCH",
                     host: &host,
                     path: &path,
+                    trace: None,
                 },
                 &LineEnd {
                     status: 503,
@@ -578,6 +594,7 @@ mod tests {
                 method: "POST",
                 host: "",
                 path: "/",
+                trace: None,
             });
             batcher.end(
                 pending,

@@ -211,6 +211,17 @@ pub const WEBSOCKET_CONNECTIONS_ACTIVE_HELP: &str = "Upgraded (WebSocket) tunnel
 pub const BUILD_INFO: &str = "sluicegate_build_info";
 pub const BUILD_INFO_HELP: &str = "The running build: 1, with its version as a label.";
 
+/// Counter, no labels. Spans handed to the OTLP collector and accepted by it (`[tracing]`).
+pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "sluicegate_tracing_spans_exported_total";
+pub const TRACING_SPANS_EXPORTED_TOTAL_HELP: &str = "Trace spans the OTLP collector accepted.";
+
+/// Counter. Labels: `reason` (`queue_full`: the export queue was full, the collector slow or
+/// away; `export_failed`: the collector refused or did not answer the batch in time). Spans
+/// lost rather than wait: tracing never slows a request.
+pub const TRACING_SPANS_DROPPED_TOTAL: &str = "sluicegate_tracing_spans_dropped_total";
+pub const TRACING_SPANS_DROPPED_TOTAL_HELP: &str =
+    "Trace spans dropped, because the export queue was full or the collector failed.";
+
 /// The process metrics, under the names every Prometheus client library uses
 /// (`observe/process.rs`).
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
@@ -269,6 +280,14 @@ pub const ALL: &[(&str, &str)] = &[
     (SLO_ERROR_BUDGET_REMAINING, SLO_ERROR_BUDGET_REMAINING_HELP),
     (SLO_BURN_RATE, SLO_BURN_RATE_HELP),
     (ACCESS_LOG_DROPPED_TOTAL, ACCESS_LOG_DROPPED_TOTAL_HELP),
+    (
+        TRACING_SPANS_EXPORTED_TOTAL,
+        TRACING_SPANS_EXPORTED_TOTAL_HELP,
+    ),
+    (
+        TRACING_SPANS_DROPPED_TOTAL,
+        TRACING_SPANS_DROPPED_TOTAL_HELP,
+    ),
 ];
 
 #[cfg(test)]
@@ -287,6 +306,6 @@ mod tests {
             );
             assert!(!help.is_empty() && !help.contains('\n'), "{name}");
         }
-        assert_eq!(ALL.len(), 27);
+        assert_eq!(ALL.len(), 29);
     }
 }

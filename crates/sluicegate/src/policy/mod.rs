@@ -44,6 +44,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use crate::answer::GatewayError;
 use crate::config::{Cidr, Config, RouteConfig};
 use crate::observe::metrics;
+use crate::observe::trace::Recording;
 
 /// The live state of every policy (buckets, later caches and breakers), kept across reloads by
 /// policy name.
@@ -314,12 +315,27 @@ impl Chain {
     }
 
     /// Runs the request side of every step, in order, until one answers.
-    pub async fn on_request(&self, cx: &RequestCx<'_>, applied: &mut Applied) -> Flow {
+    /// A sampled request's `recording` gets a span per step, with the step's decision.
+    pub async fn on_request(
+        &self,
+        cx: &RequestCx<'_>,
+        applied: &mut Applied,
+        mut recording: Option<&mut Recording>,
+    ) -> Flow {
         for step in self.steps.iter() {
+            let started = recording.is_some().then(Instant::now);
             let flow = match step {
                 Step::Auth(guard) => guard.on_request(cx, applied).await,
                 Step::RateLimit(limiter) => limiter.on_request(cx, applied).await,
             };
+            if let (Some(recording), Some(started)) = (recording.as_deref_mut(), started) {
+                let (kind, name) = match step {
+                    Step::Auth(guard) => (auth::STEP, guard.name()),
+                    Step::RateLimit(limiter) => (rate_limit::STEP, limiter.name()),
+                };
+                let decision = applied.decisions().last().map_or("", |(_, d)| *d);
+                recording.step(kind, name, started, decision);
+            }
             if let Flow::Answer(_) = flow {
                 return flow;
             }

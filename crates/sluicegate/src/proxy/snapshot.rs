@@ -36,6 +36,8 @@ pub struct Registries {
     pub route_in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Retry budgets of routes with `retry`, by route name.
     pub retry_budgets: Mutex<HashMap<String, Arc<retry::Budget>>>,
+    /// The span exporter, kept across reloads that leave `[tracing]`'s export settings alone.
+    pub tracing: crate::observe::trace::Registry,
 }
 
 /// Keeps the entries whose key `keep` accepts.
@@ -115,6 +117,8 @@ pub struct Snapshot {
     pub secret_query_parameters: Box<[String]>,
     /// `[load_shedding]`'s admission controller, when the config has one.
     pub shedder: Option<Arc<policy::shed::Shedder>>,
+    /// `[tracing]`: the sampler and the export queue, when tracing is on.
+    pub tracer: Option<Arc<crate::observe::trace::Tracer>>,
 }
 
 /// What a listener does with a connection.
@@ -136,6 +140,9 @@ pub struct ListenerPlan {
 /// A route ready to serve, with its metric handles.
 pub struct RouteRuntime {
     pub name: Arc<str>,
+    /// The route's path or path prefix as configured ("/" for a route of any path): its
+    /// spans' `http.route`.
+    pub http_route: Arc<str>,
     pub service: Arc<ServiceRuntime>,
     /// The matched prefix to remove from the path before forwarding (`strip_prefix = true`).
     pub strip_prefix: Option<Arc<str>>,
@@ -369,6 +376,13 @@ impl Snapshot {
                         let service = services.get(&r.service)?;
                         let runtime = RouteRuntime {
                             name: Arc::from(r.name.as_str()),
+                            http_route: Arc::from(
+                                r.matcher
+                                    .path
+                                    .as_deref()
+                                    .or(r.matcher.path_prefix.as_deref())
+                                    .unwrap_or("/"),
+                            ),
                             service: Arc::clone(service),
                             strip_prefix: r
                                 .strip_prefix
@@ -456,8 +470,10 @@ impl Snapshot {
                 None
             }
         };
+        let tracer = reg.tracing.tracer(config.tracing.as_ref(), m);
         Snapshot {
             shedder,
+            tracer,
             secret_query_parameters: policy::Compiled::secret_query_parameters(&config),
             config: Arc::new(config),
             listeners,

@@ -577,6 +577,18 @@ fn spec_metrics_render_valid_text() {
             &[],
         ),
     );
+    let _tracing = (
+        r.counter(
+            names::TRACING_SPANS_EXPORTED_TOTAL,
+            names::TRACING_SPANS_EXPORTED_TOTAL_HELP,
+            &[],
+        ),
+        r.counter(
+            names::TRACING_SPANS_DROPPED_TOTAL,
+            names::TRACING_SPANS_DROPPED_TOTAL_HELP,
+            &[(label::REASON, "queue_full")],
+        ),
+    );
     let _keys = r.gauge(
         names::JWKS_KEYS,
         names::JWKS_KEYS_HELP,

@@ -108,6 +108,19 @@ pub enum Lookup {
     Bypass(Vec<PrimaryKey>),
 }
 
+impl Lookup {
+    /// The lookup's result as its trace span says it (`hit`, `stale`, `miss`, `bypass`).
+    pub fn result(&self) -> &'static str {
+        match self {
+            Lookup::Hit(_) => "hit",
+            Lookup::Stale(..) => "stale",
+            Lookup::Miss(_) | Lookup::NotCached => "miss",
+            Lookup::Wait(_) => "wait",
+            Lookup::Bypass(_) => "bypass",
+        }
+    }
+}
+
 /// A miss on its way upstream.
 pub struct Pending {
     key: PrimaryKey,

@@ -54,6 +54,7 @@ use crate::config::UpstreamHost;
 use crate::health::{outlier, BreakerConfig, Outcome, Ticket, Transition};
 use crate::observe::access_log::{Batcher, LineEnd, LineStart, PendingLine};
 use crate::observe::metrics::{Counter, Gauge};
+use crate::observe::trace;
 use crate::policy;
 use crate::proxy::listener::OpenConnections;
 use crate::proxy::snapshot::{ListenerPlan, RouteRuntime, ServiceRuntime, Snapshot};
@@ -166,6 +167,8 @@ struct Exchange {
     bulkhead: Option<Arc<AtomicUsize>>,
     /// The place `[load_shedding]` admitted this request to, until its upstream answers.
     admitted: Option<policy::shed::Permit>,
+    /// What a sampled request records for its spans (`[tracing]`).
+    trace: Option<Box<trace::Recording>>,
 }
 
 impl Exchange {
@@ -193,6 +196,7 @@ impl Finish for Exchange {
         }
         let line = self.line.take();
         let elapsed = self.started.elapsed();
+        let recording = self.trace.take();
         let route = self.route();
         match route {
             Some(route) => {
@@ -207,6 +211,23 @@ impl Finish for Exchange {
                     listener.unrouted.inc(self.status);
                 }
             }
+        }
+        if let (Some(recording), Some(tracer)) = (recording, &self.snapshot.tracer) {
+            let service = route.map(|r| &*r.service);
+            let ending = trace::span::Ending {
+                status: self.status,
+                listener: self.listener().map(|l| &*l.name),
+                route: route.map(|r| &*r.name),
+                http_route: route.map(|r| &*r.http_route),
+                service: service.map(|s| &*s.name),
+                endpoint: service
+                    .zip(self.endpoint)
+                    .and_then(|(s, i)| s.endpoint_names.get(i))
+                    .map(|n| &**n),
+                decisions: self.policies.decisions(),
+                consumer: self.policies.consumer(),
+            };
+            tracer.submit(recording.finish(&ending));
         }
         if let Some(line) = line {
             let service = route.map(|r| &*r.service);
@@ -283,6 +304,32 @@ pub async fn handle(
     );
 
     let host = request_host(&parts.uri, &parts.headers);
+    // The request's place in a trace (`[tracing]`): continued or started, and recorded when
+    // sampled.
+    let trace_cx = snapshot
+        .tracer
+        .as_ref()
+        .map(|tracer| tracer.sampler.start(&parts.headers));
+    let recording = trace_cx.filter(|cx| cx.sampled).map(|cx| {
+        let tracestate = join_fields(&parts.headers, trace::TRACESTATE);
+        Box::new(trace::Recording::new(
+            cx,
+            started,
+            &trace::span::Incoming {
+                method: &parts.method,
+                path: parts.uri.path(),
+                host: parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok()),
+                version: parts.version,
+                tls: conn.tls,
+                client: conn.peer.ip(),
+                request_id: request_id.to_str().unwrap_or_default(),
+                tracestate: tracestate.as_deref(),
+            },
+        ))
+    });
     let line = worker.access.enabled().then(|| {
         worker.access.begin(&LineStart {
             time: SystemTime::now(),
@@ -294,6 +341,7 @@ pub async fn handle(
                 parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
                 &snapshot.secret_query_parameters,
             ),
+            trace: trace_cx.map(|cx| (cx.trace_id, cx.span_id)),
         })
     });
     // Boxed from the start: it ends up as the response body's `Finish` anyway, and kept inline
@@ -312,6 +360,7 @@ pub async fn handle(
         policies: policy::Applied::default(),
         bulkhead: None,
         admitted: None,
+        trace: recording,
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         // The gateway answers itself: no upstream works on this request any more.
@@ -399,7 +448,11 @@ pub async fn handle(
             uri: &parts.uri,
             now: started,
         };
-        let flow = route.policies.on_request(&cx, &mut exchange.policies).await;
+        let ex: &mut Exchange = &mut exchange;
+        let flow = route
+            .policies
+            .on_request(&cx, &mut ex.policies, ex.trace.as_deref_mut())
+            .await;
         if let policy::Flow::Answer(refusal) = flow {
             let Ok(mut response) = answer(exchange, refusal.error, false);
             response.headers_mut().extend(refusal.headers);
@@ -430,6 +483,7 @@ pub async fn handle(
             tls: conn.tls,
             consumer: exchange.policies.consumer(),
         };
+        let lookup_started = exchange.trace.is_some().then(Instant::now);
         let look = |collapse: bool| cache.lookup(&request, SystemTime::now(), collapse);
         let mut lookup = look(true);
         if let policy::cache::Lookup::Wait(mut fetched) = lookup {
@@ -449,6 +503,9 @@ pub async fn handle(
             } else {
                 policy::cache::Lookup::Miss(pending)
             };
+        }
+        if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), lookup_started) {
+            recording.cache_lookup(at, lookup.result());
         }
         match lookup {
             policy::cache::Lookup::Hit(hit) => {
@@ -502,6 +559,7 @@ pub async fn handle(
     // that passed authentication): at once, after a short wait while higher classes are
     // served, or refused now.
     if let Some((shedder, class)) = shed_class {
+        let admission_started = exchange.trace.is_some().then(Instant::now);
         let decision = match shedder.admit(class, deadline).await {
             policy::shed::Admission::Admitted(permit) => {
                 exchange.admitted = Some(permit);
@@ -514,6 +572,9 @@ pub async fn handle(
             policy::shed::Admission::Shed(reason) => return shed(exchange, reason, answer),
         };
         exchange.policies.note((policy::shed::STEP, decision));
+        if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), admission_started) {
+            recording.admission(at, decision);
+        }
     }
 
     // 7. Endpoint.
@@ -601,6 +662,14 @@ pub async fn handle(
         host: client_host.as_ref(),
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    if let Some(cx) = &trace_cx {
+        // The upstream's parent is the gateway's span; a `tracestate` without a valid
+        // `traceparent` belonged to no trace the gateway continues (W3C Trace Context §3.3).
+        parts.headers.insert(trace::TRACEPARENT, cx.traceparent());
+        if cx.parent.is_none() {
+            parts.headers.remove(trace::TRACESTATE);
+        }
+    }
     exchange.policies.on_forward(
         &mut parts.headers,
         &mut parts.uri,
@@ -636,6 +705,7 @@ pub async fn handle(
     let (index, exchange_result) = match &route.retry {
         None => {
             let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
+            let attempt_started = exchange.trace.is_some().then(Instant::now);
             let sending = pin!(send(
                 &worker.pool,
                 address,
@@ -649,6 +719,9 @@ pub async fn handle(
                 .unwrap_or(Err(SendError::Timeout));
             let outcome = classify(&result, &stats);
             report_outcome(service, index, outcome, now, ticket);
+            if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), attempt_started) {
+                recording.attempt(at, address, 1, attempt_end(&result, outcome));
+            }
             (index, result)
         }
         // Boxed: only routes with `retry` carry its larger future.
@@ -1025,6 +1098,31 @@ fn report_outcome(
     }
 }
 
+/// How an upstream attempt ended, for its span.
+fn attempt_end(
+    result: &Result<Response<UpstreamBody>, SendError>,
+    outcome: Upstream,
+) -> trace::span::AttemptEnd<'static> {
+    match (result, outcome) {
+        (Ok(response), _) => trace::span::AttemptEnd::Status(response.status()),
+        (_, Upstream::Timeout) => trace::span::AttemptEnd::Failed("timeout"),
+        (_, Upstream::ConnectFailure) => trace::span::AttemptEnd::Failed("connect_failure"),
+        (_, Upstream::ClientFault) => trace::span::AttemptEnd::Failed("client_fault"),
+        _ => trace::span::AttemptEnd::Failed("reset"),
+    }
+}
+
+/// All values of a field joined with commas (a list field sent as several lines), or `None`.
+fn join_fields(headers: &HeaderMap, name: http::HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?.to_string();
+    Some(values.fold(first, |mut all, v| {
+        all.push(',');
+        all.push_str(v);
+        all
+    }))
+}
+
 /// How an upstream exchange went, from its result.
 fn classify(result: &Result<Response<UpstreamBody>, SendError>, stats: &ExchangeStats) -> Upstream {
     match result {
@@ -1172,6 +1270,7 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             }
             None => deadline,
         };
+        let attempt_started = exchange.trace.is_some().then(Instant::now);
         let sending = pin!(send(
             &worker.pool,
             address,
@@ -1186,6 +1285,9 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
         let outcome = classify(&result, stats);
         let ended = tokio::time::Instant::now();
         report_outcome(service, index, outcome, ended, ticket);
+        if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), attempt_started) {
+            recording.attempt(at, address, tries, attempt_end(&result, outcome));
+        }
         let end = match (&result, outcome) {
             (Ok(response), _) => retry::TryEnd::Status(response.status()),
             (_, Upstream::ConnectFailure) => retry::TryEnd::ConnectFailure,
