@@ -65,8 +65,8 @@ pub async fn serve(bind: SocketAddr, state: AdminState) -> std::io::Result<Socke
     {
         tracing::warn!(%address, "the admin API is bound to a non-loopback address without [admin] token: its write endpoints (reload, purge, registry) answer 403");
     }
-    // The first sample now, before the address is announced: a window always has a reading
-    // from before any request it is asked about.
+    // The first sample now, before the admin address is announced: whoever reads the stats has
+    // a reading from before the requests they sent, however young the gateway.
     let route_stats = Arc::new(stats::RouteStats::default());
     route_stats.record(stats::read(&state.gateway));
     tokio::spawn(stats::run_sampler(
