@@ -369,3 +369,129 @@ fn an_admin_token_that_cannot_be_a_bearer_token_is_refused() {
         );
     }
 }
+
+/// Routes `all` (everything) and `idle` (a prefix no request uses), to one backend; `extra`
+/// too when asked (a reload adds it).
+fn stats_config(b: &Backend, extra: bool) -> String {
+    let mut toml = Toml::new()
+        .admin()
+        .listener("public", "")
+        .route("all", "app", "")
+        .route("idle", "app", "match = { path_prefix = \"/never\" }");
+    if extra {
+        toml = toml.route("extra", "app", "match = { path_prefix = \"/extra\" }");
+    }
+    toml.service("app", &[b.addr], "").build()
+}
+
+/// The entry of route `name` in `GET /api/v1/routes/stats`.
+fn route_stats(gw: &Gateway, name: &str) -> serde_json::Value {
+    let v = gw.admin().get("/api/v1/routes/stats?window=60s").json();
+    v["routes"]
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no route {name} in {v}"))
+}
+
+#[test]
+fn route_stats_show_rate_error_ratio_and_p99_from_real_traffic() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&stats_config(&b, false));
+    let mut c = gw.client();
+    for i in 0..40 {
+        // One in four answered 500 by the backend.
+        let (path, status) = if i % 4 == 0 {
+            ("/status/500", 500)
+        } else {
+            ("/", 200)
+        };
+        assert_eq!(c.get(path).status, status);
+    }
+    // Responses are counted when the exchange ends, just after the client has its answer.
+    support::wait_until("40 requests counted", Duration::from_secs(10), || {
+        route_stats(&gw, "all")["requests"] == 40
+    });
+    let v = gw.admin().get("/api/v1/routes/stats?window=60s").json();
+    assert_eq!(v["window_seconds"], 60.0);
+    assert_eq!(v["sample_interval_seconds"], 5.0);
+    let span = v["span_seconds"].as_f64().unwrap();
+    assert!(span > 0.0 && span <= 65.0, "{v}");
+    let all = &v["routes"][0];
+    assert_eq!(all["name"], "all");
+    assert_eq!(all["service"], "app");
+    assert_eq!(all["errors"], 10, "{v}");
+    let ratio = all["error_ratio"].as_f64().unwrap();
+    assert!((ratio - 0.25).abs() < 1e-9, "{v}");
+    assert_eq!(all["requests"], 40, "{v}");
+    // The rate is the count over the span the answer states.
+    let rate = all["requests_per_second"].as_f64().unwrap();
+    assert!((rate * span - 40.0).abs() < 1e-6, "{v}");
+    // Within the histogram's buckets; no claim about how fast the machine is.
+    let p99 = all["p99_seconds"].as_f64().unwrap();
+    assert!(p99 > 0.0 && p99 <= 10.0, "{v}");
+    let series = all["series"].as_array().unwrap();
+    assert!(!series.is_empty(), "{v}");
+    assert_eq!(series.last().unwrap()["seconds_ago"], 0.0);
+    // The route nobody asked for: no rate, no ratio, no latency.
+    let idle = &v["routes"][1];
+    assert_eq!(idle["name"], "idle");
+    assert_eq!(idle["requests"], 0);
+    assert_eq!(idle["requests_per_second"], 0.0);
+    assert!(idle["error_ratio"].is_null(), "{v}");
+    assert!(idle["p99_seconds"].is_null(), "{v}");
+
+    // A reload that adds a route keeps the others' counts (not counted twice, not lost).
+    gw.write_config(&stats_config(&b, true));
+    assert_eq!(
+        gw.admin()
+            .request("POST", "/api/v1/reload", &[], b"")
+            .status,
+        200
+    );
+    let all = route_stats(&gw, "all");
+    assert_eq!((&all["requests"], &all["errors"]), (&40.into(), &10.into()));
+    let extra = route_stats(&gw, "extra");
+    assert_eq!(extra["requests"], 0);
+    assert!(extra["p99_seconds"].is_null());
+    assert_eq!(c.get("/extra/x").status, 200);
+    support::wait_until(
+        "the new route's request counted",
+        Duration::from_secs(10),
+        || route_stats(&gw, "extra")["requests"] == 1,
+    );
+    assert_eq!(route_stats(&gw, "extra")["error_ratio"], 0.0);
+}
+
+#[test]
+fn route_stats_refuse_a_bad_window_with_400() {
+    let b = Backend::start("b");
+    let gw = Gateway::start(&stats_config(&b, false));
+    let mut admin = gw.admin();
+    assert_eq!(
+        admin.get("/api/v1/routes/stats").json()["window_seconds"],
+        60.0
+    );
+    assert_eq!(
+        admin.get("/api/v1/routes/stats?window=5m").json()["window_seconds"],
+        300.0
+    );
+    for (query, says) in [
+        ("window=sixty", "window: duration \"sixty\""),
+        ("window=", "window: duration \"\""),
+        ("window=1s", "window must be from 5s to 300s"),
+        ("window=1h", "window must be from 5s to 300s"),
+        ("window=99999999999999999999999s", "too large"),
+        ("windw=60s", "unknown query parameter \"windw\""),
+        ("window=60s&window=30s", "more than once"),
+        ("window=%FF", "window"),
+    ] {
+        let r = admin.get(&format!("/api/v1/routes/stats?{query}"));
+        assert_eq!(r.status, 400, "{query}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"], "bad_request", "{query}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(says), "{query}: {message}");
+        assert!(v["request_id"].is_string());
+    }
+}

@@ -2,22 +2,47 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{FromRef, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::stats::{self, RouteStats};
 use super::AdminState;
 use crate::gateway::Gateway;
 use crate::observe::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::policy::cache::Purge;
 use crate::proxy::http::headers::new_request_id;
 
+/// What the handlers extract: the gateway's state, and the ring of route samples only the
+/// admin API reads.
+#[derive(Clone)]
+struct ApiState {
+    admin: AdminState,
+    stats: Arc<RouteStats>,
+}
+
+impl FromRef<ApiState> for AdminState {
+    fn from_ref(s: &ApiState) -> AdminState {
+        s.admin.clone()
+    }
+}
+
+impl FromRef<ApiState> for Arc<RouteStats> {
+    fn from_ref(s: &ApiState) -> Arc<RouteStats> {
+        Arc::clone(&s.stats)
+    }
+}
+
 /// The admin API's routes; `loopback`: whether it is bound to a loopback address.
-pub fn router(state: AdminState, loopback: bool) -> Router {
+pub fn router(state: AdminState, stats: Arc<RouteStats>, loopback: bool) -> Router {
     let guard = axum::middleware::from_fn_with_state((state.clone(), loopback), guard_writes);
+    let state = ApiState {
+        admin: state,
+        stats,
+    };
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
@@ -25,6 +50,7 @@ pub fn router(state: AdminState, loopback: bool) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/services", get(services))
+        .route("/api/v1/routes/stats", get(route_stats))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/cache/purge", post(purge))
         .route(
@@ -222,6 +248,26 @@ fn routes(snapshot: &crate::proxy::snapshot::Snapshot) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// `GET /api/v1/routes/stats?window=60s`: each route's request rate, error ratio and p99 latency
+/// over the window, with a series per sample interval (`stats::Report`). 400 `bad_request` for a
+/// window that is not a duration from the sample interval to the retention, or any other
+/// parameter.
+async fn route_stats(
+    State(s): State<AdminState>,
+    State(ring): State<Arc<RouteStats>>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let window = query
+        .map_err(|e| stats::QueryError::Malformed(e.body_text()))
+        .and_then(|Query(pairs)| stats::parse_window(&pairs));
+    let window = match window {
+        Ok(window) => window,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string(), None),
+    };
+    let live = stats::read(&s.gateway);
+    Json(ring.report(&live, window)).into_response()
 }
 
 async fn services(State(s): State<AdminState>) -> Json<Value> {

@@ -1,9 +1,10 @@
-//! The admin API (SPEC 3) on `admin.bind`: probes, metrics, status, services, reload, and a
-//! dashboard page at `/`.
+//! The admin API (SPEC 3) on `admin.bind`: probes, metrics, status, services, reload, per-route
+//! statistics over the last minutes, and a dashboard page at `/`.
 //! Handlers are thin reads of the gateway's snapshot and registries; errors use the JSON body of
 //! SPEC 5.
 
 mod api;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +65,15 @@ pub async fn serve(bind: SocketAddr, state: AdminState) -> std::io::Result<Socke
     {
         tracing::warn!(%address, "the admin API is bound to a non-loopback address without [admin] token: its write endpoints (reload, purge, registry) answer 403");
     }
-    let app = api::router(state, loopback);
+    // The first sample now, before the admin address is announced: whoever reads the stats has
+    // a reading from before the requests they sent, however young the gateway.
+    let route_stats = Arc::new(stats::RouteStats::default());
+    route_stats.record(stats::read(&state.gateway));
+    tokio::spawn(stats::run_sampler(
+        Arc::clone(&route_stats),
+        Arc::downgrade(&state.gateway),
+    ));
+    let app = api::router(state, route_stats, loopback);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin API stopped");
