@@ -470,9 +470,12 @@ fn config(w: &World) -> String {
              \n[auth.users-jwt]\ntype = \"jwt\"\nalgorithms = [\"ES256\"]\njwks_url = \"{}\"\n\
              \n[auth.legacy-jwt]\ntype = \"jwt\"\nalgorithms = [\"ES256\"]\njwks_url = \"http://{}/jwks.json\"\n\
              \n[cache]\nmax_bytes = \"1MiB\"\n\
-             \n[load_shedding]\nmax_in_flight = 100\nmemory_threshold = 0.000001\ncpu_threshold = 1.0\n",
+             \n[load_shedding]\nmax_in_flight = 100\nmemory_threshold = 0.000001\ncpu_threshold = 1.0\n\
+             \n[tracing]\nendpoint = \"http://{}\"\nprotocol = \"grpc\"\ntimeout = \"1s\"\n",
             digest("partner-key"),
             w.idp.url(),
+            w.idp_down,
+            // Nothing listens there: every export fails, so the dropped spans' series exist.
             w.idp_down,
         )
 }

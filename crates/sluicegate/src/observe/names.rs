@@ -70,7 +70,9 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "sluicegate_upstream_requests_total";
 pub const UPSTREAM_REQUESTS_TOTAL_HELP: &str =
     "Requests sent to upstream endpoints (each attempt counts), by outcome.";
 
-/// Gauge. Labels: `service`, `endpoint`. 1 while the endpoint is healthy and not ejected, else 0.
+/// Gauge. Labels: `service`, `endpoint`. 1 while the endpoint passes its active health checks
+/// (always, for a service without checks), else 0. Outlier ejection does not change it: an
+/// ejection is short and shows in `sluicegate_upstream_requests_total` and the admin API.
 pub const ENDPOINT_HEALTHY: &str = "sluicegate_endpoint_healthy";
 pub const ENDPOINT_HEALTHY_HELP: &str = "1 if the endpoint is healthy, 0 if not.";
 
