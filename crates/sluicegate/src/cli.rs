@@ -162,12 +162,20 @@ fn serve(
         wait_for_signal(&gateway).await?;
         readiness.start_draining();
         tracing::info!("signal received: draining");
-        let drained = tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
+        let stopping = Arc::clone(&gateway);
+        let drained = tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
         if drained {
             tracing::info!("all connections finished; exiting");
         } else {
             tracing::warn!("shutdown grace expired with requests still running; exiting");
         }
+        // The last requests' spans go to the collector before the process ends.
+        gateway
+            .shared
+            .registries
+            .tracing
+            .flush(std::time::Duration::from_secs(2))
+            .await;
         anyhow::Ok(())
     })
 }

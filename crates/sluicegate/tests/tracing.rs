@@ -403,3 +403,27 @@ fn tracing_settings_are_checked() {
         assert!(stderr.contains(expected), "{text}: {stderr}");
     }
 }
+
+#[test]
+fn the_last_requests_spans_reach_the_collector_before_the_process_exits() {
+    let collector = Collector::start(Mode::Grpc);
+    let b = Backend::start("a");
+    let mut gw = gateway(
+        &b,
+        &format!("endpoint = \"{}\"\nprotocol = \"grpc\"", collector.url()),
+        "",
+    );
+    let mut c = gw.client();
+    assert_eq!(c.get("/api/last").status, 200);
+    drop(c);
+    // At once: the export task would otherwise wait up to half a second to fill a batch.
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+    let spans = collector.spans();
+    assert!(
+        server_spans(&spans)
+            .iter()
+            .any(|s| s.attribute("url.path") == Some("/api/last")),
+        "flushed at shutdown: {spans:#?}"
+    );
+}

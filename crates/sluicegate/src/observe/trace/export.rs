@@ -75,10 +75,18 @@ fn protocol_from_env() -> OtlpProtocol {
 #[error("cannot set up the OTLP exporter: {0}")]
 pub struct ExportError(String);
 
+/// What the export task is handed.
+enum Message {
+    /// One request's spans.
+    Spans(Vec<SpanData>),
+    /// Send what was handed in before now, then answer (at shutdown).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The queue into one export task; dropping the last handle lets the task send what is queued
 /// and end.
 pub struct Exporter {
-    tx: mpsc::UnboundedSender<Vec<SpanData>>,
+    tx: mpsc::UnboundedSender<Message>,
     /// Spans in the channel, not yet taken into a batch.
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -132,9 +140,20 @@ impl Exporter {
     pub fn submit(&self, spans: Vec<SpanData>) {
         let n = spans.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.capacity || self.tx.send(spans).is_err() {
+        if before + n > self.capacity || self.tx.send(Message::Spans(spans)).is_err() {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             self.dropped_full.add(n as u64);
+        }
+    }
+}
+
+impl Exporter {
+    /// Sends every span handed in so far, waiting at most `timeout` (a collector that is down
+    /// or hanging costs the shutdown no more).
+    pub async fn flush(&self, timeout: Duration) {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        if self.tx.send(Message::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(timeout, sent).await;
         }
     }
 }
@@ -227,7 +246,7 @@ fn resource(service_name: Option<&str>) -> Resource {
 
 /// The export task: batches of up to [`BATCH_SPANS`], sent one at a time.
 struct Task {
-    rx: mpsc::UnboundedReceiver<Vec<SpanData>>,
+    rx: mpsc::UnboundedReceiver<Message>,
     queued: Arc<AtomicUsize>,
     exporter: opentelemetry_otlp::SpanExporter,
     timeout: Duration,
@@ -238,16 +257,20 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         let mut failing = false;
-        let mut open = true;
-        while open {
-            let Some(first) = self.rx.recv().await else {
-                break;
-            };
-            let mut batch = first;
+        loop {
+            let mut batch = Vec::new();
+            let mut flushed = None;
+            let mut open = true;
+            match self.rx.recv().await {
+                Some(Message::Spans(spans)) => batch = spans,
+                Some(Message::Flush(done)) => flushed = Some(done),
+                None => return,
+            }
             let until = tokio::time::Instant::now() + BATCH_DELAY;
-            while batch.len() < BATCH_SPANS {
+            while flushed.is_none() && batch.len() < BATCH_SPANS {
                 match tokio::time::timeout_at(until, self.rx.recv()).await {
-                    Ok(Some(more)) => batch.extend(more),
+                    Ok(Some(Message::Spans(more))) => batch.extend(more),
+                    Ok(Some(Message::Flush(done))) => flushed = Some(done),
                     Ok(None) => {
                         open = false;
                         break;
@@ -255,36 +278,50 @@ impl Task {
                     Err(_) => break,
                 }
             }
-            let n = batch.len();
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            // The exporter has its own timeout; this one also covers a connection attempt
-            // that hangs.
-            let sent = tokio::time::timeout(
-                self.timeout + Duration::from_secs(1),
-                self.exporter.export(batch),
-            )
-            .await;
-            match sent {
-                Ok(Ok(())) => {
-                    self.exported.add(n as u64);
-                    if failing {
-                        failing = false;
-                        tracing::info!("the OTLP collector accepts spans again");
-                    }
+            if !batch.is_empty() {
+                self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                self.send(batch, &mut failing).await;
+            }
+            if let Some(done) = flushed {
+                let _ = done.send(());
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+
+    /// Exports one batch, counting it as exported or failed; a failure is logged once per
+    /// outage.
+    async fn send(&mut self, batch: Vec<SpanData>, failing: &mut bool) {
+        let n = batch.len();
+        // The exporter has its own timeout; this one also covers a connection attempt that
+        // hangs.
+        let sent = tokio::time::timeout(
+            self.timeout + Duration::from_secs(1),
+            self.exporter.export(batch),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {
+                self.exported.add(n as u64);
+                if *failing {
+                    *failing = false;
+                    tracing::info!("the OTLP collector accepts spans again");
                 }
-                Ok(Err(e)) => {
-                    self.failed.add(n as u64);
-                    if !failing {
-                        failing = true;
-                        tracing::warn!(error = %e, spans = n, "OTLP export failed; spans are dropped until the collector accepts them");
-                    }
+            }
+            Ok(Err(e)) => {
+                self.failed.add(n as u64);
+                if !*failing {
+                    *failing = true;
+                    tracing::warn!(error = %e, spans = n, "OTLP export failed; spans are dropped until the collector accepts them");
                 }
-                Err(_) => {
-                    self.failed.add(n as u64);
-                    if !failing {
-                        failing = true;
-                        tracing::warn!(spans = n, timeout = ?self.timeout, "OTLP export timed out; spans are dropped until the collector answers");
-                    }
+            }
+            Err(_) => {
+                self.failed.add(n as u64);
+                if !*failing {
+                    *failing = true;
+                    tracing::warn!(spans = n, timeout = ?self.timeout, "OTLP export timed out; spans are dropped until the collector answers");
                 }
             }
         }

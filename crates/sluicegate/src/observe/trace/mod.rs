@@ -43,6 +43,20 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Sends the spans handed in so far, waiting at most `timeout` (at shutdown, so the last
+    /// requests' spans are not lost with the process).
+    pub async fn flush(&self, timeout: std::time::Duration) {
+        let exporter = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, exporter)| Arc::clone(exporter));
+        if let Some(exporter) = exporter {
+            exporter.flush(timeout).await;
+        }
+    }
+
     /// The tracer for a snapshot of `config` (`None` without `[tracing]`). Must be called from
     /// within the control runtime, where the export task runs. An exporter that cannot be set
     /// up (an invalid `OTEL_EXPORTER_OTLP_*` variable) is logged and leaves tracing off.
