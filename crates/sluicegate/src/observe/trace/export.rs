@@ -1,25 +1,26 @@
 //! Sending finished spans to an OpenTelemetry collector over OTLP, without ever making a
 //! request wait.
 //!
-//! Workers hand each sampled request's spans to a bounded queue ([`Exporter::submit`]: one
-//! atomic add and a channel send, never a wait); one task on the control runtime takes them in
-//! batches and exports each with `opentelemetry-otlp` (gRPC through tonic, or HTTP/protobuf
-//! through hyper). When the collector is slow, away or hanging, the queue fills while a batch
-//! waits out its timeout, and what does not fit is dropped and counted
-//! (`sluicegate_tracing_spans_dropped_total{reason="queue_full"}`); a batch the collector
-//! refuses is counted as `export_failed`. The memory held is bounded by `queue_size` spans plus
-//! the batch being sent.
+//! Workers append each sampled request's spans to a bounded queue ([`Exporter::submit`]: a
+//! short lock and a move, never a wait, and no wake-up of another thread per request: waking
+//! the export task for every request cost more CPU than recording the spans). One task on the
+//! control runtime takes what is queued every [`BATCH_DELAY`], or as soon as a batch's worth
+//! is waiting, and exports it with `opentelemetry-otlp` (gRPC through tonic, or HTTP/protobuf
+//! through hyper), [`BATCH_SPANS`] at a time. When the collector is slow, away or hanging, the
+//! queue fills while a batch waits out its timeout, and what does not fit is dropped and
+//! counted (`sluicegate_tracing_spans_dropped_total{reason="queue_full"}`); a batch the
+//! collector refuses is counted as `export_failed`. The memory held is bounded by twice
+//! `queue_size` spans: the queue, and what was taken from it and is being sent.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{OtlpProtocol, TracingConfig};
 use crate::observe::metrics::{self, Counter};
@@ -27,7 +28,7 @@ use crate::observe::names;
 
 /// Spans sent to the collector in one request at most.
 const BATCH_SPANS: usize = 512;
-/// How long spans wait for a batch to fill before it is sent anyway.
+/// How long spans wait for a batch to fill before they are sent anyway.
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 
 /// What the export depends on: a reload that changes none of it keeps the exporter (and the
@@ -75,21 +76,20 @@ fn protocol_from_env() -> OtlpProtocol {
 #[error("cannot set up the OTLP exporter: {0}")]
 pub struct ExportError(String);
 
-/// What the export task is handed.
-enum Message {
-    /// One request's spans.
-    Spans(Vec<SpanData>),
-    /// Send what was handed in before now, then answer (at shutdown).
-    Flush(tokio::sync::oneshot::Sender<()>),
+/// The spans waiting for export, shared by the workers and the export task.
+struct Queue {
+    spans: Mutex<Vec<SpanData>>,
+    capacity: usize,
+    /// Wakes the task early when a batch's worth is waiting.
+    full_batch: Notify,
 }
 
-/// The queue into one export task; dropping the last handle lets the task send what is queued
-/// and end.
+/// The workers' handle on one export task. Dropping it lets the task send what is queued and
+/// end.
 pub struct Exporter {
-    tx: mpsc::UnboundedSender<Message>,
-    /// Spans in the channel, not yet taken into a batch.
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
+    queue: Arc<Queue>,
+    /// Asks the task to send everything queued now (at shutdown); closed when this is dropped.
+    flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
     dropped_full: Counter,
 }
 
@@ -106,8 +106,12 @@ impl Exporter {
             otlp_exporter(settings)?
         };
         exporter.set_resource(&resource(settings.service_name.as_deref()));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::new()),
+            capacity: settings.queue_size,
+            full_batch: Notify::new(),
+        });
+        let (flush, flushes) = mpsc::unbounded_channel();
         let dropped = |reason: &str| {
             registry.counter(
                 names::TRACING_SPANS_DROPPED_TOTAL,
@@ -116,8 +120,8 @@ impl Exporter {
             )
         };
         let task = Task {
-            rx,
-            queued: Arc::clone(&queued),
+            queue: Arc::clone(&queue),
+            flushes,
             exporter,
             timeout: settings.timeout.unwrap_or(Duration::from_secs(10)),
             exported: registry.counter(
@@ -126,12 +130,12 @@ impl Exporter {
                 &[],
             ),
             failed: dropped("export_failed"),
+            failing: false,
         };
         runtime.spawn(task.run());
         Ok(Exporter {
-            tx,
-            queued,
-            capacity: settings.queue_size,
+            queue,
+            flush,
             dropped_full: dropped("queue_full"),
         })
     }
@@ -139,20 +143,27 @@ impl Exporter {
     /// Queues one request's spans, or drops and counts them when the queue is full.
     pub fn submit(&self, spans: Vec<SpanData>) {
         let n = spans.len();
-        let before = self.queued.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.capacity || self.tx.send(Message::Spans(spans)).is_err() {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            self.dropped_full.add(n as u64);
+        let waiting = {
+            let mut queued = self.queue.spans.lock().unwrap_or_else(|e| e.into_inner());
+            if queued.len() + n > self.queue.capacity {
+                drop(queued);
+                self.dropped_full.add(n as u64);
+                return;
+            }
+            queued.extend(spans);
+            queued.len()
+        };
+        // Once per batch, as the queue crosses the batch size: not once per request.
+        if waiting >= BATCH_SPANS && waiting - n < BATCH_SPANS {
+            self.queue.full_batch.notify_one();
         }
     }
-}
 
-impl Exporter {
     /// Sends every span handed in so far, waiting at most `timeout` (a collector that is down
     /// or hanging costs the shutdown no more).
     pub async fn flush(&self, timeout: Duration) {
-        let (done, sent) = tokio::sync::oneshot::channel();
-        if self.tx.send(Message::Flush(done)).is_ok() {
+        let (done, sent) = oneshot::channel();
+        if self.flush.send(done).is_ok() {
             let _ = tokio::time::timeout(timeout, sent).await;
         }
     }
@@ -244,44 +255,35 @@ fn resource(service_name: Option<&str>) -> Resource {
         .build()
 }
 
-/// The export task: batches of up to [`BATCH_SPANS`], sent one at a time.
+/// The export task: what is queued, in batches of up to [`BATCH_SPANS`], sent one at a time.
 struct Task {
-    rx: mpsc::UnboundedReceiver<Message>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+    flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     exporter: opentelemetry_otlp::SpanExporter,
     timeout: Duration,
     exported: Counter,
     failed: Counter,
+    /// The last export failed (a failure is logged once per outage).
+    failing: bool,
 }
 
 impl Task {
     async fn run(mut self) {
-        let mut failing = false;
+        let mut tick = tokio::time::interval(BATCH_DELAY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut batch = Vec::new();
             let mut flushed = None;
             let mut open = true;
-            match self.rx.recv().await {
-                Some(Message::Spans(spans)) => batch = spans,
-                Some(Message::Flush(done)) => flushed = Some(done),
-                None => return,
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.queue.full_batch.notified() => {}
+                asked = self.flushes.recv() => match asked {
+                    Some(done) => flushed = Some(done),
+                    // Every handle is gone: send what is left, then end.
+                    None => open = false,
+                },
             }
-            let until = tokio::time::Instant::now() + BATCH_DELAY;
-            while flushed.is_none() && batch.len() < BATCH_SPANS {
-                match tokio::time::timeout_at(until, self.rx.recv()).await {
-                    Ok(Some(Message::Spans(more))) => batch.extend(more),
-                    Ok(Some(Message::Flush(done))) => flushed = Some(done),
-                    Ok(None) => {
-                        open = false;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-                self.send(batch, &mut failing).await;
-            }
+            self.send_queued().await;
             if let Some(done) = flushed {
                 let _ = done.send(());
             }
@@ -291,9 +293,19 @@ impl Task {
         }
     }
 
-    /// Exports one batch, counting it as exported or failed; a failure is logged once per
-    /// outage.
-    async fn send(&mut self, batch: Vec<SpanData>, failing: &mut bool) {
+    /// Sends everything queued now, a batch at a time.
+    async fn send_queued(&mut self) {
+        let mut queued =
+            std::mem::take(&mut *self.queue.spans.lock().unwrap_or_else(|e| e.into_inner()));
+        while !queued.is_empty() {
+            let rest = queued.split_off(queued.len().min(BATCH_SPANS));
+            self.send(queued).await;
+            queued = rest;
+        }
+    }
+
+    /// Exports one batch, counting it as exported or failed.
+    async fn send(&mut self, batch: Vec<SpanData>) {
         let n = batch.len();
         // The exporter has its own timeout; this one also covers a connection attempt that
         // hangs.
@@ -305,22 +317,22 @@ impl Task {
         match sent {
             Ok(Ok(())) => {
                 self.exported.add(n as u64);
-                if *failing {
-                    *failing = false;
+                if self.failing {
+                    self.failing = false;
                     tracing::info!("the OTLP collector accepts spans again");
                 }
             }
             Ok(Err(e)) => {
                 self.failed.add(n as u64);
-                if !*failing {
-                    *failing = true;
+                if !self.failing {
+                    self.failing = true;
                     tracing::warn!(error = %e, spans = n, "OTLP export failed; spans are dropped until the collector accepts them");
                 }
             }
             Err(_) => {
                 self.failed.add(n as u64);
-                if !*failing {
-                    *failing = true;
+                if !self.failing {
+                    self.failing = true;
                     tracing::warn!(spans = n, timeout = ?self.timeout, "OTLP export timed out; spans are dropped until the collector answers");
                 }
             }
