@@ -392,6 +392,10 @@ fn tracing_settings_are_checked() {
             "must start with http:// or https://",
         ),
         ("timeout = \"0s\"", "tracing.timeout"),
+        (
+            "endpoint = \"https://collector:4318\"\nprotocol = \"http/protobuf\"",
+            "https:// is supported with protocol = \"grpc\"",
+        ),
         ("sampling = 1", "unknown key"),
     ] {
         let toml = format!(

@@ -42,6 +42,19 @@ pub fn tracing(r: &mut Reader<'_>, t: &Table<'_, '_>) -> TracingConfig {
                 None
             }
         });
+    // The HTTP/protobuf exporter has no TLS here (gRPC has): refused now, not failing later.
+    if let (Some(OtlpProtocol::HttpProtobuf), Some(url)) = (protocol, &endpoint) {
+        if url.starts_with("https://") {
+            let span = t.get("endpoint").map_or(t.span.clone(), |v| v.span());
+            r.report(
+                span,
+                format!(
+                    "{}: https:// is supported with protocol = \"grpc\"; with \"http/protobuf\" use http:// (a collector next to the gateway)",
+                    t.key_path("endpoint")
+                ),
+            );
+        }
+    }
     let mut headers = Vec::new();
     if let Some(table) = r.table(t, "headers") {
         for (key, _) in table.inner.iter() {
