@@ -142,3 +142,12 @@ write("trace_context", [
     b"00-00000000000000000000000000000000-00f067aa0ba902b7-01\xff==,,k=v",
     b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
 ])
+
+# cache_query: a byte choosing the listed names (page, sort, q, "a b"), then the query.
+write("cache_query", [
+    b"\x0fpage=2&sort=asc&utm=x",
+    b"\x01PAGE=1&p%61ge=2&page[]=3&page=4",
+    b"\x03page=1;sort=desc",
+    b"\x08a+b=1&a%20b=2&%zz=3",
+    b"\x07&&=&q&q=&page",
+])
