@@ -2,7 +2,9 @@
 //! response sent back.
 //!
 //! The steps, in order (DESIGN.md "the request's way"; the cache will join the policy steps):
-//! 1. request id: kept when valid, else generated — first, so every answer carries it;
+//! 1. request id: kept when valid, else generated — first, so every answer carries it; with
+//!    `[tracing]`, the trace context too (continued or started; a sampled request records its
+//!    spans as it goes, and sends them when it ends);
 //! 2. the request's identity settled (`wire/target.rs`): one valid Host, equal to an
 //!    absolute-form target's authority, and a normalised path (400, 405 for CONNECT) — before
 //!    anything reads the host or path, so routing, logs and the upstream all see the same;
