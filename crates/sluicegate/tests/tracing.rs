@@ -336,11 +336,8 @@ fn a_collector_that_is_down_or_hangs_costs_requests_nothing_but_dropped_spans() 
     let b = Backend::start("a");
     let healthy = Collector::start(Mode::Grpc);
     let hanging = Collector::start(Mode::Hanging);
-    // A port nothing listens on.
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port nothing listens on (a free one could be taken by another test meanwhile).
+    let down: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     let settings = |url: String| {
         format!("endpoint = \"{url}\"\nprotocol = \"grpc\"\ntimeout = \"1s\"\nqueue_size = 64")
     };
@@ -357,9 +354,10 @@ fn a_collector_that_is_down_or_hangs_costs_requests_nothing_but_dropped_spans() 
     let p99_healthy = p99(latencies(&with_healthy, n));
     let p99_hanging = p99(latencies(&with_hanging, n));
     let p99_down = p99(latencies(&with_down, n));
-    // Reported, not asserted (wall-clock times on a shared machine): the assertion is that
-    // every request above succeeded, and the spans were dropped and counted.
+    // Reported (wall-clock times on a shared machine); the one bound: a request that waited for
+    // the hanging collector would take at least its export timeout (1 s).
     eprintln!("p99: healthy collector {p99_healthy:?}, hanging {p99_hanging:?}, down {p99_down:?}");
+    assert!(p99_hanging < Duration::from_secs(1), "{p99_hanging:?}");
     support::wait_until(
         "hanging collector's spans dropped",
         Duration::from_secs(10),
@@ -379,7 +377,7 @@ fn a_collector_that_is_down_or_hangs_costs_requests_nothing_but_dropped_spans() 
         0
     );
     healthy.wait_for("every span", Duration::from_secs(10), |s| {
-        s.iter().filter(|s| s.kind == 2).count() == n
+        s.iter().filter(|s| s.kind == 2).count() >= n
     });
 }
 
@@ -395,7 +393,12 @@ fn tracing_settings_are_checked() {
         ("timeout = \"0s\"", "tracing.timeout"),
         (
             "endpoint = \"https://collector:4318\"\nprotocol = \"http/protobuf\"",
-            "https:// is supported with protocol = \"grpc\"",
+            "https:// needs protocol = \"grpc\"",
+        ),
+        (
+            // Without `protocol` the default is HTTP, which has no TLS here.
+            "endpoint = \"https://collector:4318\"",
+            "https:// needs protocol = \"grpc\"",
         ),
         ("sampling = 1", "unknown key"),
     ] {

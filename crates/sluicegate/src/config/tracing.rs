@@ -43,13 +43,15 @@ pub fn tracing(r: &mut Reader<'_>, t: &Table<'_, '_>) -> TracingConfig {
             }
         });
     // The HTTP/protobuf exporter has no TLS here (gRPC has): refused now, not failing later.
-    if let (Some(OtlpProtocol::HttpProtobuf), Some(url)) = (protocol, &endpoint) {
+    // Without `protocol` the environment or the default (HTTP) decides, so an https:// URL must
+    // say "grpc" itself.
+    if let (None | Some(OtlpProtocol::HttpProtobuf), Some(url)) = (protocol, &endpoint) {
         if url.starts_with("https://") {
             let span = t.get("endpoint").map_or(t.span.clone(), |v| v.span());
             r.report(
                 span,
                 format!(
-                    "{}: https:// is supported with protocol = \"grpc\"; with \"http/protobuf\" use http:// (a collector next to the gateway)",
+                    "{}: https:// needs protocol = \"grpc\" (OTLP over HTTP is sent without TLS; use http:// for a collector next to the gateway)",
                     t.key_path("endpoint")
                 ),
             );

@@ -76,10 +76,12 @@ impl Sampler {
                 trace_id: p.trace_id,
                 span_id,
                 parent: Some(p.span_id),
+                // Not parent-based: the caller chose this trace id, so the ratio is decided at
+                // random rather than from it (a client could pick ids that always sample).
                 sampled: if self.parent_based {
                     p.sampled
                 } else {
-                    self.samples(&p.trace_id)
+                    self.ratio >= 1.0 || (self.ratio > 0.0 && fastrand::f64() < self.ratio)
                 },
             },
             None => {

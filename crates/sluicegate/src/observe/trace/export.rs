@@ -3,14 +3,16 @@
 //!
 //! Workers append each sampled request's spans to a bounded queue ([`Exporter::submit`]: a
 //! short lock and a move, never a wait, and no wake-up of another thread per request: waking
-//! the export task for every request cost more CPU than recording the spans). One task on the
-//! control runtime takes what is queued every [`BATCH_DELAY`], or as soon as a batch's worth
-//! is waiting, and exports it with `opentelemetry-otlp` (gRPC through tonic, or HTTP/protobuf
-//! through hyper), [`BATCH_SPANS`] at a time. When the collector is slow, away or hanging, the
+//! the export task for every request cost more CPU than recording the spans). One task, on a
+//! thread of its own (`trace-export`: protobuf encoding must not delay the health checks and
+//! the admin API of the control runtime), takes what is queued every [`BATCH_DELAY`], or as
+//! soon as a batch's worth is waiting, and exports it with `opentelemetry-otlp` (gRPC through
+//! tonic, or HTTP/protobuf through hyper), [`BATCH_SPANS`] at a time. When the collector is slow, away or hanging, the
 //! queue fills while a batch waits out its timeout, and what does not fit is dropped and
 //! counted (`sluicegate_tracing_spans_dropped_total{reason="queue_full"}`); a batch the
 //! collector refuses is counted as `export_failed`. The memory held is bounded by twice
-//! `queue_size` spans: the queue, and what was taken from it and is being sent.
+//! `queue_size` spans (the queue, and what was taken from it and is being sent), and a span's
+//! size by the recording's caps (`span.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -76,6 +78,32 @@ fn protocol_from_env() -> OtlpProtocol {
 #[error("cannot set up the OTLP exporter: {0}")]
 pub struct ExportError(String);
 
+/// The collector's URL as the exporter will read it: the config's, else the environment's.
+fn effective_endpoint(settings: &ExportSettings) -> Option<String> {
+    settings.endpoint.clone().or_else(|| {
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    })
+}
+
+/// How long one export may take: the config's, else `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` /
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s, as the exporter itself reads them.
+fn effective_timeout(settings: &ExportSettings) -> Duration {
+    settings.timeout.unwrap_or_else(|| {
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+    })
+}
+
 /// The spans waiting for export, shared by the workers and the export task.
 struct Queue {
     spans: Mutex<Vec<SpanData>>,
@@ -94,12 +122,16 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Builds the OTLP exporter and starts its task on `runtime`.
+    /// Builds the OTLP exporter and starts its task on a thread of its own, which ends when
+    /// the last handle is dropped and what was queued is sent.
     pub fn start(
         settings: &ExportSettings,
-        runtime: &tokio::runtime::Handle,
         registry: &metrics::Registry,
     ) -> Result<Exporter, ExportError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ExportError(format!("no runtime for the export thread: {e}")))?;
         // tonic's channel starts its worker task when it is made: inside the runtime.
         let mut exporter = {
             let _entered = runtime.enter();
@@ -107,7 +139,7 @@ impl Exporter {
         };
         exporter.set_resource(&resource(settings.service_name.as_deref()));
         let queue = Arc::new(Queue {
-            spans: Mutex::new(Vec::new()),
+            spans: Mutex::new(Vec::with_capacity(settings.queue_size.min(BATCH_SPANS * 4))),
             capacity: settings.queue_size,
             full_batch: Notify::new(),
         });
@@ -123,7 +155,7 @@ impl Exporter {
             queue: Arc::clone(&queue),
             flushes,
             exporter,
-            timeout: settings.timeout.unwrap_or(Duration::from_secs(10)),
+            timeout: effective_timeout(settings),
             exported: registry.counter(
                 names::TRACING_SPANS_EXPORTED_TOTAL,
                 names::TRACING_SPANS_EXPORTED_TOTAL_HELP,
@@ -132,7 +164,10 @@ impl Exporter {
             failed: dropped("export_failed"),
             failing: false,
         };
-        runtime.spawn(task.run());
+        std::thread::Builder::new()
+            .name("trace-export".into())
+            .spawn(move || runtime.block_on(task.run()))
+            .map_err(|e| ExportError(format!("cannot start the export thread: {e}")))?;
         Ok(Exporter {
             queue,
             flush,
@@ -179,13 +214,13 @@ fn otlp_exporter(
                 .with_protocol(opentelemetry_otlp::Protocol::Grpc);
             if let Some(endpoint) = &settings.endpoint {
                 builder = builder.with_endpoint(endpoint);
-                if endpoint.starts_with("https://") {
-                    builder = builder.with_tls_config(
-                        opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
-                            .with_enabled_roots(),
-                    );
-                }
             }
+            // The system's roots for an https:// collector, whether the config or the
+            // environment names it (tonic uses TLS for https:// URLs only).
+            builder = builder.with_tls_config(
+                opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                    .with_enabled_roots(),
+            );
             if let Some(timeout) = settings.timeout {
                 builder = builder.with_timeout(timeout);
             }
@@ -207,6 +242,12 @@ fn otlp_exporter(
             builder.build()
         }
         OtlpProtocol::HttpProtobuf => {
+            // The HTTP client here has no TLS: an https:// collector needs gRPC.
+            if let Some(url) = effective_endpoint(settings).filter(|u| u.starts_with("https://")) {
+                return Err(ExportError(format!(
+                    "{url}: https:// needs protocol \"grpc\" (OTLP over HTTP is sent without TLS)"
+                )));
+            }
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
@@ -293,14 +334,21 @@ impl Task {
         }
     }
 
-    /// Sends everything queued now, a batch at a time.
+    /// Sends everything queued now, a batch at a time. The queue gets a fresh buffer of the
+    /// usual size, so workers do not grow one under the lock.
     async fn send_queued(&mut self) {
-        let mut queued =
-            std::mem::take(&mut *self.queue.spans.lock().unwrap_or_else(|e| e.into_inner()));
-        while !queued.is_empty() {
-            let rest = queued.split_off(queued.len().min(BATCH_SPANS));
-            self.send(queued).await;
-            queued = rest;
+        let fresh = Vec::with_capacity(self.queue.capacity.min(BATCH_SPANS * 4));
+        let queued = std::mem::replace(
+            &mut *self.queue.spans.lock().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        let mut queued = queued.into_iter();
+        loop {
+            let batch: Vec<SpanData> = queued.by_ref().take(BATCH_SPANS).collect();
+            if batch.is_empty() {
+                return;
+            }
+            self.send(batch).await;
         }
     }
 

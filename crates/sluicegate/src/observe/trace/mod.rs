@@ -57,9 +57,9 @@ impl Registry {
         }
     }
 
-    /// The tracer for a snapshot of `config` (`None` without `[tracing]`). Must be called from
-    /// within the control runtime, where the export task runs. An exporter that cannot be set
-    /// up (an invalid `OTEL_EXPORTER_OTLP_*` variable) is logged and leaves tracing off.
+    /// The tracer for a snapshot of `config` (`None` without `[tracing]`). An exporter that
+    /// cannot be set up (an invalid `OTEL_EXPORTER_OTLP_*` variable, an https:// collector
+    /// over HTTP) is logged and leaves tracing off.
     pub fn tracer(
         &self,
         config: Option<&TracingConfig>,
@@ -73,27 +73,18 @@ impl Registry {
         let settings = ExportSettings::of(config);
         let exporter = match &*current {
             Some((kept, exporter)) if *kept == settings => Arc::clone(exporter),
-            _ => {
-                let runtime = match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => runtime,
-                    Err(_) => {
-                        tracing::error!("tracing is off: no runtime to export spans on");
-                        return None;
-                    }
-                };
-                match Exporter::start(&settings, &runtime, registry) {
-                    Ok(exporter) => {
-                        let exporter = Arc::new(exporter);
-                        *current = Some((settings, Arc::clone(&exporter)));
-                        exporter
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "tracing is off");
-                        *current = None;
-                        return None;
-                    }
+            _ => match Exporter::start(&settings, registry) {
+                Ok(exporter) => {
+                    let exporter = Arc::new(exporter);
+                    *current = Some((settings, Arc::clone(&exporter)));
+                    exporter
                 }
-            }
+                Err(e) => {
+                    tracing::error!(error = %e, "tracing is off");
+                    *current = None;
+                    return None;
+                }
+            },
         };
         Some(Arc::new(Tracer {
             sampler: Sampler {

@@ -22,6 +22,13 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::context::{new_span_id, SpanContext};
 
+/// The longest `tracestate` recorded with a trace (W3C Trace Context §3.3.1.5: 512 characters
+/// is what every vendor must propagate); a longer one still goes upstream, but is not copied
+/// into spans that wait in the export queue.
+const MAX_TRACESTATE: usize = 512;
+/// The longest `url.path` recorded (a path may be as long as the head allows, 64 KiB).
+const MAX_PATH: usize = 1024;
+
 /// What a sampled request records until it ends.
 pub struct Recording {
     cx: SpanContext,
@@ -37,6 +44,9 @@ pub struct Recording {
     client: IpAddr,
     request_id: Box<str>,
     children: Vec<Child>,
+    /// When the step being timed began ([`Recording::mark`]): kept here rather than in the
+    /// pipeline, whose future would otherwise carry it for every request.
+    mark: Option<Instant>,
 }
 
 /// A finished child span.
@@ -89,7 +99,7 @@ impl Recording {
     pub fn new(cx: SpanContext, started: Instant, request: &Incoming<'_>) -> Recording {
         let trace_state = request
             .tracestate
-            .filter(|_| cx.parent.is_some())
+            .filter(|s| cx.parent.is_some() && s.len() <= MAX_TRACESTATE)
             .and_then(|s| s.parse::<TraceState>().ok())
             .unwrap_or_default();
         Recording {
@@ -98,14 +108,25 @@ impl Recording {
             wall: SystemTime::now() - started.elapsed(),
             started,
             method: request.method.clone(),
-            path: request.path.into(),
+            path: truncate(request.path, MAX_PATH).into(),
             host: request.host.map(Into::into),
             version: request.version,
             tls: request.tls,
             client: request.client,
             request_id: request.request_id.into(),
             children: Vec::new(),
+            mark: None,
         }
+    }
+
+    /// Notes that a step begins now; the next [`Recording::cache_lookup`],
+    /// [`Recording::admission`] or [`Recording::attempt`] starts there.
+    pub fn mark(&mut self) {
+        self.mark = Some(Instant::now());
+    }
+
+    fn since_mark(&mut self) -> Instant {
+        self.mark.take().unwrap_or_else(Instant::now)
     }
 
     /// A policy step (`auth`, `rate_limit`) that ran from `start` until now.
@@ -123,8 +144,9 @@ impl Recording {
         });
     }
 
-    /// The cache lookup (memory, then the shared tier) that ran from `start` until now.
-    pub fn cache_lookup(&mut self, start: Instant, result: &'static str) {
+    /// The cache lookup (memory, then the shared tier) that ran from the mark until now.
+    pub fn cache_lookup(&mut self, result: &'static str) {
+        let start = self.since_mark();
         self.children.push(Child {
             name: Cow::Borrowed("cache lookup"),
             kind: SpanKind::Internal,
@@ -135,8 +157,9 @@ impl Recording {
         });
     }
 
-    /// The wait for admission under load shedding, from `start` until now.
-    pub fn admission(&mut self, start: Instant, decision: &'static str) {
+    /// The wait for admission under load shedding, from the mark until now.
+    pub fn admission(&mut self, decision: &'static str) {
+        let start = self.since_mark();
         self.children.push(Child {
             name: Cow::Borrowed("load_shedding admission"),
             kind: SpanKind::Internal,
@@ -147,15 +170,22 @@ impl Recording {
         });
     }
 
-    /// One upstream attempt (the `try`-th, from 1) from `start` until its response head
+    /// One upstream attempt (the `try`-th, from 1) from the mark until its response head
     /// arrived or it failed.
-    pub fn attempt(&mut self, start: Instant, endpoint: SocketAddr, try_: u32, end: AttemptEnd) {
+    pub fn attempt(&mut self, endpoint: SocketAddr, try_: u32, end: AttemptEnd) {
+        let start = self.since_mark();
+        let (method, original) = known_method(&self.method);
+        // "HTTP" for a method outside the standard set, whose name a client chooses.
+        let method_name = if original.is_some() { "HTTP" } else { method };
         let mut attributes = vec![
-            KeyValue::new("http.request.method", self.method.as_str().to_string()),
+            KeyValue::new("http.request.method", method),
             KeyValue::new("server.address", endpoint.ip().to_string()),
             KeyValue::new("server.port", i64::from(endpoint.port())),
             KeyValue::new("sluicegate.endpoint", endpoint.to_string()),
         ];
+        if let Some(original) = original {
+            attributes.push(KeyValue::new("http.request.method_original", original));
+        }
         if try_ > 1 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
@@ -168,10 +198,13 @@ impl Recording {
                     "http.response.status_code",
                     i64::from(status.as_u16()),
                 ));
-                if status.is_server_error() {
+                // A client span's 4xx is an error too (the semantic conventions: the request
+                // failed from the caller's side).
+                let failed = status.is_client_error() || status.is_server_error();
+                if failed {
                     attributes.push(KeyValue::new("error.type", status.as_str().to_string()));
                 }
-                status.is_server_error()
+                failed
             }
             AttemptEnd::Failed(how) => {
                 attributes.push(KeyValue::new("error.type", how.to_string()));
@@ -179,7 +212,7 @@ impl Recording {
             }
         };
         self.children.push(Child {
-            name: Cow::Owned(self.method.as_str().to_string()),
+            name: Cow::Borrowed(method_name),
             kind: SpanKind::Client,
             start,
             end: Instant::now(),
@@ -189,22 +222,21 @@ impl Recording {
     }
 
     /// The request's spans, the server span first.
-    pub fn finish(self, ending: &Ending<'_>) -> Vec<SpanData> {
+    pub fn finish(mut self, ending: &Ending<'_>) -> Vec<SpanData> {
+        let children = std::mem::take(&mut self.children);
         let end = Instant::now();
         let at = |t: Instant| self.wall + t.saturating_duration_since(self.started);
         let trace_id = TraceId::from_bytes(self.cx.trace_id);
         let server_id = SpanId::from_bytes(self.cx.span_id);
-        let context = |span_id: SpanId| {
-            OtelContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                self.trace_state.clone(),
-            )
+        // The caller's tracestate on the server span only: one copy per request in the queue.
+        let context = |span_id: SpanId, state: TraceState| {
+            OtelContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, state)
         };
+        let (method, original) = known_method(&self.method);
+        // "HTTP" for a method outside the standard set, whose name a client chooses.
+        let method_name = if original.is_some() { "HTTP" } else { method };
         let mut attributes = vec![
-            KeyValue::new("http.request.method", self.method.as_str().to_string()),
+            KeyValue::new("http.request.method", method),
             KeyValue::new("url.path", self.path.to_string()),
             KeyValue::new("url.scheme", if self.tls { "https" } else { "http" }),
             KeyValue::new("http.response.status_code", i64::from(ending.status)),
@@ -233,20 +265,28 @@ impl Recording {
                 attributes.push(KeyValue::new(key, value.to_string()));
             }
         }
-        for (step, decision) in ending.decisions {
-            attributes.push(KeyValue::new(format!("sluicegate.{step}"), *decision));
+        if let Some(original) = original {
+            attributes.push(KeyValue::new("http.request.method_original", original));
+        }
+        // One attribute per step, its last decision (the cache's "miss" becomes "stale" when a
+        // stale response answers a failed upstream).
+        for (i, (step, decision)) in ending.decisions.iter().enumerate() {
+            if !ending.decisions[i + 1..].iter().any(|(s, _)| s == step) {
+                attributes.push(KeyValue::new(format!("sluicegate.{step}"), *decision));
+            }
         }
         let failed = ending.status >= 500;
         if failed {
             attributes.push(KeyValue::new("error.type", ending.status.to_string()));
         }
+        // `{method} {http.route}`.
         let name = match ending.http_route {
-            Some(route) => format!("{} {route}", self.method),
-            None => self.method.to_string(),
+            Some(route) => format!("{method_name} {route}"),
+            None => method_name.to_string(),
         };
-        let mut spans = Vec::with_capacity(1 + self.children.len());
+        let mut spans = Vec::with_capacity(1 + children.len());
         spans.push(SpanData {
-            span_context: context(server_id),
+            span_context: context(server_id, self.trace_state.clone()),
             parent_span_id: self.cx.parent.map_or(SpanId::INVALID, SpanId::from_bytes),
             parent_span_is_remote: self.cx.parent.is_some(),
             span_kind: SpanKind::Server,
@@ -264,16 +304,16 @@ impl Recording {
             },
             instrumentation_scope: scope().clone(),
         });
-        for child in &self.children {
+        for child in children {
             spans.push(SpanData {
-                span_context: context(SpanId::from_bytes(new_span_id())),
+                span_context: context(SpanId::from_bytes(new_span_id()), TraceState::NONE),
                 parent_span_id: server_id,
                 parent_span_is_remote: false,
-                span_kind: child.kind.clone(),
-                name: child.name.clone(),
+                span_kind: child.kind,
+                name: child.name,
                 start_time: at(child.start),
                 end_time: at(child.end),
-                attributes: child.attributes.clone(),
+                attributes: child.attributes,
                 dropped_attributes_count: 0,
                 events: SpanEvents::default(),
                 links: SpanLinks::default(),
@@ -287,6 +327,30 @@ impl Recording {
         }
         spans
     }
+}
+
+/// The method as the semantic conventions name it: one of the standard methods, or `_OTHER`
+/// with the method as sent (a client may send any token as a method).
+fn known_method(method: &Method) -> (&'static str, Option<String>) {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    match KNOWN.iter().find(|m| **m == method.as_str()) {
+        Some(m) => (m, None),
+        None => ("_OTHER", Some(truncate(method.as_str(), 64).to_string())),
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A Host field's name and port (`example.com:8080`, `[::1]:8080`, `example.com`).
@@ -358,8 +422,8 @@ mod tests {
         let mut r = recording(Some([3; 8]));
         let t = Instant::now();
         r.step("rate_limit", "per-client", t, "allowed");
+        r.mark();
         r.attempt(
-            t,
             "127.0.0.1:9001".parse().unwrap(),
             1,
             AttemptEnd::Status(StatusCode::OK),
@@ -371,7 +435,11 @@ mod tests {
             http_route: Some("/api"),
             service: Some("items"),
             endpoint: Some("127.0.0.1:9001"),
-            decisions: &[("rate_limit", "allowed"), ("cache", "miss")],
+            decisions: &[
+                ("cache", "miss"),
+                ("rate_limit", "allowed"),
+                ("cache", "stale"),
+            ],
             consumer: None,
         });
         assert_eq!(spans.len(), 3);
@@ -392,7 +460,7 @@ mod tests {
             ("sluicegate.route", "api"),
             ("sluicegate.service", "items"),
             ("sluicegate.endpoint", "127.0.0.1:9001"),
-            ("sluicegate.cache", "miss"),
+            ("sluicegate.cache", "stale"),
             ("sluicegate.rate_limit", "allowed"),
         ] {
             assert_eq!(
@@ -415,6 +483,83 @@ mod tests {
             assert!(child.start_time >= server.start_time && child.end_time <= server.end_time);
         }
         assert_eq!(spans[2].span_kind, SpanKind::Client);
+        assert_eq!(
+            server
+                .attributes
+                .iter()
+                .filter(|kv| kv.key.as_str() == "sluicegate.cache")
+                .count(),
+            1,
+            "one attribute per step, its last decision"
+        );
+        // The caller's tracestate is kept once, on the server span.
+        assert_eq!(spans[1].span_context.trace_state().header(), "");
+    }
+
+    #[test]
+    fn a_clients_own_method_and_a_long_path_or_tracestate_are_bounded() {
+        let cx = SpanContext {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            parent: Some([3; 8]),
+            sampled: true,
+        };
+        let long_state = format!("v={}", "x".repeat(600));
+        let long_path = format!("/{}é", "p".repeat(1022));
+        let method = Method::from_bytes(b"BREW").unwrap();
+        let mut r = Recording::new(
+            cx,
+            Instant::now(),
+            &Incoming {
+                method: &method,
+                path: &long_path,
+                host: None,
+                version: Version::HTTP_2,
+                tls: true,
+                client: "::1".parse().unwrap(),
+                request_id: "r",
+                tracestate: Some(&long_state),
+            },
+        );
+        r.mark();
+        r.attempt(
+            "127.0.0.1:9".parse().unwrap(),
+            1,
+            AttemptEnd::Status(StatusCode::NOT_FOUND),
+        );
+        let spans = r.finish(&Ending {
+            status: 404,
+            listener: None,
+            route: Some("r"),
+            http_route: Some("/"),
+            service: None,
+            endpoint: None,
+            decisions: &[],
+            consumer: None,
+        });
+        let server = &spans[0];
+        assert_eq!(server.name, "HTTP /");
+        assert_eq!(
+            attribute(server, "http.request.method").map(|v| v.to_string()),
+            Some("_OTHER".into())
+        );
+        assert_eq!(
+            attribute(server, "http.request.method_original").map(|v| v.to_string()),
+            Some("BREW".into())
+        );
+        let path = attribute(server, "url.path").unwrap().to_string();
+        assert!(path.len() <= MAX_PATH && long_path.starts_with(&path));
+        assert_eq!(server.span_context.trace_state().header(), "");
+        assert_eq!(
+            server.status,
+            Status::Unset,
+            "a 404 is not the server's error"
+        );
+        assert!(
+            matches!(spans[1].status, Status::Error { .. }),
+            "but the attempt's, from the caller's side"
+        );
+        assert_eq!(spans[1].name, "HTTP");
     }
 
     #[test]

@@ -171,6 +171,9 @@ struct Exchange {
     admitted: Option<policy::shed::Permit>,
     /// What a sampled request records for its spans (`[tracing]`).
     trace: Option<Box<trace::Recording>>,
+    /// The request's trace context (`[tracing]`): kept here, in the box, rather than in the
+    /// request's future, which every request carries whether tracing is on or not.
+    trace_cx: Option<trace::SpanContext>,
 }
 
 impl Exchange {
@@ -363,6 +366,7 @@ pub async fn handle(
         bulkhead: None,
         admitted: None,
         trace: recording,
+        trace_cx,
     });
     let answer = |mut exchange: Box<Exchange>, error: GatewayError, close: bool| {
         // The gateway answers itself: no upstream works on this request any more.
@@ -485,7 +489,9 @@ pub async fn handle(
             tls: conn.tls,
             consumer: exchange.policies.consumer(),
         };
-        let lookup_started = exchange.trace.is_some().then(Instant::now);
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.mark();
+        }
         let look = |collapse: bool| cache.lookup(&request, SystemTime::now(), collapse);
         let mut lookup = look(true);
         if let policy::cache::Lookup::Wait(mut fetched) = lookup {
@@ -506,8 +512,8 @@ pub async fn handle(
                 policy::cache::Lookup::Miss(pending)
             };
         }
-        if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), lookup_started) {
-            recording.cache_lookup(at, lookup.result());
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.cache_lookup(lookup.result());
         }
         match lookup {
             policy::cache::Lookup::Hit(hit) => {
@@ -561,7 +567,9 @@ pub async fn handle(
     // that passed authentication): at once, after a short wait while higher classes are
     // served, or refused now.
     if let Some((shedder, class)) = shed_class {
-        let admission_started = exchange.trace.is_some().then(Instant::now);
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.mark();
+        }
         let decision = match shedder.admit(class, deadline).await {
             policy::shed::Admission::Admitted(permit) => {
                 exchange.admitted = Some(permit);
@@ -574,8 +582,8 @@ pub async fn handle(
             policy::shed::Admission::Shed(reason) => return shed(exchange, reason, answer),
         };
         exchange.policies.note((policy::shed::STEP, decision));
-        if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), admission_started) {
-            recording.admission(at, decision);
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.admission(decision);
         }
     }
 
@@ -664,7 +672,7 @@ pub async fn handle(
         host: client_host.as_ref(),
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    if let Some(cx) = &trace_cx {
+    if let Some(cx) = &exchange.trace_cx {
         // The upstream's parent is the gateway's span; a `tracestate` without a valid
         // `traceparent` belonged to no trace the gateway continues (W3C Trace Context §3.3).
         parts.headers.insert(trace::TRACEPARENT, cx.traceparent());
@@ -707,7 +715,9 @@ pub async fn handle(
     let (index, exchange_result) = match &route.retry {
         None => {
             let upstream_body = RequestBody::new(body, limit, Rc::clone(&stats));
-            let attempt_started = exchange.trace.is_some().then(Instant::now);
+            if let Some(recording) = exchange.trace.as_deref_mut() {
+                recording.mark();
+            }
             let sending = pin!(send(
                 &worker.pool,
                 address,
@@ -721,8 +731,8 @@ pub async fn handle(
                 .unwrap_or(Err(SendError::Timeout));
             let outcome = classify(&result, &stats);
             report_outcome(service, index, outcome, now, ticket);
-            if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), attempt_started) {
-                recording.attempt(at, address, 1, attempt_end(&result, outcome));
+            if let Some(recording) = exchange.trace.as_deref_mut() {
+                recording.attempt(address, 1, attempt_end(&result, outcome));
             }
             (index, result)
         }
@@ -889,6 +899,10 @@ fn refresh_in_background(
         header::TRANSFER_ENCODING,
         header::EXPECT,
         X_REQUEST_ID,
+        // The refresh is the gateway's own request, after the client's has been answered: a
+        // trace of its own, not a late child of the client's.
+        trace::TRACEPARENT,
+        trace::TRACESTATE,
     ] {
         headers.remove(name);
     }
@@ -1272,7 +1286,9 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
             }
             None => deadline,
         };
-        let attempt_started = exchange.trace.is_some().then(Instant::now);
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.mark();
+        }
         let sending = pin!(send(
             &worker.pool,
             address,
@@ -1287,8 +1303,8 @@ async fn send_with_retries(t: Tries<'_>) -> (usize, Result<Response<UpstreamBody
         let outcome = classify(&result, stats);
         let ended = tokio::time::Instant::now();
         report_outcome(service, index, outcome, ended, ticket);
-        if let (Some(recording), Some(at)) = (exchange.trace.as_deref_mut(), attempt_started) {
-            recording.attempt(at, address, tries, attempt_end(&result, outcome));
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.attempt(address, tries, attempt_end(&result, outcome));
         }
         let end = match (&result, outcome) {
             (Ok(response), _) => retry::TryEnd::Status(response.status()),
