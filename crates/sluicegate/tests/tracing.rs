@@ -435,3 +435,30 @@ fn the_last_requests_spans_reach_the_collector_before_the_process_exits() {
         "flushed at shutdown: {spans:#?}"
     );
 }
+
+#[test]
+fn an_http2_request_continues_its_trace_the_same_way() {
+    let collector = Collector::start(Mode::Grpc);
+    let b = Backend::start("a");
+    let gw = gateway(
+        &b,
+        &format!("endpoint = \"{}\"\nprotocol = \"grpc\"", collector.url()),
+        "",
+    );
+    let tp = traceparent("01");
+    let (head, _) = support::curl_h2(
+        &format!("http://{}/api/h2", gw.addr()),
+        &["-H", &format!("traceparent: {tp}")],
+    );
+    assert!(head.starts_with("http/2 200"), "{head}");
+    let (trace_id, parent, _) = upstream_parent(&b);
+    assert_eq!(trace_id, CALLER_TRACE);
+    let spans = collector.wait_for("the HTTP/2 request's span", Duration::from_secs(10), |s| {
+        s.iter().any(|s| s.kind == 2)
+    });
+    let server = server_spans(&spans)[0].clone();
+    assert_eq!(hex(&server.span_id), parent);
+    assert_eq!(hex(&server.parent_span_id), CALLER_SPAN);
+    assert_eq!(server.attribute("network.protocol.version"), Some("2"));
+    assert_eq!(server.attribute("url.path"), Some("/api/h2"));
+}
