@@ -462,3 +462,48 @@ fn an_http2_request_continues_its_trace_the_same_way() {
     assert_eq!(server.attribute("network.protocol.version"), Some("2"));
     assert_eq!(server.attribute("url.path"), Some("/api/h2"));
 }
+
+#[test]
+fn a_cache_hit_is_a_span_without_an_upstream_attempt() {
+    let collector = Collector::start(Mode::Grpc);
+    let b = Backend::start("a");
+    let toml = Toml::new()
+        .admin()
+        .listener("public", "")
+        .route("cached", "app", "cache = { ttl = \"60s\" }")
+        .service("app", &[b.addr], "")
+        .build();
+    let gw = Gateway::start(&format!(
+        "{toml}\n[tracing]\nendpoint = \"{}\"\nprotocol = \"grpc\"\n",
+        collector.url()
+    ));
+    let mut c = gw.client();
+    // The backend adds `cache-control: max-age=60` (the query's h=NAME:VALUE).
+    let path = "/page?h=cache-control%3A%20max-age%3D60";
+    assert_eq!(c.get(path).status, 200);
+    assert_eq!(c.get(path).status, 200);
+    assert_eq!(b.hits(), 1, "the second was a hit");
+    let spans = collector.wait_for("both requests' spans", Duration::from_secs(10), |s| {
+        s.iter().filter(|s| s.kind == 2).count() == 2
+    });
+    let hit = server_spans(&spans)
+        .into_iter()
+        .find(|s| s.attribute("sluicegate.cache") == Some("hit"))
+        .expect("a server span with sluicegate.cache = hit")
+        .clone();
+    let children: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == hit.span_id)
+        .collect();
+    assert_eq!(children.len(), 1, "{children:#?}");
+    assert_eq!(children[0].name, "cache lookup");
+    assert_eq!(children[0].attribute("sluicegate.cache"), Some("hit"));
+    let miss = server_spans(&spans)
+        .into_iter()
+        .find(|s| s.attribute("sluicegate.cache") == Some("miss"))
+        .expect("the first request missed")
+        .clone();
+    assert!(spans
+        .iter()
+        .any(|s| s.kind == 3 && s.parent_span_id == miss.span_id));
+}
