@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
             method: &Method::GET,
             path: "/",
             host: tracestate,
+            port: None,
             version: Version::HTTP_11,
             tls: false,
             client: "127.0.0.1".parse().unwrap(),

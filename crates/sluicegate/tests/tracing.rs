@@ -401,6 +401,14 @@ fn tracing_settings_are_checked() {
             "https:// needs protocol = \"grpc\"",
         ),
         ("sampling = 1", "unknown key"),
+        (
+            "headers = { \"bad name\" = \"x\" }",
+            "tracing.headers: invalid header name \"bad name\"",
+        ),
+        (
+            "headers = { \"x-key\" = \"line\\nbreak\" }",
+            "tracing.headers.x-key: invalid header value",
+        ),
     ] {
         let toml = format!(
             "{}\n[tracing]\n{text}\n",

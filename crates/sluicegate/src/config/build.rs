@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderValue, Method};
 use toml::de::DeTable;
 
 use super::auth;
@@ -699,32 +699,7 @@ fn route_match(r: &mut Reader<'_>, t: &Table<'_, '_>) -> RouteMatch {
             }
         }
     }
-    if let Some(headers) = r.table(t, "headers") {
-        for (key, _) in headers.inner.iter() {
-            let key_name: &str = key.get_ref();
-            let name = HeaderName::from_bytes(key_name.as_bytes());
-            if name.is_err() {
-                r.report(
-                    key.span(),
-                    format!("{}: invalid header name \"{key_name}\"", headers.path),
-                );
-            }
-            let Some((text, span)) = r.string(&headers, key_name) else {
-                continue;
-            };
-            match (name, HeaderValue::from_str(text)) {
-                (Ok(name), Ok(v)) => m.headers.push((name, v)),
-                (_, Err(_)) => r.report(
-                    span,
-                    format!(
-                        "{}: invalid header value (visible ASCII only)",
-                        headers.key_path(key_name)
-                    ),
-                ),
-                _ => {}
-            }
-        }
-    }
+    m.headers = r.header_table(t, "headers");
     m
 }
 

@@ -826,7 +826,7 @@ pub struct TracingConfig {
     pub parent_based: bool,
     /// Sent with every export (an API key of a hosted collector); added to
     /// `OTEL_EXPORTER_OTLP_HEADERS`.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `service.name` of the spans; `None` = `OTEL_SERVICE_NAME`, else "sluicegate".
     pub service_name: Option<String>,
     /// How long one export may take; `None` = `OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s.

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -328,6 +329,44 @@ impl<'s> Reader<'s> {
             }
         }
         Some(out)
+    }
+
+    /// A table of HTTP field names to values (`headers = { "x-env" = "prod" }`): a name or a
+    /// value that is not valid in a request is reported and left out.
+    pub fn header_table(
+        &mut self,
+        table: &Table<'_, '_>,
+        key: &str,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        let Some(headers) = self.table(table, key) else {
+            return out;
+        };
+        for (key, _) in headers.inner.iter() {
+            let key_name: &str = key.get_ref();
+            let name = HeaderName::from_bytes(key_name.as_bytes());
+            if name.is_err() {
+                self.report(
+                    key.span(),
+                    format!("{}: invalid header name \"{key_name}\"", headers.path),
+                );
+            }
+            let Some((text, span)) = self.string(&headers, key_name) else {
+                continue;
+            };
+            match (name, HeaderValue::from_str(text)) {
+                (Ok(name), Ok(v)) => out.push((name, v)),
+                (_, Err(_)) => self.report(
+                    span,
+                    format!(
+                        "{}: invalid header value (visible ASCII only)",
+                        headers.key_path(key_name)
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        out
     }
 
     pub fn duration(&mut self, table: &Table<'_, '_>, key: &str) -> Option<Duration> {

@@ -57,29 +57,7 @@ pub fn tracing(r: &mut Reader<'_>, t: &Table<'_, '_>) -> TracingConfig {
             );
         }
     }
-    let mut headers = Vec::new();
-    if let Some(table) = r.table(t, "headers") {
-        for (key, _) in table.inner.iter() {
-            let name: &str = key.get_ref();
-            let Some((value, span)) = r.string(&table, name) else {
-                continue;
-            };
-            let valid_name = http::HeaderName::from_bytes(name.as_bytes()).is_ok();
-            let valid_value = http::HeaderValue::from_str(value).is_ok();
-            if !valid_name || !valid_value {
-                r.report(
-                    span,
-                    format!(
-                        "{}: not a valid header {}",
-                        table.key_path(name),
-                        if valid_name { "value" } else { "name" }
-                    ),
-                );
-                continue;
-            }
-            headers.push((name.to_string(), value.to_string()));
-        }
-    }
+    let headers = r.header_table(t, "headers");
     let timeout = r.duration(t, "timeout").and_then(|d| {
         if d.is_zero() || d > std::time::Duration::from_secs(60) {
             let span = t.get("timeout").map_or(t.span.clone(), |v| v.span());

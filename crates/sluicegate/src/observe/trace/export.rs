@@ -39,7 +39,7 @@ const BATCH_DELAY: Duration = Duration::from_millis(500);
 pub struct ExportSettings {
     pub protocol: OtlpProtocol,
     pub endpoint: Option<String>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub timeout: Option<Duration>,
     pub service_name: Option<String>,
     pub queue_size: usize,
@@ -225,16 +225,7 @@ fn otlp_exporter(
                 builder = builder.with_timeout(timeout);
             }
             if !settings.headers.is_empty() {
-                let mut fields = http::HeaderMap::new();
-                for (name, value) in &settings.headers {
-                    let (Ok(name), Ok(value)) = (
-                        http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
-                        http::HeaderValue::from_str(value),
-                    ) else {
-                        return Err(ExportError(format!("invalid header {name:?}")));
-                    };
-                    fields.append(name, value);
-                }
+                let fields: http::HeaderMap = settings.headers.iter().cloned().collect();
                 builder = builder.with_metadata(
                     opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(fields),
                 );
@@ -258,7 +249,15 @@ fn otlp_exporter(
                 builder = builder.with_timeout(timeout);
             }
             if !settings.headers.is_empty() {
-                let headers: HashMap<String, String> = settings.headers.iter().cloned().collect();
+                // Checked by the config as field values: visible ASCII, so text.
+                let headers: HashMap<String, String> = settings
+                    .headers
+                    .iter()
+                    .map(|(name, value)| {
+                        let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                        (name.as_str().to_string(), text)
+                    })
+                    .collect();
                 builder = builder.with_headers(headers);
             }
             builder.build()

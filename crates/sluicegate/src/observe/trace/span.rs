@@ -39,6 +39,7 @@ pub struct Recording {
     method: Method,
     path: Box<str>,
     host: Option<Box<str>>,
+    port: Option<u16>,
     version: Version,
     tls: bool,
     client: IpAddr,
@@ -84,8 +85,9 @@ pub struct Ending<'a> {
 pub struct Incoming<'a> {
     pub method: &'a Method,
     pub path: &'a str,
-    /// The Host, port included as sent.
+    /// The Host's name (`server.address`) and port (`server.port`).
     pub host: Option<&'a str>,
+    pub port: Option<u16>,
     pub version: Version,
     pub tls: bool,
     pub client: IpAddr,
@@ -110,6 +112,7 @@ impl Recording {
             method: request.method.clone(),
             path: truncate(request.path, MAX_PATH).into(),
             host: request.host.map(Into::into),
+            port: request.port,
             version: request.version,
             tls: request.tls,
             client: request.client,
@@ -244,15 +247,11 @@ impl Recording {
             KeyValue::new("client.address", self.client.to_string()),
             KeyValue::new("sluicegate.request_id", self.request_id.to_string()),
         ];
-        let (server_address, server_port) = self.host.as_deref().map_or((None, None), |h| {
-            let (address, port) = split_host(h);
-            (Some(address), port)
-        });
-        if let Some(port) = server_port {
+        if let Some(port) = self.port {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
         let optional = [
-            ("server.address", server_address),
+            ("server.address", self.host.as_deref()),
             ("http.route", ending.http_route),
             ("sluicegate.listener", ending.listener),
             ("sluicegate.route", ending.route),
@@ -353,15 +352,6 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// A Host field's name and port (`example.com:8080`, `[::1]:8080`, `example.com`).
-fn split_host(host: &str) -> (&str, Option<u16>) {
-    let (name, port) = match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => (&host[..i], host[i + 1..].parse().ok()),
-        _ => (host, None),
-    };
-    (name.trim_start_matches('[').trim_end_matches(']'), port)
-}
-
 /// `network.protocol.version`: "1.1", "2", …
 fn protocol_version(version: Version) -> &'static str {
     match version {
@@ -401,6 +391,7 @@ mod tests {
                 method: &Method::GET,
                 path: "/api/items",
                 host: Some("example.com"),
+                port: Some(8080),
                 version: Version::HTTP_11,
                 tls: false,
                 client: "127.0.0.1".parse().unwrap(),
@@ -473,6 +464,10 @@ mod tests {
             attribute(server, "http.response.status_code"),
             Some(&opentelemetry::Value::I64(200))
         );
+        assert_eq!(
+            attribute(server, "server.port"),
+            Some(&opentelemetry::Value::I64(8080))
+        );
         assert_eq!(server.status, Status::Unset);
         for child in &spans[1..] {
             assert_eq!(child.parent_span_id, server.span_context.span_id());
@@ -514,6 +509,7 @@ mod tests {
                 method: &method,
                 path: &long_path,
                 host: None,
+                port: None,
                 version: Version::HTTP_2,
                 tls: true,
                 client: "::1".parse().unwrap(),
@@ -560,14 +556,6 @@ mod tests {
             "but the attempt's, from the caller's side"
         );
         assert_eq!(spans[1].name, "HTTP");
-    }
-
-    #[test]
-    fn the_host_splits_into_address_and_port() {
-        assert_eq!(split_host("example.com"), ("example.com", None));
-        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
-        assert_eq!(split_host("[::1]:8080"), ("::1", Some(8080)));
-        assert_eq!(split_host("[::1]"), ("::1", None));
     }
 
     #[test]

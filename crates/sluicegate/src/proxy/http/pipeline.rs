@@ -47,7 +47,7 @@ use super::headers::{
     head_size, new_request_id, remove_hop_by_hop, remove_request_hop_by_hop, valid_request_id,
     Forwarding, ForwardingOnce, X_REQUEST_ID,
 };
-use super::route::{request_host, strip_prefix, RequestView};
+use super::route::{request_host, split_host, strip_prefix, RequestView};
 use super::server::h1::ClientUpgrade;
 use super::wire::target::{settle, PathRules, TargetError};
 use super::{grpc, retry, websocket};
@@ -323,10 +323,12 @@ pub async fn handle(
             &trace::span::Incoming {
                 method: &parts.method,
                 path: parts.uri.path(),
-                host: parts
+                host,
+                port: parts
                     .headers
                     .get(header::HOST)
-                    .and_then(|h| h.to_str().ok()),
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| split_host(h).1?.parse().ok()),
                 version: parts.version,
                 tls: conn.tls,
                 client: conn.peer.ip(),

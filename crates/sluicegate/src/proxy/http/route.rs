@@ -112,13 +112,21 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'
         Some(h) => h,
         None => headers.get(http::header::HOST)?.to_str().ok()?,
     };
-    let without_port = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    Some(without_port)
+    Some(split_host(raw).0)
+}
+
+/// A Host value's name and port as written: `example.com:8080` → (`example.com`, `8080`),
+/// `[::1]:8080` → (`::1`, `8080`) (an IPv6 literal without its brackets), `example.com` →
+/// (`example.com`, none).
+pub fn split_host(raw: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (name, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (name, after.strip_prefix(':'));
+    }
+    match raw.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (raw, None),
+    }
 }
 
 /// From this many routes on, a table is searched through a [`RouteIndex`]: below it, testing
@@ -283,6 +291,18 @@ mod tests {
         assert_eq!(request_host(&uri, &h), Some("api.example.com"));
         h.insert("host", HeaderValue::from_static("[::1]:8080"));
         assert_eq!(request_host(&uri, &h), Some("::1"));
+    }
+
+    #[test]
+    fn a_host_splits_into_name_and_port() {
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(
+            split_host("example.com:8080"),
+            ("example.com", Some("8080"))
+        );
+        assert_eq!(split_host("[::1]:8080"), ("::1", Some("8080")));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+        assert_eq!(split_host("[::1"), ("::1", None));
     }
 
     #[test]
